@@ -1,0 +1,565 @@
+// Package config reads the "Netboot" section of the gokrazy instance's
+// config.json. gok ignores keys it does not know, so the cluster settings live
+// beside the instance settings in the one file users edit.
+//
+// Decoding is strict inside the section: an unknown key is an error, and every
+// problem is reported (not just the first) as one line naming the field path
+// and the bad value, e.g.
+//
+//	Netboot.Nodes[2].MAC: "zz:00" is not a MAC address
+//
+// An empty or missing section is valid and means: proxy DHCP on eth0, nodes
+// enrol automatically and boot DefaultImage.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+// DefaultPath is where gokrazy places config.json inside the image
+// (PackageConfig ExtraFilePaths in config.json).
+const DefaultPath = "/etc/ociboot/config.json"
+
+// Modes and enrolment policies.
+const (
+	ModeProxy = "proxy"
+	ModeFull  = "full"
+
+	EnrollAuto      = "auto"
+	EnrollKnownOnly = "known-only"
+)
+
+// Defaults for an empty section.
+const (
+	DefaultInterface    = "eth0"
+	DefaultLeaseSeconds = 3600
+	DefaultPlatform     = "linux/arm64"
+)
+
+// Node is one entry of Netboot.Nodes as written in config.json.
+type Node struct {
+	// Name is for humans (status page, logs). Defaults to the serial.
+	Name string
+	// Serial is the Pi's serial number: the 8 hex digits the bootloader
+	// uses as TFTP prefix, or all 16 (only the low 8 are kept).
+	Serial string
+	// MAC of the node's Ethernet port.
+	MAC string
+	// IP is a reservation (full mode) and the address exports are answered to.
+	IP string
+	// Image overrides DefaultImage for this node.
+	Image string
+	// Platform overrides Netboot.Platform for this node, e.g. "linux/amd64"
+	// for a QEMU machine.
+	Platform string
+}
+
+// Netboot is the "Netboot" section of config.json as written by users.
+type Netboot struct {
+	// Interface the services answer on (dhcpd binds to it).
+	Interface string
+	// Mode is "proxy" (default: another DHCP server hands out addresses) or
+	// "full" (dhcpd leases addresses on an isolated network).
+	Mode string
+	// ServerIP is the head node's address on Interface. Required in full
+	// mode; in proxy mode it defaults to the interface's first IPv4 address.
+	ServerIP string
+	// Subnet in CIDR notation, e.g. "10.42.0.0/24" (full mode).
+	Subnet string
+	// Range of leased addresses, "first-last", inside Subnet (full mode).
+	Range string
+	// Router and DNS handed to clients in full mode.
+	Router string
+	DNS    []string
+	// LeaseSeconds is the lease time in full mode (default 3600, minimum 60).
+	LeaseSeconds int
+	// ForceDHCP starts full mode even when another DHCP server answers on
+	// the segment.
+	ForceDHCP bool
+	// Enroll is "auto" (unknown nodes boot DefaultImage) or "known-only".
+	Enroll string
+	// DefaultImage is the OCI reference every node without its own Image
+	// boots, e.g. "registry.example:5000/rpi/node:bookworm".
+	DefaultImage string
+	// Platform of images, default "linux/arm64" (Pi 4 / CM4 / Pi 5).
+	Platform string
+	// BootDir is the boot directory inside images; empty means look for
+	// boot/firmware, then boot.
+	BootDir string
+	// Nodes known by serial and/or MAC.
+	Nodes []Node
+	// KernelArgs are appended to every generated cmdline.txt.
+	KernelArgs []string
+	// ConfigTxt lines are appended to every node's config.txt.
+	ConfigTxt []string
+	// ExportTo lists extra CIDRs (beyond enrolled nodes' addresses) that
+	// nfsd answers, e.g. for a test client.
+	ExportTo []string
+	// Upstreams are registries the head node mirrors pull-through on /v2/,
+	// e.g. "registry.example:5000".
+	Upstreams []string
+	// InsecureRegistries are pulled over plain HTTP (local registries).
+	InsecureRegistries []string
+}
+
+// NodeConfig is a validated Node.
+type NodeConfig struct {
+	Name     string
+	Serial   string           // 8 lowercase hex digits, or "" if only MAC is known
+	MAC      net.HardwareAddr // nil if only the serial is known
+	IP       netip.Addr       // invalid if none reserved
+	Image    string           // the node's image (DefaultImage filled in)
+	Platform string
+}
+
+// Config is the validated section with parsed values.
+type Config struct {
+	Raw Netboot
+
+	Interface    string
+	Mode         string
+	ServerIP     netip.Addr // may be invalid in proxy mode: use the interface's address
+	Subnet       netip.Prefix
+	RangeStart   netip.Addr
+	RangeEnd     netip.Addr
+	Router       netip.Addr
+	DNS          []netip.Addr
+	Lease        time.Duration
+	ForceDHCP    bool
+	Enroll       string
+	DefaultImage string
+	Platform     string
+	BootDir      string
+	Nodes        []NodeConfig
+	KernelArgs   []string
+	ConfigTxt    []string
+	ExportTo     []netip.Prefix
+	Upstreams    []string
+	Insecure     []string
+}
+
+// Errors collects every problem found in the section; Error prints one per
+// line.
+type Errors []error
+
+func (e Errors) Error() string {
+	lines := make([]string, len(e))
+	for i, err := range e {
+		lines[i] = err.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Load reads path (a gokrazy config.json) and returns its Netboot section.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %v (pass -config with the path of config.json)", err)
+	}
+	cfg, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config: %s:\n%w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes a whole config.json and validates its Netboot section.
+func Parse(b []byte) (*Config, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		return nil, Errors{fmt.Errorf("config.json: %v", jsonErr(b, err))}
+	}
+	var raw Netboot
+	var errs Errors
+	if section, ok := top["Netboot"]; ok {
+		decodeStrict("Netboot", section, reflect.ValueOf(&raw).Elem(), &errs)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	cfg := validate(raw, &errs)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return cfg, nil
+}
+
+// jsonErr adds the line number to a syntax error.
+func jsonErr(b []byte, err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line := 1 + bytes.Count(b[:se.Offset], []byte("\n"))
+		return fmt.Errorf("line %d: %v", line, err)
+	}
+	return err
+}
+
+// decodeStrict decodes raw into v (a struct, slice of structs or plain value)
+// and records every unknown key and type mismatch under its path, so that one
+// run reports all problems.
+func decodeStrict(path string, raw json.RawMessage, v reflect.Value, errs *Errors) {
+	switch {
+	case v.Kind() == reflect.Struct:
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+			if string(bytes.TrimSpace(raw)) == "null" {
+				return
+			}
+			*errs = append(*errs, fmt.Errorf("%s: want an object, got %s", path, short(raw)))
+			return
+		}
+		t := v.Type()
+		known := make([]string, 0, t.NumField())
+		for i := 0; i < t.NumField(); i++ {
+			known = append(known, t.Field(i).Name)
+		}
+		keys := make([]string, 0, len(obj))
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			f, ok := t.FieldByName(k)
+			if !ok || !f.IsExported() {
+				*errs = append(*errs, fmt.Errorf("%s.%s: unknown key (known keys: %s)", path, k, strings.Join(known, ", ")))
+				continue
+			}
+			decodeStrict(path+"."+k, obj[k], v.FieldByIndex(f.Index), errs)
+		}
+	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct:
+		var items []json.RawMessage
+		if err := json.Unmarshal(raw, &items); err != nil {
+			*errs = append(*errs, fmt.Errorf("%s: want a list, got %s", path, short(raw)))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(items), len(items))
+		for i, item := range items {
+			decodeStrict(fmt.Sprintf("%s[%d]", path, i), item, s.Index(i), errs)
+		}
+		v.Set(s)
+	default:
+		if err := json.Unmarshal(raw, v.Addr().Interface()); err != nil {
+			*errs = append(*errs, fmt.Errorf("%s: want %s, got %s", path, kindName(v.Type()), short(raw)))
+		}
+	}
+}
+
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int:
+		return "a whole number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice:
+		return "a list of " + strings.TrimPrefix(kindName(t.Elem()), "a ") + "s"
+	}
+	return t.String()
+}
+
+func short(raw json.RawMessage) string {
+	s := string(bytes.TrimSpace(raw))
+	if len(s) > 40 {
+		s = s[:37] + "..."
+	}
+	return s
+}
+
+func validate(raw Netboot, errs *Errors) *Config {
+	add := func(format string, args ...any) { *errs = append(*errs, fmt.Errorf(format, args...)) }
+	cfg := &Config{
+		Raw:          raw,
+		Interface:    raw.Interface,
+		Mode:         raw.Mode,
+		Enroll:       raw.Enroll,
+		ForceDHCP:    raw.ForceDHCP,
+		DefaultImage: raw.DefaultImage,
+		Platform:     raw.Platform,
+		BootDir:      raw.BootDir,
+		KernelArgs:   raw.KernelArgs,
+		ConfigTxt:    raw.ConfigTxt,
+		Upstreams:    raw.Upstreams,
+		Insecure:     raw.InsecureRegistries,
+	}
+	if cfg.Interface == "" {
+		cfg.Interface = DefaultInterface
+	} else if len(cfg.Interface) > 15 || strings.ContainsAny(cfg.Interface, "/ \t") {
+		add("Netboot.Interface: %q is not a network interface name", cfg.Interface)
+	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModeProxy
+	case ModeProxy, ModeFull:
+	default:
+		add("Netboot.Mode: %q is not a mode; use %q or %q", raw.Mode, ModeProxy, ModeFull)
+	}
+	switch cfg.Enroll {
+	case "":
+		cfg.Enroll = EnrollAuto
+	case EnrollAuto, EnrollKnownOnly:
+	default:
+		add("Netboot.Enroll: %q is not a policy; use %q or %q", raw.Enroll, EnrollAuto, EnrollKnownOnly)
+	}
+	full := cfg.Mode == ModeFull
+
+	ipv4 := func(field, s string) netip.Addr {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() {
+			add("%s: %q is not an IPv4 address", field, s)
+			return netip.Addr{}
+		}
+		return a
+	}
+	if raw.ServerIP != "" {
+		cfg.ServerIP = ipv4("Netboot.ServerIP", raw.ServerIP)
+	} else if full {
+		add("Netboot.ServerIP: required in full mode (the head node's static address on %s)", cfg.Interface)
+	}
+	if raw.Subnet != "" {
+		p, err := netip.ParsePrefix(raw.Subnet)
+		if err != nil || !p.Addr().Is4() {
+			add("Netboot.Subnet: %q is not an IPv4 CIDR such as \"10.42.0.0/24\"", raw.Subnet)
+		} else {
+			cfg.Subnet = p.Masked()
+		}
+	} else if full {
+		add("Netboot.Subnet: required in full mode, e.g. \"10.42.0.0/24\"")
+	}
+	inSubnet := func(field string, a netip.Addr) {
+		if a.IsValid() && cfg.Subnet.IsValid() && !cfg.Subnet.Contains(a) {
+			add("%s: %s is outside Netboot.Subnet %s", field, a, cfg.Subnet)
+		}
+	}
+	inSubnet("Netboot.ServerIP", cfg.ServerIP)
+	if raw.Range != "" {
+		first, last, ok := strings.Cut(raw.Range, "-")
+		a, errA := netip.ParseAddr(strings.TrimSpace(first))
+		b, errB := netip.ParseAddr(strings.TrimSpace(last))
+		switch {
+		case !ok || errA != nil || errB != nil || !a.Is4() || !b.Is4():
+			add("Netboot.Range: %q is not a range such as \"10.42.0.100-10.42.0.199\"", raw.Range)
+		case b.Less(a):
+			add("Netboot.Range: %q ends before it starts", raw.Range)
+		default:
+			cfg.RangeStart, cfg.RangeEnd = a, b
+			inSubnet("Netboot.Range", a)
+			inSubnet("Netboot.Range", b)
+			if cfg.ServerIP.IsValid() && cfg.InRange(cfg.ServerIP) {
+				add("Netboot.Range: %q contains Netboot.ServerIP %s", raw.Range, cfg.ServerIP)
+			}
+		}
+	} else if full {
+		add("Netboot.Range: required in full mode, e.g. \"10.42.0.100-10.42.0.199\"")
+	}
+	if raw.Router != "" {
+		cfg.Router = ipv4("Netboot.Router", raw.Router)
+		inSubnet("Netboot.Router", cfg.Router)
+	}
+	for i, s := range raw.DNS {
+		if a := ipv4(fmt.Sprintf("Netboot.DNS[%d]", i), s); a.IsValid() {
+			cfg.DNS = append(cfg.DNS, a)
+		}
+	}
+	switch {
+	case raw.LeaseSeconds == 0:
+		cfg.Lease = DefaultLeaseSeconds * time.Second
+	case raw.LeaseSeconds < 60:
+		add("Netboot.LeaseSeconds: %d is too short; use at least 60", raw.LeaseSeconds)
+	default:
+		cfg.Lease = time.Duration(raw.LeaseSeconds) * time.Second
+	}
+	checkImage := func(field, ref string) {
+		if _, err := name.ParseReference(ref); err != nil {
+			add("%s: %q is not an image reference such as \"registry:5000/repo/name:tag\": %v", field, ref, err)
+		}
+	}
+	if raw.DefaultImage != "" {
+		checkImage("Netboot.DefaultImage", raw.DefaultImage)
+	}
+	if cfg.Platform == "" {
+		cfg.Platform = DefaultPlatform
+	} else {
+		checkPlatform("Netboot.Platform", cfg.Platform, add)
+	}
+	if raw.BootDir != "" {
+		if strings.HasPrefix(raw.BootDir, "/") {
+			cfg.BootDir = strings.TrimLeft(raw.BootDir, "/")
+		}
+		for _, el := range strings.Split(cfg.BootDir, "/") {
+			if el == ".." {
+				add("Netboot.BootDir: %q leaves the image; name a directory inside it such as \"boot/firmware\"", raw.BootDir)
+				break
+			}
+		}
+	}
+	for i, s := range raw.ExportTo {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			if a, err2 := netip.ParseAddr(s); err2 == nil {
+				p, err = netip.PrefixFrom(a, a.BitLen()), nil
+			}
+		}
+		if err != nil {
+			add("Netboot.ExportTo[%d]: %q is not an address or CIDR", i, s)
+			continue
+		}
+		cfg.ExportTo = append(cfg.ExportTo, p.Masked())
+	}
+	for i, s := range raw.Upstreams {
+		if _, err := name.NewRegistry(s); err != nil || strings.Contains(s, "/") {
+			add("Netboot.Upstreams[%d]: %q is not a registry host such as \"registry.example:5000\"", i, s)
+		}
+	}
+	for i, s := range raw.InsecureRegistries {
+		if _, err := name.NewRegistry(s); err != nil || strings.Contains(s, "/") {
+			add("Netboot.InsecureRegistries[%d]: %q is not a registry host such as \"localhost:5000\"", i, s)
+		}
+	}
+
+	seen := map[string]string{}
+	dup := func(field, kind, v string) {
+		key := kind + "\x00" + v
+		if prev, ok := seen[key]; ok {
+			add("%s: %s %q is also used by %s", field, kind, v, prev)
+			return
+		}
+		seen[key] = field
+	}
+	for i, n := range raw.Nodes {
+		p := fmt.Sprintf("Netboot.Nodes[%d]", i)
+		nc := NodeConfig{Name: n.Name, Image: n.Image, Platform: n.Platform}
+		if n.Serial != "" {
+			s, err := NormalizeSerial(n.Serial)
+			if err != nil {
+				add("%s.Serial: %q is not a Pi serial (8 or 16 hex digits, as printed by `cat /proc/cpuinfo`)", p, n.Serial)
+			} else {
+				nc.Serial = s
+				dup(p+".Serial", "serial", s)
+			}
+		}
+		if n.MAC != "" {
+			mac, err := net.ParseMAC(n.MAC)
+			if err != nil || len(mac) != 6 {
+				add("%s.MAC: %q is not a MAC address", p, n.MAC)
+			} else {
+				nc.MAC = mac
+				dup(p+".MAC", "MAC", mac.String())
+			}
+		}
+		if n.Serial == "" && n.MAC == "" {
+			add("%s: needs a Serial or a MAC to recognise the node", p)
+		}
+		if n.IP != "" {
+			nc.IP = ipv4(p+".IP", n.IP)
+			inSubnet(p+".IP", nc.IP)
+			if nc.IP.IsValid() {
+				if nc.IP == cfg.ServerIP {
+					add("%s.IP: %s is Netboot.ServerIP", p, nc.IP)
+				}
+				dup(p+".IP", "IP", nc.IP.String())
+			}
+		}
+		if nc.Image != "" {
+			checkImage(p+".Image", nc.Image)
+		} else {
+			nc.Image = cfg.DefaultImage
+		}
+		if nc.Platform != "" {
+			checkPlatform(p+".Platform", nc.Platform, add)
+		} else {
+			nc.Platform = cfg.Platform
+		}
+		if nc.Name == "" {
+			nc.Name = nc.Serial
+			if nc.Name == "" {
+				nc.Name = nc.MAC.String()
+			}
+		} else {
+			dup(p+".Name", "name", nc.Name)
+		}
+		cfg.Nodes = append(cfg.Nodes, nc)
+	}
+	return cfg
+}
+
+func checkPlatform(field, s string, add func(string, ...any)) {
+	os, arch, ok := strings.Cut(s, "/")
+	if !ok || os != "linux" || arch == "" || strings.Count(s, "/") > 2 {
+		add("%s: %q is not a platform such as \"linux/arm64\"", field, s)
+	}
+}
+
+// NormalizeSerial returns the low 8 hex digits of a Pi serial in lower case:
+// the bootloader uses exactly those as its TFTP prefix.
+func NormalizeSerial(s string) (string, error) {
+	s = strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X"))
+	if len(s) != 8 && len(s) != 16 {
+		return "", fmt.Errorf("serial %q: want 8 or 16 hex digits", s)
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", fmt.Errorf("serial %q: %q is not a hex digit", s, c)
+		}
+	}
+	return s[len(s)-8:], nil
+}
+
+// InRange reports whether a lies in the lease range.
+func (c *Config) InRange(a netip.Addr) bool {
+	return c.RangeStart.IsValid() && !a.Less(c.RangeStart) && !c.RangeEnd.Less(a)
+}
+
+// NodeBySerial returns the configured node with that (normalized) serial.
+func (c *Config) NodeBySerial(serial string) (NodeConfig, bool) {
+	for _, n := range c.Nodes {
+		if n.Serial != "" && n.Serial == serial {
+			return n, true
+		}
+	}
+	return NodeConfig{}, false
+}
+
+// NodeByMAC returns the configured node with that MAC.
+func (c *Config) NodeByMAC(mac net.HardwareAddr) (NodeConfig, bool) {
+	for _, n := range c.Nodes {
+		if n.MAC != nil && bytes.Equal(n.MAC, mac) {
+			return n, true
+		}
+	}
+	return NodeConfig{}, false
+}
+
+// Images returns every distinct image the config names, each with the
+// platforms it is needed for.
+func (c *Config) Images() map[string][]string {
+	out := map[string][]string{}
+	addImg := func(ref, platform string) {
+		if ref == "" {
+			return
+		}
+		for _, p := range out[ref] {
+			if p == platform {
+				return
+			}
+		}
+		out[ref] = append(out[ref], platform)
+	}
+	addImg(c.DefaultImage, c.Platform)
+	for _, n := range c.Nodes {
+		addImg(n.Image, n.Platform)
+	}
+	return out
+}

@@ -1,0 +1,145 @@
+// Package nodes keeps what the head node knows about each netbooted node in
+// the store under nodes/<serial>/.
+//
+// Files there have one writer each: node.json is written by dhcpd (identity,
+// address, image), stage-<service>.json by the service that saw the stage
+// (dhcpd, tftpd, nfsd), and root/ by nfsd. Readers (the status page, tftpd,
+// nfsd) merge them.
+package nodes
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// Boot stages in the order a node passes them.
+const (
+	StageDHCP     = "dhcp"
+	StageFirmware = "firmware"
+	StageKernel   = "kernel"
+	StageRoot     = "root-mounted"
+)
+
+// StageOrder ranks stages so the furthest one seen wins.
+var StageOrder = map[string]int{StageDHCP: 1, StageFirmware: 2, StageKernel: 3, StageRoot: 4}
+
+// Record is nodes/<serial>/node.json.
+type Record struct {
+	Serial   string    // 8 lowercase hex digits; the directory name
+	Name     string    `json:",omitempty"`
+	MAC      string    `json:",omitempty"`
+	IP       string    `json:",omitempty"`
+	Model    string    `json:",omitempty"` // e.g. "RPi4", from DHCP option 97
+	Image    string    `json:",omitempty"` // reference from the config
+	Platform string    `json:",omitempty"`
+	Enrolled time.Time // first seen
+	LastSeen time.Time
+}
+
+// Stage is nodes/<serial>/stage-<service>.json.
+type Stage struct {
+	Stage     string
+	Time      time.Time
+	Detail    string    `json:",omitempty"` // e.g. the last file fetched
+	LastError string    `json:",omitempty"`
+	ErrorTime time.Time `json:",omitempty"`
+}
+
+const recordFile = "node.json"
+
+// Save writes rec crash-safely, creating the node's directory.
+func Save(st *store.Store, rec Record) error {
+	dir, err := st.NodeDir(rec.Serial)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("nodes: %v", err)
+	}
+	return store.WriteJSON(filepath.Join(dir, recordFile), rec)
+}
+
+// Load reads one node's record; errors.Is(err, fs.ErrNotExist) for an
+// unknown node.
+func Load(st *store.Store, serial string) (Record, error) {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return Record{}, err
+	}
+	var rec Record
+	err = store.ReadJSON(filepath.Join(dir, recordFile), &rec)
+	return rec, err
+}
+
+// List returns every node that has a record, sorted by serial. A corrupt
+// record is reported in errs and skipped, so one bad file does not hide the
+// others.
+func List(st *store.Store) (recs []Record, errs []error) {
+	entries, err := os.ReadDir(st.Path(store.NodesDir))
+	if err != nil {
+		return nil, []error{fmt.Errorf("nodes: %v", err)}
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !store.ValidName(e.Name()) {
+			continue
+		}
+		rec, err := Load(st, e.Name())
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Serial < recs[j].Serial })
+	return recs, errs
+}
+
+// SaveStage records what service saw of the node.
+func SaveStage(st *store.Store, serial, service string, s Stage) error {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return err
+	}
+	if !store.ValidName(service) {
+		return fmt.Errorf("nodes: %q is not a service name", service)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("nodes: %v", err)
+	}
+	return store.WriteJSON(filepath.Join(dir, "stage-"+service+".json"), s)
+}
+
+// Progress merges the stage files of a node: the furthest stage reached, its
+// time, and the newest error of any service.
+func Progress(st *store.Store, serial string) (Stage, error) {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return Stage{}, err
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "stage-*.json"))
+	var out Stage
+	for _, f := range files {
+		var s Stage
+		if err := store.ReadJSON(f, &s); err != nil {
+			continue
+		}
+		if StageOrder[s.Stage] > StageOrder[out.Stage] ||
+			(StageOrder[s.Stage] == StageOrder[out.Stage] && s.Time.After(out.Time)) {
+			out.Stage, out.Time, out.Detail = s.Stage, s.Time, s.Detail
+		}
+		if s.LastError != "" && s.ErrorTime.After(out.ErrorTime) {
+			out.LastError, out.ErrorTime = s.LastError, s.ErrorTime
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,70 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSetupServesStatusAndMetrics(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.json")
+	os.WriteFile(cfgPath, []byte(`{"Hostname": "h", "Netboot": {"Interface": "lo"}}`), 0o644)
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	f := RegisterFlags(fs, "127.0.0.1:0")
+	if err := fs.Parse([]string{"-config", cfgPath, "-store", filepath.Join(dir, "store"), "-allow_tmpfs"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	env, err := Setup(ctx, "testd", f, os.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.SetStatus(func() any { return map[string]int{"answers": 42} })
+	base := "http://" + env.StatusAddr.String()
+
+	resp, err := http.Get(base + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]int
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if got, want := st["answers"], 42; got != want {
+		t.Errorf("/status answers: got %d, want %d", got, want)
+	}
+	resp, err = http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "go_goroutines") {
+		t.Errorf("/metrics lacks go_goroutines:\n%.300s", b)
+	}
+}
+
+func TestSetupReportsBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.json")
+	os.WriteFile(cfgPath, []byte(`{"Netboot": {"Mode": "both", "Nodes": [{"MAC": "x"}]}}`), 0o644)
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	f := RegisterFlags(fs, "")
+	fs.Parse([]string{"-config", cfgPath, "-store", filepath.Join(dir, "store")})
+	_, err := Setup(context.Background(), "testd", f, os.Stdout)
+	if err == nil {
+		t.Fatal("got nil error for a bad config")
+	}
+	for _, want := range []string{`Netboot.Mode: "both"`, `Netboot.Nodes[0].MAC: "x" is not a MAC address`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
