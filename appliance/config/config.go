@@ -186,9 +186,9 @@ func Parse(b []byte) (*Config, error) {
 	if section, ok := top["Netboot"]; ok {
 		decodeStrict("Netboot", section, reflect.ValueOf(&raw).Elem(), &errs)
 	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
+	// Validate even after decoding errors: a field that failed to decode
+	// is left at its zero value (its default), so every other problem is
+	// still reported in the same run.
 	cfg := validate(raw, &errs)
 	if len(errs) > 0 {
 		return nil, errs

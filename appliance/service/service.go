@@ -140,8 +140,10 @@ func Main(name, defaultStatus string, run func(ctx context.Context, env *Env) er
 	defer stop()
 	env, err := Setup(ctx, name, f, os.Stdout)
 	if err != nil {
+		// Plain lines, one per problem, are easier to read in gokrazy's
+		// log view than one escaped slog attribute.
 		fmt.Fprintln(os.Stderr, err)
-		slog.New(slog.NewTextHandler(os.Stdout, nil)).Error("start failed", "service", name, "err", err)
+		slog.New(slog.NewTextHandler(os.Stdout, nil)).Error("start failed; the reason is on stderr", "service", name)
 		os.Exit(1)
 	}
 	env.Log.Info("started", "config", env.ConfigPath, "store", env.Store.Root, "mode", env.Config.Mode, "interface", env.Config.Interface)

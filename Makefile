@@ -1,0 +1,77 @@
+# ociboot: the repository root is the gokrazy instance. gok has no flag for a
+# config path; it reads <parent_dir>/<instance>/config.json, so we pass this
+# checkout's parent as parent dir and its directory name as instance. That
+# works from any checkout path.
+GOK       := go tool gok
+INSTANCE  := $(notdir $(CURDIR))
+PARENT    := $(abspath $(CURDIR)/..)
+GOKFLAGS  := --parent_dir $(PARENT) --instance $(INSTANCE)
+
+# The image for `make image`. A CM4 with 8 GB eMMC has a little under 8e9
+# bytes; set TARGET_STORAGE_BYTES to your eMMC/SD card size: everything past
+# the boot and root partitions becomes /perm, the image cache.
+IMAGE                ?= ociboot.img
+TARGET_STORAGE_BYTES ?= 7000000000
+
+# `make run` runs every service on this machine (the laptop as head node).
+STORE  ?= $(CURDIR)/.build/store
+CONFIG ?= $(CURDIR)/config.json
+BIN    := $(CURDIR)/.build/bin
+
+SERVICES := dhcpd tftpd ocicache nfsd
+
+.PHONY: image update root run test unit bench builddir-sync fmt
+
+## image: build a full Raspberry Pi image (boot, root, and an ext4 /perm)
+image:
+	@command -v mkfs.ext4 >/dev/null || { echo "make image: mkfs.ext4 not found; install e2fsprogs" >&2; exit 1; }
+	mkdir -p .build
+	$(GOK) $(GOKFLAGS) overwrite --full $(IMAGE) --target_storage_bytes=$(TARGET_STORAGE_BYTES) 2>&1 | tee .build/gok-image.log
+	@# gok leaves the perm partition unformatted and prints the mkfs command
+	@# for it; the services refuse a read-only /perm, so format it here.
+	@set -e; args=$$(sed -n 's/.*mkfs\.ext4 -F -E offset=\([0-9]*\) .* \([0-9]*\)$$/\1 \2/p' .build/gok-image.log | tail -n 1); \
+	  [ -n "$$args" ] || { echo "make image: gok did not report the perm partition; is TARGET_STORAGE_BYTES large enough?" >&2; exit 1; }; \
+	  set -- $$args; mkfs.ext4 -q -F -L perm -E offset=$$1 $(IMAGE) $$2; \
+	  echo "$(IMAGE): ready to flash (perm partition formatted at offset $$1)"
+
+## root: build only the root file system (what `make test` inspects)
+root:
+	mkdir -p .build
+	$(GOK) $(GOKFLAGS) overwrite --root .build/root.squashfs
+
+## update: build and ship the image to the running head node over the network
+update:
+	$(GOK) $(GOKFLAGS) update
+
+## run: run all services on this machine against $(STORE) (needs root for ports 67, 69, 111, 2049)
+run:
+	mkdir -p $(BIN) $(STORE)
+	go build -o $(BIN)/ $(addprefix ./services/,$(SERVICES))
+	@set -e; pids=""; \
+	  trap 'kill $$pids 2>/dev/null; wait' INT TERM EXIT; \
+	  for s in $(SERVICES); do \
+	    $(BIN)/$$s -config $(CONFIG) -store $(STORE) -allow_tmpfs & pids="$$pids $$!"; \
+	  done; \
+	  echo "status: dhcpd :9067  tftpd :9069  ocicache :9050  nfsd :9049  (Ctrl-C stops all)"; \
+	  wait
+
+## test: vet, unit tests, root tests (network namespaces, QEMU) and the image build check
+test:
+	go vet ./...
+	go test -timeout 25m ./...
+
+## unit: only what runs without root or network namespaces
+unit:
+	go test -short ./...
+
+## bench: benchmarks against peers on this machine (dnsmasq, nfs-ganesha, skopeo+umoci)
+bench:
+	OCIBOOT_BENCH=1 go test -timeout 60m -count=1 -run Bench -v ./tests/bench/...
+
+## builddir-sync: refresh builddir/go.sum after go.mod changed
+builddir-sync:
+	cd builddir && GOFLAGS=-mod=mod go list -deps -tags gokrazy \
+	  $$(sed -n 's/^ *"\(github.com\/[^"]*\)",\{0,1\}$$/\1/p' ../config.json | sort -u) \
+	  github.com/gokrazy/gokrazy/cmd/dhcp github.com/gokrazy/gokrazy/cmd/ntp \
+	  github.com/gokrazy/gokrazy/cmd/randomd github.com/gokrazy/gokrazy/cmd/heartbeat >/dev/null
+	cd builddir && go mod download github.com/gokrazy/firmware github.com/gokrazy/kernel.rpi github.com/gokrazy/rpi-eeprom

@@ -1,0 +1,63 @@
+package tests
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBadConfigOneLinePerProblem runs each real service binary against a
+// config.json with several mistakes: each must refuse to start and name every
+// problem on its own line.
+func TestBadConfigOneLinePerProblem(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the service binaries")
+	}
+	root := repoRoot(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.json")
+	os.WriteFile(cfg, []byte(`{
+  "Hostname": "ociboot",
+  "Netboot": {
+    "Mode": "fulll",
+    "LeaseSeconds": "3600",
+    "Nodes": [
+      {"Serial": "abcd1234", "MAC": "dc:a6:32:00:00:01"},
+      {"Serial": "abcd1235", "MAC": "zz:.."},
+      {"Name": "n3", "Serail": "abcd1236"}
+    ]
+  }
+}`), 0o644)
+	want := []string{
+		`Netboot.LeaseSeconds: want a whole number, got "3600"`,
+		`Netboot.Mode: "fulll" is not a mode; use "proxy" or "full"`,
+		`Netboot.Nodes[1].MAC: "zz:.." is not a MAC address`,
+		`Netboot.Nodes[2].Serail: unknown key`,
+		`Netboot.Nodes[2]: needs a Serial or a MAC to recognise the node`,
+	}
+	for _, svc := range []string{"dhcpd", "tftpd", "ocicache", "nfsd"} {
+		bin := filepath.Join(dir, svc)
+		if out, err := exec.Command("go", "build", "-C", root, "-o", bin, "./services/"+svc).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", svc, err, out)
+		}
+		cmd := exec.Command(bin, "-config", cfg, "-store", filepath.Join(dir, "store"), "-status", "")
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Errorf("%s started with a bad config", svc)
+			continue
+		}
+		for _, w := range want {
+			found := false
+			for _, line := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(line, w) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s output lacks a line starting %q:\n%s", svc, w, out)
+			}
+		}
+	}
+}
