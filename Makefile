@@ -18,7 +18,7 @@ STORE  ?= $(CURDIR)/.build/store
 CONFIG ?= $(CURDIR)/config.json
 BIN    := $(CURDIR)/.build/bin
 
-SERVICES := dhcpd tftpd ocicache nfsd
+SERVICES := dhcpd tftpd ocicache nfsd status
 
 .PHONY: image update root run test unit bench builddir-sync fmt
 
@@ -52,7 +52,7 @@ run:
 	  for s in $(SERVICES); do \
 	    $(BIN)/$$s -config $(CONFIG) -store $(STORE) -allow_tmpfs & pids="$$pids $$!"; \
 	  done; \
-	  echo "status: dhcpd :9067  tftpd :9069  ocicache :9050  nfsd :9049  (Ctrl-C stops all)"; \
+	  echo "status page: http://localhost:8080/  (Ctrl-C stops all)"; \
 	  wait
 
 ## test: vet, unit tests, root tests (network namespaces, QEMU) and the image build check

@@ -43,7 +43,7 @@ func builddirState(t *testing.T, root string) []byte {
 }
 
 // TestImage builds the head-node image exactly as `make image` does and
-// checks that it holds the four services, the config and a formatted /perm.
+// checks that it holds the services, the config and a formatted /perm.
 func TestImage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the gokrazy image (about 2 minutes on a cold module cache)")
@@ -109,6 +109,7 @@ func TestImage(t *testing.T) {
 		"squashfs-root/user/tftpd",
 		"squashfs-root/user/ocicache",
 		"squashfs-root/user/nfsd",
+		"squashfs-root/user/status",
 		"squashfs-root/etc/ociboot/config.json",
 		"squashfs-root/gokrazy/init",
 	} {

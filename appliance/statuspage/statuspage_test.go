@@ -1,0 +1,127 @@
+package statuspage
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+func fixture(t *testing.T) (*Page, *httptest.Server) {
+	t.Helper()
+	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(`{"Netboot": {"DefaultImage": "localhost:5000/node:v1", "Nodes": [
+		{"Name": "node2", "Serial": "abcd0002", "IP": "10.42.0.12"},
+		{"Name": "typo", "Serial": "abcd0009"}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	digest := "sha256:" + strings.Repeat("1f", 32)
+	nodes.Save(st, nodes.Record{Serial: "abcd0002", MAC: "dc:a6:32:00:00:02", IP: "10.42.0.12", Image: "localhost:5000/node:v1", LastSeen: now.Add(-3 * time.Second)})
+	nodes.Save(st, nodes.Record{Serial: "abcd0003", MAC: "dc:a6:32:00:00:03", IP: "10.42.0.13", Image: "localhost:5000/node:v1", LastSeen: now})
+	nodes.SaveStage(st, "abcd0002", "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: now})
+	nodes.SaveStage(st, "abcd0003", "tftpd", nodes.Stage{Stage: nodes.StageFirmware, Time: now, Detail: "start4.elf",
+		LastError: "kernel8.img: not in image", ErrorTime: now})
+	images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: "localhost:5000/node:v1", Platform: "linux/arm64", Digest: digest, BootDir: "boot/firmware", Kernel: "kernel8.img", Pulled: now}}})
+
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/status" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, `{"pulls": [{"ref": "localhost:5000/node:v2", "bytes": 1234}]}`)
+	}))
+	t.Cleanup(up.Close)
+	p := &Page{Config: cfg, Store: st, Now: func() time.Time { return now },
+		Services: []Service{{Name: "ocicache", URL: up.URL}, {Name: "nfsd", URL: "http://127.0.0.1:1"}}}
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	return p, srv
+}
+
+func TestOverview(t *testing.T) {
+	_, srv := fixture(t)
+	resp, err := http.Get(srv.URL + "/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ov Overview
+	if err := json.NewDecoder(resp.Body).Decode(&ov); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(ov.Nodes), 3; got != want {
+		t.Fatalf("nodes: got %d, want %d: %+v", got, want, ov.Nodes)
+	}
+	byName := map[string]Node{}
+	for _, n := range ov.Nodes {
+		byName[n.Name] = n
+	}
+	if n := byName["node2"]; n.Stage != nodes.StageRoot || !n.Known || !strings.HasPrefix(n.Digest, "sha256:1f1f") {
+		t.Errorf("node2: got %+v", n)
+	}
+	if n := byName["abcd0003"]; n.Known || n.LastError != "kernel8.img: not in image" || n.Stage != nodes.StageFirmware {
+		t.Errorf("enrolled node: got %+v", n)
+	}
+	if n := byName["typo"]; n.Seen || n.Stage != "" {
+		t.Errorf("configured but unseen node: got %+v", n)
+	}
+	if got, want := len(ov.Services), 2; got != want {
+		t.Fatalf("services: got %d, want %d", got, want)
+	}
+	if !ov.Services[0].Up || ov.Services[1].Up || !strings.Contains(ov.Services[1].Error, "not answering") {
+		t.Errorf("service states: %+v", ov.Services)
+	}
+}
+
+func TestHTML(t *testing.T) {
+	_, srv := fixture(t)
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	html := string(b)
+	for _, want := range []string{
+		"<td>node2</td>",
+		`<span class="stage rootmounted">root-mounted</span>`,
+		`<span class="stage none">not seen</span>`,
+		"kernel8.img: not in image",
+		"<code>sha256:1f1f1f1f1f1f</code>",
+		`<span class="down">down</span>`,
+		"localhost:5000/node:v2",
+	} {
+		if !strings.Contains(html, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	resp, _ = http.Get(srv.URL + "/nope")
+	if got, want := resp.StatusCode, http.StatusNotFound; got != want {
+		t.Errorf("/nope: got %d, want %d", got, want)
+	}
+}
+
+func TestMetricsLink(t *testing.T) {
+	for _, tt := range []struct{ svc, host, want string }{
+		{"http://127.0.0.1:9067", "ociboot:8080", "http://ociboot:9067/metrics"},
+		{"http://0.0.0.0:9069", "10.0.0.1:8080", "http://10.0.0.1:9069/metrics"},
+		{"http://10.0.0.5:9049", "ociboot:8080", "http://10.0.0.5:9049/metrics"},
+	} {
+		if got := metricsLink(tt.svc, tt.host); got != tt.want {
+			t.Errorf("metricsLink(%q, %q) = %q, want %q", tt.svc, tt.host, got, tt.want)
+		}
+	}
+}
