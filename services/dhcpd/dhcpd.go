@@ -3,16 +3,68 @@ package main
 
 import (
 	"context"
+	"flag"
+	"net/netip"
+	"time"
 
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/dhcpd"
 	"github.com/ociboot/ociboot/appliance/service"
 )
 
+var (
+	probeWait = flag.Duration("probe_wait", 3*time.Second, "full mode: how long to listen for offers of other DHCP servers before serving")
+	port      = flag.Int("port", dhcpd.ServerPort, "UDP port to serve on")
+)
+
 func main() {
-	service.Main("dhcpd", ":9067", func(ctx context.Context, env *service.Env) error {
-		env.SetStatus(func() any {
-			return map[string]any{"service": "dhcpd", "mode": env.Config.Mode, "interface": env.Config.Interface}
-		})
-		<-ctx.Done()
-		return ctx.Err()
+	service.Main("dhcpd", ":9067", run)
+}
+
+func run(ctx context.Context, env *service.Env) error {
+	cfg := env.Config
+	conn, err := dhcpd.ListenUDP(cfg.Interface, *port)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ifIP, mac, ifErr := dhcpd.InterfaceIPv4(cfg.Interface)
+	serverIP := cfg.ServerIP
+	if !serverIP.IsValid() {
+		if ifErr != nil {
+			return ifErr
+		}
+		serverIP, _ = netip.AddrFromSlice(ifIP)
+	}
+	srv, err := dhcpd.New(dhcpd.Options{
+		Config:   cfg,
+		Store:    env.Store,
+		Conn:     conn,
+		ServerIP: serverIP,
+		OwnMAC:   mac,
+		Log:      env.Log,
+		Metrics:  env.Metrics,
 	})
+	if err != nil {
+		return err
+	}
+	env.SetStatus(func() any { return srv.Status() })
+
+	if cfg.Mode == config.ModeFull {
+		sn, err := dhcpd.ListenSniffer(cfg.Interface)
+		if err != nil {
+			return err
+		}
+		defer sn.Close()
+		env.Log.Info("probing for other DHCP servers", "interface", cfg.Interface, "wait", probeWait.String())
+		if err := srv.Probe(ctx, sn, *probeWait); err != nil {
+			if !cfg.ForceDHCP {
+				return err
+			}
+			env.Log.Warn("serving anyway because Netboot.ForceDHCP is set", "err", err)
+		}
+		go srv.Watch(ctx, sn)
+	}
+	env.Log.Info("serving DHCP", "mode", cfg.Mode, "interface", cfg.Interface, "server_ip", serverIP.String(), "enroll", cfg.Enroll)
+	return srv.Serve(ctx)
 }
