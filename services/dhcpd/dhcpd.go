@@ -13,7 +13,9 @@ import (
 )
 
 var (
-	probeWait = flag.Duration("probe_wait", 3*time.Second, "full mode: how long to listen for offers of other DHCP servers before serving")
+	// dnsmasq pings an address for up to 3 s before offering it to a new
+	// client, so a shorter wait would miss the most common other server.
+	probeWait = flag.Duration("probe_wait", 5*time.Second, "full mode: how long to listen for offers of other DHCP servers before serving")
 	port      = flag.Int("port", dhcpd.ServerPort, "UDP port to serve on")
 )
 

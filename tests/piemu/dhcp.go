@@ -138,12 +138,10 @@ type Lease struct {
 	BootOffer, Ack *dhcpv4.DHCPv4
 }
 
-// Timing of the exchange: the bootloader's DHCP_REQ_TIMEOUT default between
-// retries, and how long offers are collected after the first one.
-var (
-	RetryInterval = 4 * time.Second
-	Settle        = 500 * time.Millisecond
-)
+// RetryInterval is the bootloader's DHCP_REQ_TIMEOUT default: how long it
+// waits for a usable set of offers (a boot offer and an address, from one
+// server or two) before it sends the DISCOVER again.
+var RetryInterval = 4 * time.Second
 
 // DHCP runs the bootloader's DHCP exchange on iface for a Pi 4 with mac and
 // serial until it holds a boot offer and an ACKed address, or ctx ends.
@@ -171,39 +169,26 @@ func (p Pi) DHCP(ctx context.Context, iface string) (Lease, error) {
 			return l, err
 		}
 		round, cancel := context.WithTimeout(ctx, RetryInterval)
-		var first time.Time
-		for {
-			rctx := round
-			var c2 context.CancelFunc
-			if !first.IsZero() {
-				rctx, c2 = context.WithDeadline(round, first.Add(Settle))
-			}
-			m, err := c.Recv(rctx, xid, p.MAC)
-			if c2 != nil {
-				c2()
-			}
+		var addrOffer *dhcpv4.DHCPv4
+		for l.BootOffer == nil || addrOffer == nil {
+			m, err := c.Recv(round, xid, p.MAC)
 			if err != nil {
 				break
 			}
 			if m.MessageType() != dhcpv4.MessageTypeOffer {
 				continue
 			}
-			if first.IsZero() {
-				first = time.Now()
-			}
 			l.Offers = append(l.Offers, m)
+			if l.BootOffer == nil && IsBootOffer(m) {
+				l.BootOffer = m
+			}
+			if addrOffer == nil && m.YourIPAddr != nil && !m.YourIPAddr.IsUnspecified() {
+				addrOffer = m
+			}
 		}
 		cancel()
-		var addrOffer *dhcpv4.DHCPv4
-		for _, o := range l.Offers {
-			if l.BootOffer == nil && IsBootOffer(o) {
-				l.BootOffer = o
-			}
-			if addrOffer == nil && !o.YourIPAddr.IsUnspecified() && o.YourIPAddr != nil {
-				addrOffer = o
-			}
-		}
 		if l.BootOffer == nil || addrOffer == nil {
+			l.BootOffer = nil
 			continue
 		}
 		b := l.BootOffer

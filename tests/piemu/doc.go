@@ -8,8 +8,9 @@
 // vendor class "PXEClient:Arch:00000:UNDI:002001", option 93 = 00 00,
 // option 94 = 01 02 01, option 55 asking for 1, 3, 43, 60, 66, 67, 128-135,
 // and option 97 = 00 "RPi4" board-revision MAC-low-4 serial. It collects
-// every offer for a moment (a proxyDHCP offer and the address offer may come
-// in any order), takes the TFTP server from the offer that carries
+// offers until it holds one with "Raspberry Pi Boot" and one with an address
+// (a proxyDHCP offer and the router's may come in any order, or one server
+// sends both), resending the DISCOVER every 4 s as DHCP_REQ_TIMEOUT does; takes the TFTP server from the offer that carries
 // "Raspberry Pi Boot" in option 43 (option 66, else option 54), and REQUESTs
 // the address from the server that offered one, without option 60, as the
 // 2020-01 bootloader did.
