@@ -14,23 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
 	"github.com/ociboot/ociboot/appliance/dhcpd"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
 	"github.com/ociboot/ociboot/tests/piemu"
 )
-
-func piDHCP(t *testing.T, ns string, p piemu.Pi, timeout time.Duration) (piemu.Lease, error) {
-	t.Helper()
-	var l piemu.Lease
-	var err error
-	inNS(t, ns, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		l, err = p.DHCP(ctx, "obd0")
-	})
-	return l, err
-}
 
 func openStore(t *testing.T, dir string) *store.Store {
 	t.Helper()
@@ -61,15 +52,15 @@ func waitRecord(t *testing.T, storeDir, key, wantIP string) nodes.Record {
 // A Pi on a LAN whose router (dnsmasq) leases addresses: it hears two
 // offers, boots from ours, takes its address from dnsmasq.
 func TestProxyBehindDnsmasq(t *testing.T) {
-	s := newSegment(t)
-	lan := s.attach("lan", 254, "")
-	head := s.attach("head", 1, "")
+	s := netlab.NewSegment(t, nsPrefix)
+	lan := s.Attach("lan", 254, "")
+	head := s.Attach("head", 1, "")
 	p := piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x00, 0x01}, Serial: 0x5b154510}
-	piNS := s.attach("pi", 0, p.MAC.String())
+	piNS := s.Attach("pi", 0, p.MAC.String())
 
 	startDnsmasq(t, s, lan)
 	d := startDHCPD(t, head, `{"Interface": "obd0", "DefaultImage": "registry.test:5000/pi/node:1"}`, "")
-	d.waitFor(t, "serving DHCP", 5*time.Second)
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
 
 	l, err := piDHCP(t, piNS, p, 20*time.Second)
 	if err != nil {
@@ -79,39 +70,39 @@ func TestProxyBehindDnsmasq(t *testing.T) {
 		t.Errorf("Pi heard %d offers, want %d (dnsmasq's and ours)", got, want)
 	}
 	ip := l.IP.String()
-	if !strings.HasPrefix(ip, fmt.Sprintf("10.67.%d.1", s.net)) || l.IP.As4()[3] < 150 {
+	if !strings.HasPrefix(ip, fmt.Sprintf("10.67.%d.1", s.Net)) || l.IP.As4()[3] < 150 {
 		t.Errorf("address %s is not from dnsmasq's range", ip)
 	}
-	check(t, "TFTP server", l.TFTP.String(), s.addr(1))
-	check(t, "siaddr", l.SIAddr.String(), s.addr(1))
-	check(t, "option 54", l.ServerID.String(), s.addr(1))
-	check(t, "option 66", l.TFTPName, s.addr(1))
+	check(t, "TFTP server", l.TFTP.String(), s.Addr(1))
+	check(t, "siaddr", l.SIAddr.String(), s.Addr(1))
+	check(t, "option 54", l.ServerID.String(), s.Addr(1))
+	check(t, "option 66", l.TFTPName, s.Addr(1))
 	check(t, "option 60", l.Option60, "PXEClient")
 	check(t, "option 43", hex.EncodeToString(l.Option43), hex.EncodeToString(dhcpd.PXEOption43))
 	check(t, "option 97", hex.EncodeToString(l.Option97), hex.EncodeToString(p.GUID()))
 	check(t, "boot offer yiaddr", l.BootOffer.YourIPAddr.String(), "0.0.0.0")
-	check(t, "router from dnsmasq", l.Router.String(), s.addr(254))
+	check(t, "router from dnsmasq", l.Router.String(), s.Addr(254))
 
-	rec := waitRecord(t, d.store, "5b154510", ip)
+	rec := waitRecord(t, d.Store, "5b154510", ip)
 	check(t, "record MAC", rec.MAC, p.MAC.String())
 	check(t, "record model", rec.Model, "RPi4")
 	check(t, "record image", rec.Image, "registry.test:5000/pi/node:1")
 
-	st := d.status(t)
+	st := d.Status(t)
 	if got := st.Drops["proxy_ignores_request"]; got < 1 {
 		t.Errorf("proxy answered or missed the Pi's REQUEST to dnsmasq: drops %v", st.Drops)
 	}
 	if got, want := st.Replies["offer"], 1; got != want {
 		t.Errorf("proxy sent %d offers, want %d", got, want)
 	}
-	if m := d.metrics(t); !strings.Contains(m, `ociboot_dhcpd_requests_total{type="discover"} 1`) {
+	if m := d.Metrics(t); !strings.Contains(m, `ociboot_dhcpd_requests_total{type="discover"} 1`) {
 		t.Errorf("metrics lack the DISCOVER count:\n%s", m)
 	}
 
 	// An ordinary client on the LAN gets dnsmasq's lease and nothing from us.
-	env := udhcpc(t, s.attach("laptop", 0, ""))
-	check(t, "laptop serverid", env["serverid"], s.addr(254))
-	if st := d.status(t); st.Replies["offer"] != 1 {
+	env := udhcpc(t, s.Attach("laptop", 0, ""))
+	check(t, "laptop serverid", env["serverid"], s.Addr(254))
+	if st := d.Status(t); st.Replies["offer"] != 1 {
 		t.Errorf("proxy answered an ordinary client: %v", st.Replies)
 	}
 }
@@ -124,43 +115,43 @@ const fullNetboot = `{
 	"Nodes": [{"Name": "reserved", "MAC": "52:54:00:67:00:99", "IP": "%[1]s.50"}]
 }`
 
-func fullConfig(s *segment) string {
-	return fmt.Sprintf(fullNetboot, fmt.Sprintf("10.67.%d", s.net))
+func fullConfig(s *netlab.Segment) string {
+	return fmt.Sprintf(fullNetboot, fmt.Sprintf("10.67.%d", s.Net))
 }
 
 // Full mode against udhcpc with a PXE vendor class, dhclient with a
 // reservation, and a Pi whose kernel and OS then ask again.
 func TestFullModeClients(t *testing.T) {
-	s := newSegment(t)
-	head := s.attach("head", 1, "")
+	s := netlab.NewSegment(t, nsPrefix)
+	head := s.Attach("head", 1, "")
 	d := startDHCPD(t, head, fullConfig(s), "", "-probe_wait=1s")
-	d.waitFor(t, "serving DHCP", 5*time.Second)
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
 
 	// udhcpc as a PXE client: lease plus boot options.
-	env := udhcpc(t, s.attach("pxe", 0, "52:54:00:67:00:01"), "-V", piemu.VendorClass, "-O", "43", "-O", "60", "-O", "66")
+	env := udhcpc(t, s.Attach("pxe", 0, "52:54:00:67:00:01"), "-V", piemu.VendorClass, "-O", "43", "-O", "60", "-O", "66")
 	if ip := netip.MustParseAddr(env["ip"]); ip.As4()[3] < 100 || ip.As4()[3] > 120 {
 		t.Errorf("udhcpc got %s, outside the range", ip)
 	}
 	check(t, "udhcpc subnet", env["subnet"], "255.255.255.0")
-	check(t, "udhcpc router", env["router"], s.addr(254))
-	check(t, "udhcpc dns", strings.TrimSpace(env["dns"]), s.addr(53))
+	check(t, "udhcpc router", env["router"], s.Addr(254))
+	check(t, "udhcpc dns", strings.TrimSpace(env["dns"]), s.Addr(53))
 	check(t, "udhcpc lease", env["lease"], "600")
-	check(t, "udhcpc serverid", env["serverid"], s.addr(1))
-	check(t, "udhcpc siaddr", env["siaddr"], s.addr(1))
-	check(t, "udhcpc tftp (66)", env["tftp"], s.addr(1))
+	check(t, "udhcpc serverid", env["serverid"], s.Addr(1))
+	check(t, "udhcpc siaddr", env["siaddr"], s.Addr(1))
+	check(t, "udhcpc tftp (66)", env["tftp"], s.Addr(1))
 	check(t, "udhcpc opt43", env["opt43"], hex.EncodeToString(dhcpd.PXEOption43))
 
 	// dhclient on a reserved MAC.
-	env = dhclient(t, s.attach("resv", 0, "52:54:00:67:00:99"))
-	check(t, "dhclient address", env["new_ip_address"], s.addr(50))
+	env = dhclient(t, s.Attach("resv", 0, "52:54:00:67:00:99"))
+	check(t, "dhclient address", env["new_ip_address"], s.Addr(50))
 	check(t, "dhclient mask", env["new_subnet_mask"], "255.255.255.0")
-	check(t, "dhclient routers", env["new_routers"], s.addr(254))
-	check(t, "dhclient server", env["new_dhcp_server_identifier"], s.addr(1))
+	check(t, "dhclient routers", env["new_routers"], s.Addr(254))
+	check(t, "dhclient server", env["new_dhcp_server_identifier"], s.Addr(1))
 
 	// The Pi: bootloader, then the kernel's ip=dhcp (udhcpc without PXE
 	// class stands in), then the OS (dhclient): one address throughout.
 	p := piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x00, 0x02}, Serial: 0x0a0b0c0d}
-	piNS := s.attach("pi", 0, p.MAC.String())
+	piNS := s.Attach("pi", 0, p.MAC.String())
 	l, err := piDHCP(t, piNS, p, 20*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -168,19 +159,19 @@ func TestFullModeClients(t *testing.T) {
 	if got, want := len(l.Offers), 1; got != want {
 		t.Errorf("Pi heard %d offers, want %d", got, want)
 	}
-	check(t, "Pi TFTP", l.TFTP.String(), s.addr(1))
+	check(t, "Pi TFTP", l.TFTP.String(), s.Addr(1))
 	check(t, "Pi option 43", hex.EncodeToString(l.Option43), hex.EncodeToString(dhcpd.PXEOption43))
 	check(t, "Pi option 97", hex.EncodeToString(l.Option97), hex.EncodeToString(p.GUID()))
-	check(t, "Pi router", l.Router.String(), s.addr(254))
+	check(t, "Pi router", l.Router.String(), s.Addr(254))
 	kernel := udhcpc(t, piNS)
 	check(t, "kernel's address", kernel["ip"], l.IP.String())
 	osEnv := dhclient(t, piNS)
 	check(t, "OS's address", osEnv["new_ip_address"], l.IP.String())
 
-	rec := waitRecord(t, d.store, "0a0b0c0d", l.IP.String())
+	rec := waitRecord(t, d.Store, "0a0b0c0d", l.IP.String())
 	check(t, "record MAC", rec.MAC, p.MAC.String())
 
-	st := d.status(t)
+	st := d.Status(t)
 	if got, want := len(st.Leases), 3; got != want {
 		t.Errorf("status has %d leases, want %d: %v", got, want, st.Leases)
 	}
@@ -192,43 +183,43 @@ func TestFullModeClients(t *testing.T) {
 // Full mode refuses to start beside another server unless forced, and
 // warns about it when forced.
 func TestFullModeRefusesBesideDnsmasq(t *testing.T) {
-	s := newSegment(t)
-	lan := s.attach("lan", 254, "")
-	head := s.attach("head", 1, "")
+	s := netlab.NewSegment(t, nsPrefix)
+	lan := s.Attach("lan", 254, "")
+	head := s.Attach("head", 1, "")
 	startDnsmasq(t, s, lan)
 
 	d := startDHCPD(t, head, fullConfig(s), "", "-probe_wait=5s")
 	select {
-	case <-d.done:
+	case <-d.Done:
 	case <-time.After(15 * time.Second):
-		t.Fatalf("full mode kept running beside dnsmasq:\n%s", d.output())
+		t.Fatalf("full mode kept running beside dnsmasq:\n%s", d.Output())
 	}
-	if d.err == nil {
+	if d.Err == nil {
 		t.Errorf("dhcpd exited 0 beside dnsmasq")
 	}
-	if out := d.output(); !strings.Contains(out, "another DHCP server answers on this segment") || !strings.Contains(out, s.addr(254)) {
+	if out := d.Output(); !strings.Contains(out, "another DHCP server answers on this segment") || !strings.Contains(out, s.Addr(254)) {
 		t.Errorf("error does not name the other server:\n%s", out)
 	}
 
 	forced := strings.Replace(fullConfig(s), `"Mode": "full"`, `"Mode": "full", "ForceDHCP": true`, 1)
 	d = startDHCPD(t, head, forced, "", "-probe_wait=5s")
-	d.waitFor(t, "serving anyway because Netboot.ForceDHCP is set", 10*time.Second)
-	d.waitFor(t, "serving DHCP", 5*time.Second)
-	if st := d.status(t); len(st.ForeignServers) != 1 || st.ForeignServers[0].IP != s.addr(254) {
-		t.Errorf("status foreign servers = %v, want %s", st.ForeignServers, s.addr(254))
+	d.WaitFor(t, "serving anyway because Netboot.ForceDHCP is set", 10*time.Second)
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
+	if st := d.Status(t); len(st.ForeignServers) != 1 || st.ForeignServers[0].IP != s.Addr(254) {
+		t.Errorf("status foreign servers = %v, want %s", st.ForeignServers, s.Addr(254))
 	}
 }
 
 // Leases survive kill -9 of the service: after a restart every node gets
 // its address back and a newcomer gets a different one.
 func TestFullModeLeasesSurviveKill9(t *testing.T) {
-	s := newSegment(t)
-	head := s.attach("head", 1, "")
+	s := netlab.NewSegment(t, nsPrefix)
+	head := s.Attach("head", 1, "")
 	store := filepath.Join(t.TempDir(), "store")
 	d := startDHCPD(t, head, fullConfig(s), store, "-probe_wait=1s")
-	d.waitFor(t, "serving DHCP", 5*time.Second)
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
 
-	piNS := s.attach("pis", 0, "")
+	piNS := s.Attach("pis", 0, "")
 	pis := []piemu.Pi{
 		{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x01, 0x01}, Serial: 0x10000001},
 		{MAC: net.HardwareAddr{0xe4, 0x5f, 0x01, 0x67, 0x01, 0x02}, Serial: 0x10000002},
@@ -242,8 +233,8 @@ func TestFullModeLeasesSurviveKill9(t *testing.T) {
 		}
 		before[p.MAC.String()] = l.IP.String()
 	}
-	d.kill(syscall.SIGKILL)
-	<-d.done
+	d.Kill(syscall.SIGKILL)
+	<-d.Done
 
 	b, err := os.ReadFile(filepath.Join(store, "dhcp", "leases.json"))
 	if err != nil {
@@ -256,7 +247,7 @@ func TestFullModeLeasesSurviveKill9(t *testing.T) {
 	}
 
 	d = startDHCPD(t, head, fullConfig(s), store, "-probe_wait=1s")
-	d.waitFor(t, "serving DHCP", 5*time.Second)
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
 	for i := len(pis) - 1; i >= 0; i-- { // reverse order: no luck from allocation order
 		p := pis[i]
 		l, err := piDHCP(t, piNS, p, 15*time.Second)
@@ -277,4 +268,61 @@ func TestFullModeLeasesSurviveKill9(t *testing.T) {
 	}
 	rec := waitRecord(t, store, "10000003", before[pis[2].MAC.String()])
 	check(t, "RPi5 model", rec.Model, "RPi5")
+}
+
+// Our option 43 is byte-identical to what dnsmasq sends for
+// pxe-service=0,"Raspberry Pi Boot" in proxy mode (the setup of the official
+// netboot tutorial), and both proxies answer the Pi the same way.
+func TestProxyRepliesMatchDnsmasq(t *testing.T) {
+	s := netlab.NewSegment(t, nsPrefix)
+	lan := s.Attach("dnsmasq", 2, "")
+	head := s.Attach("head", 1, "")
+	p := piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x02, 0x01}, Serial: 0x12345678}
+	piNS := s.Attach("pi", 0, p.MAC.String())
+	netlab.StartDnsmasq(t, lan, "--log-dhcp", "--dhcp-range="+s.Addr(0)+",proxy", "--pxe-service=0,Raspberry Pi Boot")
+	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
+
+	offers := map[string]*dhcpv4.DHCPv4{}
+	netlab.InNS(t, piNS, func() {
+		c, err := piemu.Open("obd0")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		xid := dhcpv4.TransactionID{0x26, 0xf3, 0x03, 0x39}
+		if err := c.Send(p.Discover(xid)); err != nil {
+			t.Error(err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for len(offers) < 2 {
+			m, err := c.Recv(ctx, xid, p.MAC)
+			if err != nil {
+				t.Errorf("got %d proxy offers, want 2: %v", len(offers), err)
+				return
+			}
+			offers[m.ServerIdentifier().String()] = m
+		}
+	})
+	ours, theirs := offers[s.Addr(1)], offers[s.Addr(2)]
+	if ours == nil || theirs == nil {
+		t.Fatalf("offers by server: %v", offers)
+	}
+	for _, c := range []struct{ name, got, want string }{
+		{"option 43", hex.EncodeToString(ours.GetOneOption(dhcpv4.OptionVendorSpecificInformation)),
+			hex.EncodeToString(theirs.GetOneOption(dhcpv4.OptionVendorSpecificInformation))},
+		{"option 60", ours.ClassIdentifier(), theirs.ClassIdentifier()},
+		{"option 97", hex.EncodeToString(ours.GetOneOption(dhcpv4.OptionClientMachineIdentifier)),
+			hex.EncodeToString(theirs.GetOneOption(dhcpv4.OptionClientMachineIdentifier))},
+		{"yiaddr", ours.YourIPAddr.String(), theirs.YourIPAddr.String()},
+		{"type", ours.MessageType().String(), theirs.MessageType().String()},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: ours %q, dnsmasq %q", c.name, c.got, c.want)
+		}
+	}
+	check(t, "dnsmasq option 43 vs PXEOption43", hex.EncodeToString(theirs.GetOneOption(dhcpv4.OptionVendorSpecificInformation)), hex.EncodeToString(dhcpd.PXEOption43))
 }
