@@ -85,6 +85,7 @@ type Server struct {
 	mu     sync.Mutex
 	pool   *pool
 	netXID map[string]netbootXID // by MAC: recent netboot transactions
+	swept  time.Time             // last time netXID was pruned
 	saved  bool                  // pool matches leases.json
 
 	nodes *recorder
@@ -244,6 +245,15 @@ func (s *Server) Handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 	now := s.now()
 
 	s.mu.Lock()
+	if now.Sub(s.swept) >= time.Second {
+		// Forget old transactions so random MACs cannot grow the map.
+		for m, x := range s.netXID {
+			if now.Sub(x.when) >= offerHold {
+				delete(s.netXID, m)
+			}
+		}
+		s.swept = now
+	}
 	if client.Netboot && mt == dhcpv4.MessageTypeDiscover {
 		s.netXID[client.MAC.String()] = netbootXID{xid: req.TransactionID, when: now}
 	} else if x, ok := s.netXID[client.MAC.String()]; ok && x.xid == req.TransactionID && now.Sub(x.when) < offerHold {
@@ -258,9 +268,11 @@ func (s *Server) Handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 			s.m.drops.WithLabelValues("not_enrolled").Inc()
 			return nil, nil
 		}
-		// Full mode still gives the machine an address, but no boot options:
-		// known-only means unknown machines do not boot from us.
+		// Full mode still gives the machine an address, but no boot options
+		// and no node record: known-only means unknown machines do not boot
+		// from us.
 		client.Netboot = false
+		key = ""
 	}
 
 	var reply *dhcpv4.DHCPv4
@@ -354,11 +366,6 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client Cl
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pool.expireOffers(now)
-	for m, x := range s.netXID {
-		if now.Sub(x.when) >= offerHold {
-			delete(s.netXID, m)
-		}
-	}
 	mac := client.MAC
 	switch mt {
 	case dhcpv4.MessageTypeDiscover:

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -817,5 +818,32 @@ func TestCorruptLeaseFileStopsStart(t *testing.T) {
 	_, err = New(Options{Config: cfg, Store: st, Conn: &nullConn{}, ServerIP: cfg.ServerIP})
 	if err == nil {
 		t.Fatal("New accepted a corrupt leases.json")
+	}
+}
+
+func TestKnownOnlyFullMode(t *testing.T) {
+	cfg := strings.Replace(fullConfig, `"Mode": "full",`, `"Mode": "full", "Enroll": "known-only",`, 1)
+	f := newFixture(t, cfg, nil, nil)
+	stranger := pi(0x0a, 0x22222222)
+	offer, _ := f.s.Handle(stranger.Discover(xid1))
+	if offer == nil {
+		t.Fatal("unknown Pi got no address in full mode")
+	}
+	if offer.GetOneOption(dhcpv4.OptionVendorSpecificInformation) != nil || offer.ClassIdentifier() != "" {
+		t.Errorf("unknown Pi got boot options under known-only: %v", offer)
+	}
+	ack, _ := f.s.Handle(stranger.Request(xid1, offer))
+	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("unknown Pi not ACKed: %v", ack)
+	}
+	f.s.FlushNodes()
+	if _, err := nodes.Load(f.st, stranger.SerialHex()); err == nil {
+		t.Errorf("unknown node recorded under known-only")
+	}
+	// The configured node (by serial) still boots.
+	known := pi(0x0b, 0xc0ffee01)
+	offer, _ = f.s.Handle(known.Discover(xid1))
+	if offer == nil || !bytes.Equal(offer.GetOneOption(dhcpv4.OptionVendorSpecificInformation), PXEOption43) {
+		t.Errorf("known node got no boot options: %v", offer)
 	}
 }
