@@ -21,7 +21,16 @@
 // Every netboot client is recorded in the store under nodes/<key>/: key is
 // the Pi serial from option 97 (8 lowercase hex digits), or the MAC in the
 // bootloader's dash form ("dc-a6-32-01-02-03") for clients that do not send
-// a Pi GUID.
+// a Pi GUID. Records are rewritten when they change, otherwise at most once
+// a minute, so that retrying bootloaders do not cause an fsync per packet.
+//
+// In full mode the head node cannot ask itself for an address. gokrazy's
+// DHCP client takes a fixed one instead with
+// -static_network_config='{"IP":"10.42.0.1","Netmask":"////AA==",...}'
+// (inline JSON or a file path). Netmask is a Go net.IPMask and therefore
+// base64 of the mask bytes ("////AA==" is /24, "//8AAA==" is /16); a dotted
+// "255.255.255.0" makes the client exit with a base64 error, and a missing
+// Netmask means /24.
 package dhcpd
 
 import (
