@@ -207,6 +207,10 @@ func Start(t testing.TB, ns string, args ...string) *Proc {
 	t.Cleanup(func() {
 		p.Kill(syscall.SIGKILL)
 		<-p.Done
+		// Binaries built with GOFLAGS=-race report here.
+		if strings.Contains(p.Output(), "WARNING: DATA RACE") {
+			t.Errorf("%v reported a data race", args)
+		}
 		if t.Failed() {
 			t.Logf("output of %v:\n%s", args, p.Output())
 		}
