@@ -326,3 +326,56 @@ func TestProxyRepliesMatchDnsmasq(t *testing.T) {
 	}
 	check(t, "dnsmasq option 43 vs PXEOption43", hex.EncodeToString(theirs.GetOneOption(dhcpv4.OptionVendorSpecificInformation)), hex.EncodeToString(dhcpd.PXEOption43))
 }
+
+// A Pi behind a DHCP relay (dnsmasq --dhcp-relay) gets the boot offer
+// through it: the proxy replies to giaddr:67, not by broadcast.
+func TestProxyThroughRelay(t *testing.T) {
+	a := netlab.NewSegment(t, nsPrefix) // head node's segment
+	b := netlab.NewSegment(t, nsPrefix) // the Pi's segment
+	head := a.Attach("head", 1, "")
+	relay := a.Attach("relay", 2, "")
+	b.Plug(relay, "obd1", 1)
+	netlab.Run(t, "ip", "-n", head, "route", "add", b.Prefix()+".0/24", "via", a.Addr(2))
+	p := piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x03, 0x01}, Serial: 0x0000beef}
+	piNS := b.Attach("pi", 0, p.MAC.String())
+
+	netlab.NeedTool(t, "dnsmasq", "dnsmasq")
+	dir := t.TempDir()
+	r := netlab.Start(t, relay, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
+		"--log-facility=-", "--log-dhcp", "--pid-file="+filepath.Join(dir, "pid"), "--dhcp-leasefile="+filepath.Join(dir, "leases"),
+		"--dhcp-relay="+b.Addr(1)+","+a.Addr(1))
+	r.WaitFor(t, "DHCP relay", 5*time.Second)
+	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
+
+	var offer *dhcpv4.DHCPv4
+	netlab.InNS(t, piNS, func() {
+		c, err := piemu.Open("obd0")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		xid := dhcpv4.TransactionID{1, 3, 3, 7}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for offer == nil && ctx.Err() == nil {
+			if err := c.Send(p.Discover(xid)); err != nil {
+				t.Error(err)
+				return
+			}
+			rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+			offer, _ = c.Recv(rctx, xid, p.MAC)
+			rcancel()
+		}
+	})
+	if offer == nil {
+		t.Fatal("no boot offer through the relay")
+	}
+	check(t, "relayed offer TFTP server", piemu.TFTPServer(offer).String(), a.Addr(1))
+	check(t, "relayed offer giaddr", offer.GatewayIPAddr.String(), b.Addr(1))
+	check(t, "relayed option 43", hex.EncodeToString(offer.GetOneOption(dhcpv4.OptionVendorSpecificInformation)), hex.EncodeToString(dhcpd.PXEOption43))
+	if st := d.Status(t); st.Replies["offer"] < 1 {
+		t.Errorf("status replies = %v", st.Replies)
+	}
+}

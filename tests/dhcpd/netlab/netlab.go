@@ -145,6 +145,20 @@ func (s *Segment) Attach(role string, host int, mac string) string {
 	return ns
 }
 
+// Plug adds interface ifname in the existing namespace ns (attached to
+// another segment) to this segment's bridge, with 10.67.<Net>.host/24 if
+// host > 0: a router or relay between two segments.
+func (s *Segment) Plug(ns, ifname string, host int) {
+	s.ports++
+	port := fmt.Sprintf("p%d", s.ports)
+	Run(s.t, "ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", port, "netns", s.hub)
+	Run(s.t, "ip", "-n", s.hub, "link", "set", port, "master", "br0", "up")
+	Run(s.t, "ip", "-n", ns, "link", "set", ifname, "up")
+	if host > 0 {
+		Run(s.t, "ip", "-n", ns, "addr", "add", s.Addr(host)+"/24", "dev", ifname)
+	}
+}
+
 // InNS runs f on an OS thread switched into namespace ns. The thread is
 // thrown away afterwards instead of being switched back.
 func InNS(t testing.TB, ns string, f func()) {
