@@ -379,3 +379,23 @@ func TestProxyThroughRelay(t *testing.T) {
 		t.Errorf("status replies = %v", st.Replies)
 	}
 }
+
+// A second DHCP server on the same host and interface makes start-up fail
+// with a hint, instead of two servers silently sharing port 67.
+func TestPortTakenByDnsmasq(t *testing.T) {
+	s := netlab.NewSegment(t, nsPrefix)
+	head := s.Attach("head", 1, "")
+	startDnsmasq(t, s, head)
+	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	select {
+	case <-d.Done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("dhcpd kept running with dnsmasq on port 67:\n%s", d.Output())
+	}
+	if d.Err == nil {
+		t.Errorf("dhcpd exited 0")
+	}
+	if out := d.Output(); !strings.Contains(out, "is another DHCP server such as dnsmasq running on this host?") {
+		t.Errorf("no hint about the other server:\n%s", out)
+	}
+}
