@@ -847,3 +847,25 @@ func TestKnownOnlyFullMode(t *testing.T) {
 		t.Errorf("known node got no boot options: %v", offer)
 	}
 }
+
+// A bootloader whose REQUEST carries neither option 60 nor option 97 still
+// gets the boot options in its ACK: the transaction started as netboot.
+func TestFullAckKeepsBootOptionsForBareRequest(t *testing.T) {
+	f := newFixture(t, fullConfig, nil, nil)
+	p := pi(0x0c, 0x0c0c0c0c)
+	offer, _ := f.s.Handle(p.Discover(xid1))
+	bare := request(p.MAC, yiaddr(offer), f.cfg.ServerIP, dhcpv4.WithTransactionID(xid1))
+	ack, _ := f.s.Handle(bare)
+	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("got %v, want ACK", ack)
+	}
+	if got, want := ack.GetOneOption(dhcpv4.OptionVendorSpecificInformation), PXEOption43; !bytes.Equal(got, want) {
+		t.Errorf("ACK option 43 = %x, want %x", got, want)
+	}
+	// Another transaction from the same MAC (the kernel) is a plain client.
+	other := request(p.MAC, yiaddr(offer), f.cfg.ServerIP, dhcpv4.WithTransactionID(dhcpv4.TransactionID{7, 7, 7, 7}))
+	ack, _ = f.s.Handle(other)
+	if ack == nil || ack.GetOneOption(dhcpv4.OptionVendorSpecificInformation) != nil {
+		t.Errorf("kernel's ACK: %v, want an ACK without boot options", ack)
+	}
+}
