@@ -163,10 +163,20 @@ func (r *recorder) seen(c Client, key string, ip netip.Addr, now time.Time) {
 		rec.Enrolled = now
 	}
 	rec.LastSeen = now
-	select {
-	case r.kick <- struct{}{}:
-	default:
+	if changed(e.written, *rec) {
+		// Wake the writer now; LastSeen alone waits for its next tick.
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
 	}
+}
+
+// changed reports whether rec says something that w, the record as last
+// written, does not (LastSeen aside).
+func changed(w, rec nodes.Record) bool {
+	return w.Serial == "" || w.MAC != rec.MAC || w.IP != rec.IP || w.Model != rec.Model ||
+		w.Name != rec.Name || w.Image != rec.Image || w.Platform != rec.Platform
 }
 
 func (r *recorder) run(ctx context.Context) {
@@ -195,11 +205,8 @@ func (r *recorder) flush() {
 	var jobs []job
 	r.mu.Lock()
 	for _, e := range r.entries {
-		w := e.written
-		changed := w.MAC != e.rec.MAC || w.IP != e.rec.IP || w.Model != e.rec.Model ||
-			w.Name != e.rec.Name || w.Image != e.rec.Image || w.Platform != e.rec.Platform || w.Serial == ""
-		stale := e.rec.LastSeen.Sub(w.LastSeen) >= r.interval
-		if changed || stale {
+		stale := e.rec.LastSeen.Sub(e.written.LastSeen) >= r.interval
+		if changed(e.written, e.rec) || stale {
 			jobs = append(jobs, job{e.rec, e.detail})
 		}
 	}
