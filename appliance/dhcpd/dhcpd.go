@@ -95,7 +95,9 @@ type Server struct {
 	pool   *pool
 	netXID map[string]netbootXID // by MAC: recent netboot transactions
 	swept  time.Time             // last time netXID was pruned
-	saved  bool                  // pool matches leases.json
+	// offersSwept is when stale offers were last dropped.
+	offersSwept time.Time
+	saved       bool // pool matches leases.json
 
 	nodes *recorder
 
@@ -374,7 +376,10 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client Cl
 	serial := s.nodes.serialOf(client)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pool.expireOffers(now)
+	if now.Sub(s.offersSwept) >= time.Second {
+		s.pool.expireOffers(now)
+		s.offersSwept = now
+	}
 	mac := client.MAC
 	switch mt {
 	case dhcpv4.MessageTypeDiscover:

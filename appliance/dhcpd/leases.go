@@ -161,6 +161,30 @@ func (p *pool) holders(now time.Time) holders {
 	return h
 }
 
+// heldByOther reports whether a MAC other than mac holds ip by an offer or
+// a lease (an expired one counts unless allowExpired). It walks the tables
+// without allocating: the common case, a client returning to its own
+// address, must stay cheap under a DISCOVER flood.
+func (p *pool) heldByOther(ip netip.Addr, mac string, now time.Time, allowExpired bool) bool {
+	for m, l := range p.leases {
+		if l.IP == ip && m != mac && (now.Before(l.Expiry) || !allowExpired) {
+			return true
+		}
+	}
+	for m, o := range p.offers {
+		if o.ip == ip && m != mac && now.Before(o.until) {
+			return true
+		}
+	}
+	return false
+}
+
+// usable reports whether ip may go to mac, like free but without a holders
+// map.
+func (p *pool) usable(ip netip.Addr, mac string, now time.Time, allowExpired bool) bool {
+	return p.free(nil, ip, mac, now, allowExpired) && !p.heldByOther(ip, mac, now, allowExpired)
+}
+
 // free reports whether ip may be handed to mac now. allowExpired lets it
 // take an address whose lease by another MAC has expired (only once nothing
 // else is left, so returning clients keep their addresses).
@@ -192,16 +216,16 @@ func (p *pool) choose(mac net.HardwareAddr, serial string, hint netip.Addr, now 
 		return ip, true
 	}
 	m := mac.String()
-	h := p.holders(now)
-	if l, ok := p.leases[m]; ok && p.free(h, l.IP, m, now, false) {
+	if l, ok := p.leases[m]; ok && p.usable(l.IP, m, now, false) {
 		return l.IP, true
 	}
-	if o, ok := p.offers[m]; ok && p.free(h, o.ip, m, now, true) {
+	if o, ok := p.offers[m]; ok && p.usable(o.ip, m, now, true) {
 		return o.ip, true
 	}
-	if hint.Is4() && p.free(h, hint, m, now, false) {
+	if hint.Is4() && p.usable(hint, m, now, false) {
 		return hint, true
 	}
+	h := p.holders(now)
 	for ip := p.cfg.RangeStart; ip.IsValid() && p.cfg.InRange(ip); ip = ip.Next() {
 		if p.free(h, ip, m, now, false) {
 			return ip, true
