@@ -1,9 +1,12 @@
 package dhcpd
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -56,4 +59,30 @@ func InterfaceIPv4(iface string) (net.IP, net.HardwareAddr, error) {
 		}
 	}
 	return nil, ifi.HardwareAddr, fmt.Errorf("dhcpd: %s has no IPv4 address; configure one or set Netboot.ServerIP", iface)
+}
+
+// WaitIPv4 polls iface until it has an IPv4 address, for up to timeout: at
+// boot gokrazy's own DHCP client may still be configuring the interface when
+// dhcpd starts, and proxy mode takes the server address from it.
+func WaitIPv4(ctx context.Context, iface string, timeout time.Duration, log *slog.Logger) (net.IP, net.HardwareAddr, error) {
+	deadline := time.Now().Add(timeout)
+	logged := false
+	for {
+		ip, mac, err := InterfaceIPv4(iface)
+		if err == nil {
+			return ip, mac, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, mac, fmt.Errorf("%v (waited %v)", err, timeout)
+		}
+		if !logged {
+			log.Info("waiting for an IPv4 address", "interface", iface, "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, mac, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }

@@ -4,6 +4,7 @@ package main
 import (
 	"context"
 	"flag"
+	"net"
 	"net/netip"
 	"time"
 
@@ -17,6 +18,7 @@ var (
 	// client, so a shorter wait would miss the most common other server.
 	probeWait = flag.Duration("probe_wait", 5*time.Second, "full mode: how long to listen for offers of other DHCP servers before serving")
 	port      = flag.Int("port", dhcpd.ServerPort, "UDP port to serve on")
+	ifaceWait = flag.Duration("interface_wait", 2*time.Minute, "proxy mode without Netboot.ServerIP: how long to wait for the interface's IPv4 address")
 )
 
 func main() {
@@ -25,19 +27,25 @@ func main() {
 
 func run(ctx context.Context, env *service.Env) error {
 	cfg := env.Config
+	var mac net.HardwareAddr
+	serverIP := cfg.ServerIP
+	if serverIP.IsValid() {
+		if ifi, err := net.InterfaceByName(cfg.Interface); err == nil {
+			mac = ifi.HardwareAddr
+		}
+	} else {
+		ip, m, err := dhcpd.WaitIPv4(ctx, cfg.Interface, *ifaceWait, env.Log)
+		if err != nil {
+			return err
+		}
+		mac = m
+		serverIP, _ = netip.AddrFromSlice(ip)
+	}
 	conn, err := dhcpd.ListenUDP(cfg.Interface, *port)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ifIP, mac, ifErr := dhcpd.InterfaceIPv4(cfg.Interface)
-	serverIP := cfg.ServerIP
-	if !serverIP.IsValid() {
-		if ifErr != nil {
-			return ifErr
-		}
-		serverIP, _ = netip.AddrFromSlice(ifIP)
-	}
 	srv, err := dhcpd.New(dhcpd.Options{
 		Config:   cfg,
 		Store:    env.Store,

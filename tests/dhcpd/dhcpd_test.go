@@ -399,3 +399,17 @@ func TestPortTakenByDnsmasq(t *testing.T) {
 		t.Errorf("no hint about the other server:\n%s", out)
 	}
 }
+
+// At boot the head node's address may arrive after dhcpd starts; proxy mode
+// waits for it instead of failing.
+func TestProxyWaitsForInterfaceAddress(t *testing.T) {
+	s := netlab.NewSegment(t, nsPrefix)
+	head := s.Attach("head", 0, "")
+	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	d.WaitFor(t, "waiting for an IPv4 address", 5*time.Second)
+	netlab.Run(t, "ip", "-n", head, "addr", "add", s.Addr(1)+"/24", "dev", "obd0")
+	d.WaitFor(t, "serving DHCP", 5*time.Second)
+	if out := d.Output(); !strings.Contains(out, "server_ip="+s.Addr(1)) {
+		t.Errorf("server address not taken from the interface:\n%s", out)
+	}
+}
