@@ -1,0 +1,80 @@
+package dhcpd
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// counter is a Prometheus counter vector with one label whose values are
+// also kept for /status.
+type counter struct {
+	vec *prometheus.CounterVec
+	mu  sync.Mutex
+	m   map[string]int
+}
+
+func newCounter(name, help, label string) *counter {
+	return &counter{
+		vec: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ociboot", Subsystem: "dhcpd", Name: name, Help: help}, []string{label}),
+		m:   map[string]int{},
+	}
+}
+
+type inc struct {
+	c *counter
+	l string
+}
+
+func (c *counter) WithLabelValues(l string) inc { return inc{c, l} }
+
+func (i inc) Inc() {
+	i.c.vec.WithLabelValues(i.l).Inc()
+	i.c.mu.Lock()
+	i.c.m[i.l]++
+	i.c.mu.Unlock()
+}
+
+func (c *counter) values() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.m))
+	for k, v := range c.m {
+		out[k] = v
+	}
+	return out
+}
+
+func (c *counter) get(l string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[l]
+}
+
+type metrics struct {
+	requests *counter
+	replies  *counter
+	drops    *counter
+	foreign  *counter
+	leases   prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		requests: newCounter("requests_total", "DHCP requests received, by message type.", "type"),
+		replies:  newCounter("replies_total", "DHCP replies sent, by message type.", "type"),
+		drops:    newCounter("drops_total", "Requests not answered, by reason.", "reason"),
+		foreign:  newCounter("foreign_replies_total", "Replies from other DHCP servers seen on the segment, by message type.", "type"),
+		leases: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ociboot", Subsystem: "dhcpd", Name: "active_leases",
+			Help: "Unexpired leases (full mode)."}),
+	}
+}
+
+func (m *metrics) register(r prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.requests.vec, m.replies.vec, m.drops.vec, m.foreign.vec, m.leases} {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
