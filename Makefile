@@ -48,7 +48,7 @@ run:
 	mkdir -p $(BIN) $(STORE)
 	go build -o $(BIN)/ $(addprefix ./services/,$(SERVICES))
 	@set -e; pids=""; \
-	  trap 'kill $$pids 2>/dev/null; wait' INT TERM EXIT; \
+	  trap 'kill $$pids 2>/dev/null; wait; exit 0' INT TERM; \
 	  for s in $(SERVICES); do \
 	    $(BIN)/$$s -config $(CONFIG) -store $(STORE) -allow_tmpfs & pids="$$pids $$!"; \
 	  done; \
