@@ -195,6 +195,7 @@ func TestApplianceInQEMU(t *testing.T) {
 	}
 	need(t, "qemu-system-x86_64", "mkfs.ext4")
 	acc, slow := accel()
+	t.Logf("QEMU with %v", acc)
 	parent := t.TempDir()
 	httpPort, statusPort := freePort(t), freePort(t)
 	inst := vmInstance(t, parent, "ociboot-vm", httpPort, "first")
