@@ -869,3 +869,39 @@ func TestFullAckKeepsBootOptionsForBareRequest(t *testing.T) {
 		t.Errorf("kernel's ACK: %v, want an ACK without boot options", ack)
 	}
 }
+
+func TestIPXEClientGetsBootScript(t *testing.T) {
+	userClass := dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionUserClassInformation, []byte("iPXE")))
+	pxe := dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001"))
+	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
+	for _, tt := range []struct {
+		name string
+		mods []dhcpv4.Modifier
+		want string
+	}{
+		{"ipxe", []dhcpv4.Modifier{pxe, userClass}, IPXEScript},
+		{"plain pxe rom", []dhcpv4.Modifier{pxe}, ""},
+	} {
+		for _, mode := range []string{proxyConfig, fullConfig} {
+			f := newFixture(t, mode, nil, nil)
+			offer, _ := f.s.Handle(plainDiscover(mac, tt.mods...))
+			if offer == nil {
+				t.Fatalf("%s: no offer", tt.name)
+			}
+			if got := offer.BootFileName; got != tt.want {
+				t.Errorf("%s: boot file: got %q, want %q", tt.name, got, tt.want)
+			}
+			if got := string(offer.GetOneOption(dhcpv4.OptionBootfileName)); got != tt.want {
+				t.Errorf("%s: option 67: got %q, want %q", tt.name, got, tt.want)
+			}
+		}
+	}
+	// A Pi never gets a boot file, even if it were to send a user class.
+	f := newFixture(t, proxyConfig, nil, nil)
+	d := pi(1, 0xabcd0001).Discover(xid1)
+	d.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionUserClassInformation, []byte("iPXE")))
+	offer, _ := f.s.Handle(d)
+	if offer == nil || offer.BootFileName != "" {
+		t.Errorf("Pi offer: got %v, want one without boot file", offer)
+	}
+}

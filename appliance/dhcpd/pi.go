@@ -69,7 +69,15 @@ type Client struct {
 	Serial string
 	// GUID is option 97 as received, echoed in replies.
 	GUID []byte
+	// IPXE is set when the client is the iPXE firmware (user class
+	// "iPXE", option 77), which runs the script named in the boot file.
+	IPXE bool
 }
+
+// IPXEScript is the boot file handed to iPXE clients that are not Pis.
+// tftpd generates it: it chains to the node's own script under its MAC
+// directory, which names the kernel and initrd of the node's image.
+const IPXEScript = "boot.ipxe"
 
 // ParseClient extracts the netboot identity of a request.
 //
@@ -102,6 +110,8 @@ func ParseClient(m *dhcpv4.DHCPv4) Client {
 		}
 	}
 	c.Netboot = strings.HasPrefix(class, PXEClass) || c.Model != "" || (IsPiMAC(c.MAC) && len(guid) > 0)
+	// iPXE sends its user class as the bare string, not RFC 3004 encoded.
+	c.IPXE = bytes.Contains(m.GetOneOption(dhcpv4.OptionUserClassInformation), []byte("iPXE"))
 	return c
 }
 
