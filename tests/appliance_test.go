@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ociboot/ociboot/tests/guest"
 )
 
 // The amd64 kernel gokrazy publishes; the Pi image uses kernel.rpi.
@@ -129,42 +131,6 @@ func (c *console) String() string {
 	return c.buf.String()
 }
 
-var (
-	accelOnce sync.Once
-	accelArgs []string
-	accelSlow time.Duration
-)
-
-// accel picks KVM when it really runs a kernel, else TCG; the factor
-// stretches timeouts for TCG. /dev/kvm can exist and still fail (nested
-// virtualisation here has stopped guests with "emulation failure"), so the
-// probe boots the host's kernel for a few seconds. The CPU model must offer
-// what the kernels use (BMI2 in the decompressor), which qemu64 lacks.
-func accel() (args []string, slow time.Duration) {
-	accelOnce.Do(func() {
-		accelArgs, accelSlow = []string{"-accel", "tcg", "-cpu", "max"}, 5
-		switch os.Getenv("OCIBOOT_QEMU_ACCEL") {
-		case "tcg":
-			return
-		case "kvm":
-			accelArgs, accelSlow = []string{"-accel", "kvm", "-cpu", "host"}, 1
-			return
-		}
-		kernels, _ := filepath.Glob("/boot/vmlinuz-*")
-		if len(kernels) == 0 {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		out, _ := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
-			"-nographic", "-no-reboot", "-kernel", kernels[0], "-append", "console=ttyS0 panic=-1 root=/dev/null").CombinedOutput()
-		if strings.Contains(string(out), "Kernel panic") || strings.Contains(string(out), "VFS:") {
-			accelArgs, accelSlow = []string{"-accel", "kvm", "-cpu", "host"}, 1
-		}
-	})
-	return accelArgs, accelSlow
-}
-
 // pollJSON fetches url until ok(decoded body) or the deadline.
 func pollJSON(ctx context.Context, url string, v any, ok func() bool) error {
 	var last error
@@ -194,7 +160,7 @@ func TestApplianceInQEMU(t *testing.T) {
 		t.Skip("builds and boots the appliance in QEMU")
 	}
 	need(t, "qemu-system-x86_64", "mkfs.ext4")
-	acc, slow := accel()
+	acc, slow := guest.Accel()
 	t.Logf("QEMU with %v", acc)
 	parent := t.TempDir()
 	httpPort, statusPort := freePort(t), freePort(t)
