@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"github.com/ociboot/ociboot/tests/guest"
+)
+
+// Head is the head node: its namespace, store, config and services.
+type Head struct {
+	lab      *Lab
+	Store    string
+	Config   string
+	Registry string // host:port of the upstream registry, inside the head namespace
+	Procs    map[string]*Proc
+	bin      string
+}
+
+// Service names in start order: the cache first, so that images are in
+// place when nodes ask for them.
+var Services = []string{"ocicache", "nfsd", "tftpd", "dhcpd", "status"}
+
+// NewHead starts a docker-registry in the head namespace, pushes a node
+// image built by package guest with skopeo, and writes config.json with
+// netboot as its Netboot section (DefaultImage is filled in).
+func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
+	t.Helper()
+	for _, tool := range []string{"docker-registry", "skopeo"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (see .ci/run)", tool)
+		}
+	}
+	h := &Head{lab: lab, Store: filepath.Join(lab.Dir, "store"), Config: filepath.Join(lab.Dir, "config.json"),
+		Procs: map[string]*Proc{}, bin: Binaries(t), Registry: "127.0.0.1:5001"}
+
+	regDir := filepath.Join(lab.Dir, "registry")
+	regCfg := filepath.Join(lab.Dir, "registry.yml")
+	os.WriteFile(regCfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", regDir, h.Registry)), 0o644)
+	reg := lab.Start("docker-registry", lab.Head, "docker-registry", "serve", regCfg)
+	waitHTTP(t, lab.Head, "http://"+h.Registry+"/v2/", 30*time.Second, reg)
+
+	k, err := guest.HostKernel()
+	if err != nil {
+		t.Skip(err)
+	}
+	img, err := guest.Image(k, "node-v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ociDir := filepath.Join(lab.Dir, "node-oci")
+	p, err := layout.Write(ociDir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	ref := h.Registry + "/ociboot/node:v1"
+	run(t, "ip", "netns", "exec", lab.Head, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+ociDir, "docker://"+ref)
+
+	netboot["DefaultImage"] = ref
+	netboot["Platform"] = "linux/amd64"
+	netboot["InsecureRegistries"] = []string{h.Registry}
+	cfg := map[string]any{"Hostname": "ociboot-e2e", "Netboot": netboot}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	if err := os.WriteFile(h.Config, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// StartService starts one service in the head namespace.
+func (h *Head) StartService(t testing.TB, name string) *Proc {
+	t.Helper()
+	status := map[string]string{"dhcpd": "127.0.0.1:9067", "tftpd": "127.0.0.1:9069", "ocicache": "127.0.0.1:9050", "nfsd": "127.0.0.1:9049", "status": "127.0.0.1:8080"}[name]
+	args := []string{filepath.Join(h.bin, name), "-config", h.Config, "-store", h.Store, "-status", status}
+	if name == "ocicache" {
+		args = append(args, "-registry", "127.0.0.1:5000")
+	}
+	p := h.lab.Start(name, h.lab.Head, args...)
+	h.Procs[name] = p
+	p.WaitFor(t, "status listening", 30*time.Second)
+	return p
+}
+
+// Start starts every service.
+func (h *Head) Start(t testing.TB) {
+	for _, s := range Services {
+		h.StartService(t, s)
+	}
+}
+
+// Restart kills a service with SIGKILL and starts it again.
+func (h *Head) Restart(t testing.TB, name string) {
+	h.Procs[name].Kill(syscall.SIGKILL)
+	h.StartService(t, name)
+}
+
+// Status fetches a service's /status from inside the head namespace.
+func (h *Head) Status(t testing.TB, url string, v any) error {
+	out, err := exec.Command("ip", "netns", "exec", h.lab.Head, "curl", "-sf", "--max-time", "5", url).Output()
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(out, v)
+}
+
+// WaitImage waits until ocicache has the node image unpacked.
+func (h *Head) WaitImage(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(filepath.Join(h.Store, "images", "index.json"))
+		if err == nil && strings.Contains(string(b), "ociboot/node:v1") {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("ocicache did not unpack the node image within %v:\n%s", timeout, tail(h.Procs["ocicache"].Output()))
+}
+
+func waitHTTP(t testing.TB, ns, url string, timeout time.Duration, p *Proc) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if exec.Command("ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "--max-time", "2", url).Run() == nil {
+			return
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	t.Fatalf("%s did not answer within %v:\n%s", url, timeout, tail(p.Output()))
+}
+
+// Node is a QEMU machine that netboots through iPXE (the PXE ROM QEMU
+// loads for its NIC).
+type Node struct {
+	MAC  string
+	Proc *Proc
+}
+
+// BootNode starts a diskless QEMU machine on the lab's segment.
+func (l *Lab) BootNode(t testing.TB, mac string) *Node {
+	t.Helper()
+	acc, _ := guest.Accel()
+	tap := l.Tap()
+	args := append([]string{"qemu-system-x86_64"}, acc...)
+	args = append(args, "-m", "384", "-nographic", "-no-reboot", "-boot", "n",
+		"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac="+mac,
+		"-serial", "stdio", "-monitor", "none")
+	p := l.Start("node "+mac, l.Hub, args...)
+	return &Node{MAC: mac, Proc: p}
+}
+
+// WaitUp waits for the node's init marker.
+func (n *Node) WaitUp(t testing.TB, timeout time.Duration) string {
+	t.Helper()
+	n.Proc.WaitFor(t, guest.Marker, timeout)
+	out := n.Proc.Output()
+	i := strings.LastIndex(out, guest.Marker)
+	line, _, _ := strings.Cut(out[i:], "\n")
+	return line
+}
+
