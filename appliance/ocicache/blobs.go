@@ -318,4 +318,3 @@ func (b *Blobs) GC(keep []v1.Hash) (freed int64, err error) {
 	}
 	return freed, nil
 }
-

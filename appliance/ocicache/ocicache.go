@@ -91,23 +91,23 @@ type layerProgress struct {
 
 // ImageStatus is one image's line in /status.
 type ImageStatus struct {
-	Ref       string
-	Platform  string
-	State     string // "pulling", "ready", "failed"
-	Digest    string `json:",omitempty"`
-	BootDir   string `json:",omitempty"`
-	Kernel    string `json:",omitempty"`
-	Warnings  []string `json:",omitempty"`
-	Error     string `json:",omitempty"`
-	Updated   time.Time
+	Ref      string
+	Platform string
+	State    string   // "pulling", "ready", "failed"
+	Digest   string   `json:",omitempty"`
+	BootDir  string   `json:",omitempty"`
+	Kernel   string   `json:",omitempty"`
+	Warnings []string `json:",omitempty"`
+	Error    string   `json:",omitempty"`
+	Updated  time.Time
 }
 
 // GCResult reports the last garbage collection.
 type GCResult struct {
-	Time        time.Time
-	TreesFreed  []string `json:",omitempty"`
-	BlobBytes   int64
-	Error       string `json:",omitempty"`
+	Time       time.Time
+	TreesFreed []string `json:",omitempty"`
+	BlobBytes  int64
+	Error      string `json:",omitempty"`
 }
 
 // New opens the cache in st, removing what a crash left half-done.

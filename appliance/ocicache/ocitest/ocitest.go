@@ -25,7 +25,9 @@ type Entry struct {
 }
 
 // Dir, File, Symlink and Hardlink make common entries.
-func Dir(n string, mode int64) Entry { return Entry{Header: tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: mode}} }
+func Dir(n string, mode int64) Entry {
+	return Entry{Header: tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: mode}}
+}
 func File(n string, mode int64, body string) Entry {
 	return Entry{Header: tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: mode}, Body: []byte(body)}
 }

@@ -53,10 +53,14 @@ func tarOf(t testing.TB, ents ...ent) []byte {
 	return buf.Bytes()
 }
 
-func dir(n string) ent              { return ent{hdr: tar.Header{Name: n, Typeflag: tar.TypeDir}} }
-func file(n, body string) ent       { return ent{hdr: tar.Header{Name: n}, body: body} }
-func symlink(n, target string) ent  { return ent{hdr: tar.Header{Name: n, Typeflag: tar.TypeSymlink, Linkname: target}} }
-func hardlink(n, target string) ent { return ent{hdr: tar.Header{Name: n, Typeflag: tar.TypeLink, Linkname: target}} }
+func dir(n string) ent        { return ent{hdr: tar.Header{Name: n, Typeflag: tar.TypeDir}} }
+func file(n, body string) ent { return ent{hdr: tar.Header{Name: n}, body: body} }
+func symlink(n, target string) ent {
+	return ent{hdr: tar.Header{Name: n, Typeflag: tar.TypeSymlink, Linkname: target}}
+}
+func hardlink(n, target string) ent {
+	return ent{hdr: tar.Header{Name: n, Typeflag: tar.TypeLink, Linkname: target}}
+}
 
 func unpackAll(t *testing.T, root string, layers ...[]byte) error {
 	t.Helper()
