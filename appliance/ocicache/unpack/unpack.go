@@ -65,6 +65,7 @@ type Unpacker struct {
 	// opaque marker removes only what lower layers left.
 	layer   map[string]bool
 	written int64
+	buf     []byte
 }
 
 // New opens root (an existing, empty directory) for unpacking.
@@ -411,18 +412,8 @@ func (u *Unpacker) file(pfd int, name string, hdr *tar.Header, r io.Reader) erro
 	}
 	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
-	for left := hdr.Size; left > 0; {
-		n := min(left, chunk)
-		if left > chunk {
-			if err := u.checkFree(chunk); err != nil {
-				return err
-			}
-		}
-		w, err := io.CopyN(f, r, n)
-		left -= w
-		if err != nil {
-			return fmt.Errorf("writing: %v", err)
-		}
+	if err := u.copyHoles(f, r, hdr.Size); err != nil {
+		return err
 	}
 	u.written += hdr.Size
 	if err := u.attrsFD(fd, hdr); err != nil {
@@ -436,6 +427,54 @@ func (u *Unpacker) file(pfd int, name string, hdr *tar.Header, r io.Reader) erro
 		return err
 	}
 	return f.Close()
+}
+
+// copyHoles writes size bytes from r to f, leaving blocks of zeros as holes:
+// sparse files (disk images, databases) stay sparse, as they were in the
+// image builder's file system.
+func (u *Unpacker) copyHoles(f *os.File, r io.Reader, size int64) error {
+	buf := u.buf
+	if buf == nil {
+		buf = make([]byte, 256<<10)
+		u.buf = buf
+	}
+	var sinceCheck, off int64
+	for off < size {
+		n := int(min(int64(len(buf)), size-off))
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			return fmt.Errorf("reading: %v", err)
+		}
+		if allZero(buf[:n]) {
+			off += int64(n)
+			continue
+		}
+		if sinceCheck += int64(n); sinceCheck >= chunk {
+			if err := u.checkFree(chunk); err != nil {
+				return err
+			}
+			sinceCheck = 0
+		}
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			return fmt.Errorf("writing: %v", err)
+		}
+		off += int64(n)
+	}
+	return f.Truncate(size)
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // attrsFD sets owner, xattrs and mode on an open regular file.
