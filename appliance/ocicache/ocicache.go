@@ -328,17 +328,22 @@ func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform stri
 		}
 		return images.Entry{}, Boot{}, fmt.Errorf("ocicache: %s is an image for %s, but the config wants %s; push a %s image (or a multi-platform index) or set the node's Platform", ref, got, platform, platform)
 	}
-	if err := c.fetchLayers(ctx, r, m.Layers); err != nil {
+	// Layers are fetched Jobs at a time while the unpacker applies each
+	// as soon as it and those below it are stored.
+	fctx, cancel := context.WithCancel(ctx)
+	fetches, wait := c.startFetch(fctx, r, m.Layers)
+	boot, err := c.unpack(ctx, cfg, digest, m.Layers, platform, fetches)
+	if err != nil {
+		cancel()
+		wait()
 		return images.Entry{}, Boot{}, err
 	}
+	wait()
+	cancel()
 	if _, err := c.blobs.PutBytes(rawManifest); err != nil {
 		return images.Entry{}, Boot{}, err
 	}
 	if err := c.blobs.SetRef(r.Name(), top, false); err != nil {
-		return images.Entry{}, Boot{}, err
-	}
-	boot, err := c.unpack(ctx, cfg, digest, m.Layers, platform)
-	if err != nil {
 		return images.Entry{}, Boot{}, err
 	}
 	return images.Entry{Ref: ref, Platform: platform, Digest: digest.String(), BootDir: boot.Dir, Kernel: boot.Kernel, Pulled: c.opts.Now().UTC()}, boot, nil
@@ -361,38 +366,67 @@ func hint(err error, r name.Reference) string {
 	return ""
 }
 
-// fetchLayers downloads the missing blobs, Jobs at a time.
-func (c *Cache) fetchLayers(ctx context.Context, r name.Reference, layers []v1.Descriptor) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sem := make(chan struct{}, c.opts.Jobs)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	seen := map[v1.Hash]bool{}
-	stop := c.logProgress(ctx, r.Name())
-	defer stop()
-	for _, l := range layers {
-		if seen[l.Digest] || c.blobs.Has(l.Digest, l.Size) {
+// fetch is one layer download; done is closed when err is final.
+type fetch struct {
+	done chan struct{}
+	err  error
+}
+
+func (f *fetch) wait(ctx context.Context) error {
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startFetch downloads the missing layers, Jobs at a time, in layer order,
+// and returns one fetch per layer and a function that waits for all.
+func (c *Cache) startFetch(ctx context.Context, r name.Reference, layers []v1.Descriptor) ([]*fetch, func()) {
+	out := make([]*fetch, len(layers))
+	byDigest := map[v1.Hash]*fetch{}
+	var todo []int
+	for i, l := range layers {
+		if f, ok := byDigest[l.Digest]; ok {
+			out[i] = f
 			continue
 		}
-		seen[l.Digest] = true
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(l v1.Descriptor) {
-			defer func() { <-sem; wg.Done() }()
-			if err := c.FetchBlob(ctx, r.Context(), l, r.Name()); err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-					cancel()
-				}
-				mu.Unlock()
-			}
-		}(l)
+		f := &fetch{done: make(chan struct{})}
+		out[i], byDigest[l.Digest] = f, f
+		if c.blobs.Has(l.Digest, l.Size) {
+			close(f.done)
+			continue
+		}
+		todo = append(todo, i)
 	}
-	wg.Wait()
-	return first
+	stop := c.logProgress(ctx, r.Name())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	// Slots are handed out in layer order, so the bottom layer, which the
+	// unpacker needs first, is never queued behind upper ones.
+	go func() {
+		defer wg.Done()
+		sem := make(chan struct{}, c.opts.Jobs)
+		for _, i := range todo {
+			f, l := out[i], layers[i]
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				f.err = ctx.Err()
+				close(f.done)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				f.err = c.FetchBlob(ctx, r.Context(), l, r.Name())
+				close(f.done)
+			}()
+		}
+	}()
+	return out, func() { wg.Wait(); stop() }
 }
 
 // FetchBlob downloads one blob from repo into the store, retrying with
@@ -528,7 +562,7 @@ func (c *Cache) Status() Status {
 }
 
 // unpack builds images/sha256-<hex> from the stored layers unless it exists.
-func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, layers []v1.Descriptor, platform string) (Boot, error) {
+func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, layers []v1.Descriptor, platform string, fetches []*fetch) (Boot, error) {
 	final, err := images.Root(c.st, digest.String())
 	if err != nil {
 		return Boot{}, err
@@ -538,7 +572,13 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 		bootOverride = cfg.BootDir
 	}
 	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
-		// Trees are immutable once renamed, so an existing one is complete.
+		// Trees are immutable once renamed, so an existing one is
+		// complete; the blobs are still needed to serve the image.
+		for _, f := range fetches {
+			if err := f.wait(ctx); err != nil {
+				return Boot{}, err
+			}
+		}
 		return FindBoot(final, bootOverride, platform)
 	}
 	tmp, err := store.TempDir(final)
@@ -560,9 +600,9 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 		return Boot{}, err
 	}
 	for i, l := range layers {
-		if ctx.Err() != nil {
+		if err := fetches[i].wait(ctx); err != nil {
 			u.Close()
-			return Boot{}, ctx.Err()
+			return Boot{}, err
 		}
 		if err := c.applyLayer(u, l); err != nil {
 			u.Close()

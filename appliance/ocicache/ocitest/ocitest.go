@@ -6,6 +6,7 @@ package ocitest
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"io"
 	"math/rand/v2"
 	"testing"
@@ -71,7 +72,20 @@ func Tar(tb testing.TB, entries ...Entry) []byte {
 // Layer is a gzip-compressed layer of entries.
 func Layer(tb testing.TB, entries ...Entry) v1.Layer {
 	tb.Helper()
-	data := Tar(tb, entries...)
+	return LayerFromTar(tb, Tar(tb, entries...))
+}
+
+// LayerFromTar gzips a tar stream once and wraps it as a layer (the
+// library would otherwise recompress it for every digest it computes).
+func LayerFromTar(tb testing.TB, tarData []byte) v1.Layer {
+	tb.Helper()
+	var gz bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
+	zw.Write(tarData)
+	if err := zw.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	data := gz.Bytes()
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(data)), nil
 	}, tarball.WithMediaType(types.OCILayer))
