@@ -1,18 +1,102 @@
 // Binary ocicache pulls, caches and unpacks the OCI images nodes boot, and serves them as a registry.
+//
+// It pulls every image the config names at start, again on SIGHUP and when
+// the config file changes (checked every 10 seconds), and retries failed
+// images every minute. Garbage collection follows each complete pass.
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/ocicache"
 	"github.com/ociboot/ociboot/appliance/service"
+)
+
+var (
+	registryAddr = flag.String("registry", ":5000", "listen address of the read-only registry (/v2/); empty: off")
+	minFreeMiB   = flag.Int64("min_free_mib", 256, "MiB that must stay free on the store while unpacking")
+	retryEvery   = flag.Duration("retry", time.Minute, "how often images that failed to pull are retried")
 )
 
 func main() {
 	service.Main("ocicache", ":9050", func(ctx context.Context, env *service.Env) error {
+		c, err := ocicache.New(env.Store, ocicache.Options{Log: env.Log, MinFree: *minFreeMiB << 20})
+		if err != nil {
+			return err
+		}
 		env.SetStatus(func() any {
-			return map[string]any{"service": "ocicache", "mode": env.Config.Mode, "interface": env.Config.Interface}
+			return map[string]any{"service": "ocicache", "registry": *registryAddr, "cache": c.Status()}
 		})
-		<-ctx.Done()
-		return ctx.Err()
+		if *registryAddr != "" {
+			ln, err := net.Listen("tcp", *registryAddr)
+			if err != nil {
+				return err
+			}
+			env.Log.Info("registry listening", "addr", ln.Addr().String())
+			srv := &http.Server{Handler: c.RegistryHandler(), ReadHeaderTimeout: 30 * time.Second}
+			go func() {
+				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					env.Log.Error("registry listener failed", "err", err)
+				}
+			}()
+			defer srv.Close()
+		}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		cfg := env.Config
+		modTime := func() time.Time {
+			fi, err := os.Stat(env.ConfigPath)
+			if err != nil {
+				return time.Time{}
+			}
+			return fi.ModTime()
+		}
+		seen := modTime()
+		poll := time.NewTicker(10 * time.Second)
+		defer poll.Stop()
+		for {
+			failed := c.Sync(ctx, cfg) != nil
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var retry <-chan time.Time
+			if failed {
+				retry = time.After(*retryEvery)
+			}
+		wait:
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-retry:
+					break wait
+				case <-hup:
+					env.Log.Info("SIGHUP: reloading config")
+				case <-poll.C:
+					if m := modTime(); !m.Equal(seen) {
+						seen = m
+						env.Log.Info("config file changed: reloading")
+					} else {
+						continue
+					}
+				}
+				next, err := config.Load(env.ConfigPath)
+				if err != nil {
+					env.Log.Error("config reload failed; keeping the previous config", "err", err)
+					continue
+				}
+				cfg = next
+				break wait
+			}
+		}
 	})
 }

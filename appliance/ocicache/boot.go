@@ -1,0 +1,107 @@
+package ocicache
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Boot is what FindBoot found in an unpacked tree.
+type Boot struct {
+	Dir      string   // relative to the tree, e.g. "boot/firmware"
+	Kernel   string   // file name inside Dir
+	Warnings []string // problems that do not stop a boot
+}
+
+// kernelPatterns in order of preference: the Pi 4/CM4 64-bit kernel first,
+// then other Pi kernels, then generic Linux kernels (QEMU test machines).
+var kernelPatterns = []string{"kernel8.img", "kernel_2712.img", "kernel*.img", "vmlinuz", "vmlinuz-*", "Image", "zImage", "bzImage"}
+
+// FindBoot locates the boot directory of the tree at root: override if set,
+// else boot/firmware, then boot. The directory must hold a kernel. For
+// arm/arm64 platforms it must also hold start4.elf, the firmware a Pi 4 /
+// CM4 fetches first over TFTP; for other platforms (amd64 images booted by
+// QEMU with -kernel) its absence is only a warning. Nothing in the tree is
+// followed through a symlink: a boot dir or kernel that is a symlink does
+// not count, as tftpd would refuse to serve it.
+func FindBoot(root, override, platform string) (Boot, error) {
+	candidates := []string{"boot/firmware", "boot"}
+	if override != "" {
+		candidates = []string{strings.Trim(path.Clean(override), "/")}
+	}
+	var tried []string
+	for _, c := range candidates {
+		if !isRealDir(root, c) {
+			tried = append(tried, c+"/ (missing)")
+			continue
+		}
+		kernel := findKernel(filepath.Join(root, filepath.FromSlash(c)))
+		if kernel == "" {
+			tried = append(tried, c+"/ (no kernel: none of "+strings.Join(kernelPatterns, ", ")+")")
+			continue
+		}
+		b := Boot{Dir: c, Kernel: kernel}
+		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(c), "start4.elf"))
+		if err != nil || !fi.Mode().IsRegular() {
+			msg := fmt.Sprintf("%s/ has kernel %s but no start4.elf (Raspberry Pi 4/CM4 firmware)", c, kernel)
+			arch := platformArch(platform)
+			if arch == "arm64" || arch == "arm" {
+				return Boot{}, fmt.Errorf("ocicache: image cannot netboot a Pi: %s; install the raspi-firmware package in the image", msg)
+			}
+			b.Warnings = append(b.Warnings, msg+"; fine for "+platform+" machines booted with an external loader, not for a Pi")
+		}
+		return b, nil
+	}
+	return Boot{}, fmt.Errorf("ocicache: image has no boot directory with a kernel: looked at %s; set Netboot.BootDir if it lives elsewhere, or install a kernel package in the image", strings.Join(tried, ", "))
+}
+
+func platformArch(p string) string {
+	parts := strings.Split(p, "/")
+	if len(parts) < 2 {
+		return ""
+	}
+	return parts[1]
+}
+
+// isRealDir checks every component of rel below root is a directory, not a
+// symlink.
+func isRealDir(root, rel string) bool {
+	cur := root
+	for _, el := range strings.Split(rel, "/") {
+		if el == "" || el == "." || el == ".." {
+			return false
+		}
+		cur = filepath.Join(cur, el)
+		fi, err := os.Lstat(cur)
+		if err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
+func findKernel(dir string) string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			names = append(names, e.Name())
+		}
+	}
+	// Newest version first when several vmlinuz-<version> exist.
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	for _, pat := range kernelPatterns {
+		for _, n := range names {
+			if ok, _ := path.Match(pat, n); ok {
+				return n
+			}
+		}
+	}
+	return ""
+}

@@ -1,0 +1,114 @@
+package ocicache
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// GC removes what no node can boot any more: index entries for references
+// the config no longer names, unpacked trees no entry points to, and blobs
+// unreachable from the remaining references. Pull-through content (fetched
+// for /v2/ clients) is dropped too: it is fetched again on demand. GC takes
+// the pull lock, so it never runs while a pull is writing.
+func (c *Cache) GC(cfg *config.Config) GCResult {
+	c.pullMu.Lock()
+	defer c.pullMu.Unlock()
+	return c.gc(cfg)
+}
+
+func (c *Cache) gc(cfg *config.Config) GCResult {
+	res, err := c.collect(cfg)
+	res.Time = c.opts.Now().UTC()
+	if err != nil {
+		res.Error = err.Error()
+		c.opts.Log.Error("gc failed", "err", err)
+	} else if len(res.TreesFreed) > 0 || res.BlobBytes > 0 {
+		c.opts.Log.Info("gc", "trees_removed", len(res.TreesFreed), "blob_bytes_freed", res.BlobBytes)
+	}
+	c.mu.Lock()
+	c.lastGC = res
+	c.mu.Unlock()
+	return res
+}
+
+func (c *Cache) collect(cfg *config.Config) (GCResult, error) {
+	var res GCResult
+	want := cfg.Images()
+	wanted := func(ref, plat string) bool {
+		for _, p := range want[ref] {
+			if p == plat {
+				return true
+			}
+		}
+		return false
+	}
+	ix, err := images.LoadIndex(c.st)
+	if err != nil {
+		return res, err
+	}
+	var kept images.Index
+	liveTrees := map[string]bool{}
+	var roots []v1.Hash
+	for _, e := range ix.Entries {
+		if !wanted(e.Ref, e.Platform) {
+			continue
+		}
+		kept.Entries = append(kept.Entries, e)
+		if d, err := images.DirName(e.Digest); err == nil {
+			liveTrees[d] = true
+		}
+		if h, err := v1.NewHash(e.Digest); err == nil {
+			roots = append(roots, h)
+		}
+	}
+	if len(kept.Entries) != len(ix.Entries) {
+		if err := images.SaveIndex(c.st, kept); err != nil {
+			return res, err
+		}
+	}
+	dir := c.st.Path(store.ImagesDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return res, fmt.Errorf("ocicache: gc: %v", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), "sha256-") || liveTrees[e.Name()] {
+			continue
+		}
+		if err := os.RemoveAll(c.st.Path(store.ImagesDir, e.Name())); err != nil {
+			return res, fmt.Errorf("ocicache: gc: removing %s: %v", e.Name(), err)
+		}
+		res.TreesFreed = append(res.TreesFreed, e.Name())
+	}
+
+	// References as stored in oci/index.json are canonical names.
+	wantNames := map[string]bool{}
+	for ref := range want {
+		if r, err := name.ParseReference(ref); err == nil {
+			wantNames[r.Name()] = true
+		}
+	}
+	err = c.blobs.Update(func(oix *v1.IndexManifest) {
+		var keep []v1.Descriptor
+		for _, m := range oix.Manifests {
+			if m.Annotations[AnnotationPullThrough] == "" && wantNames[m.Annotations[AnnotationRef]] {
+				keep = append(keep, m)
+				roots = append(roots, m.Digest)
+			}
+		}
+		oix.Manifests = keep
+	})
+	if err != nil {
+		return res, err
+	}
+	res.BlobBytes, err = c.blobs.GC(roots)
+	return res, err
+}

@@ -1,0 +1,672 @@
+// Package ocicache pulls the OCI images the config names, keeps their blobs
+// once in an OCI image layout (oci/), unpacks each into an immutable tree
+// (images/sha256-<hex>/) for tftpd and nfsd, and serves what it holds as a
+// read-only registry (registry.go).
+//
+// A pull resolves the reference for the platform the config asks for
+// (always passed, and checked against the image config even when the tag
+// names a single manifest), fetches the missing blobs (several at a time,
+// each retried with backoff and verified before it is renamed into place),
+// then unpacks the layers bottom-up into a temp dir that becomes the tree
+// with one rename. Only after that is images/index.json rewritten. A pull
+// killed at any point leaves only temp files, which the next start removes;
+// blobs that were complete are reused.
+package ocicache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/ocicache/unpack"
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// Options configure a Cache.
+type Options struct {
+	Log *slog.Logger
+	// Keychain finds registry credentials; default authn.DefaultKeychain
+	// (docker's config.json under $DOCKER_CONFIG or ~/.docker).
+	Keychain authn.Keychain
+	// Transport for registry requests; default http.DefaultTransport.
+	Transport http.RoundTripper
+	// Jobs is how many blobs are fetched at once; default 3.
+	Jobs int
+	// MinFree bytes must stay free while unpacking; default 256 MiB.
+	MinFree int64
+	// Attempts per blob and per manifest request before giving up;
+	// default 5, with backoff 1s, 2s, 4s, ...
+	Attempts int
+	// Backoff is the first retry delay; default 1s.
+	Backoff time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Cache owns oci/ and images/ of a store.
+type Cache struct {
+	st    *store.Store
+	blobs *Blobs
+	opts  Options
+
+	pullMu sync.Mutex // one Sync/Pull/GC at a time
+
+	mu       sync.Mutex
+	cfg      *config.Config
+	progress map[string]*layerProgress // digest → progress of a running fetch
+	state    map[string]*ImageStatus   // ref+platform → last outcome
+	lastGC   GCResult
+
+	fetchedBytes atomic.Int64
+}
+
+type layerProgress struct {
+	Ref   string
+	Done  atomic.Int64
+	Total int64
+}
+
+// ImageStatus is one image's line in /status.
+type ImageStatus struct {
+	Ref      string
+	Platform string
+	State    string   // "pulling", "ready", "failed"
+	Digest   string   `json:",omitempty"`
+	BootDir  string   `json:",omitempty"`
+	Kernel   string   `json:",omitempty"`
+	Warnings []string `json:",omitempty"`
+	Error    string   `json:",omitempty"`
+	Updated  time.Time
+}
+
+// GCResult reports the last garbage collection.
+type GCResult struct {
+	Time       time.Time
+	TreesFreed []string `json:",omitempty"`
+	BlobBytes  int64
+	Error      string `json:",omitempty"`
+}
+
+// New opens the cache in st, removing what a crash left half-done.
+func New(st *store.Store, opts Options) (*Cache, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Keychain == nil {
+		opts.Keychain = authn.DefaultKeychain
+	}
+	if opts.Transport == nil {
+		opts.Transport = http.DefaultTransport
+	}
+	if opts.Jobs <= 0 {
+		opts.Jobs = 3
+	}
+	if opts.Attempts <= 0 {
+		opts.Attempts = 5
+	}
+	if opts.Backoff <= 0 {
+		opts.Backoff = time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	blobs, err := OpenBlobs(st.Path(store.OCIDir))
+	if err != nil {
+		return nil, err
+	}
+	if err := store.CleanTemps(st.Path(store.ImagesDir)); err != nil {
+		return nil, fmt.Errorf("ocicache: cleaning half-unpacked trees: %v", err)
+	}
+	return &Cache{st: st, blobs: blobs, opts: opts,
+		progress: map[string]*layerProgress{}, state: map[string]*ImageStatus{}}, nil
+}
+
+// Blobs returns the layout the cache stores blobs in.
+func (c *Cache) Blobs() *Blobs { return c.blobs }
+
+// FetchedBytes is the number of blob bytes fetched from registries since
+// start (the benchmark's "no shared byte fetched twice" check reads it).
+func (c *Cache) FetchedBytes() int64 { return c.fetchedBytes.Load() }
+
+func (c *Cache) setConfig(cfg *config.Config) {
+	c.mu.Lock()
+	c.cfg = cfg
+	c.mu.Unlock()
+}
+
+func (c *Cache) config() *config.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg
+}
+
+// nameOptions returns name.Insecure for registries listed in
+// Netboot.InsecureRegistries (plain HTTP).
+func nameOptions(cfg *config.Config, registry string) []name.Option {
+	if cfg == nil {
+		return nil
+	}
+	for _, r := range cfg.Insecure {
+		if r == registry {
+			return []name.Option{name.Insecure}
+		}
+	}
+	return nil
+}
+
+// ParseRef parses ref, marking it insecure if its registry is listed.
+func ParseRef(cfg *config.Config, ref string) (name.Reference, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("ocicache: %q is not an image reference: %v", ref, err)
+	}
+	if o := nameOptions(cfg, r.Context().RegistryStr()); o != nil {
+		r, err = name.ParseReference(ref, o...)
+	}
+	return r, err
+}
+
+func (c *Cache) remoteOptions(ctx context.Context) []remote.Option {
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithAuthFromKeychain(c.opts.Keychain),
+		remote.WithTransport(c.opts.Transport),
+		remote.WithUserAgent("ociboot-ocicache"),
+		remote.WithRetryBackoff(remote.Backoff{Duration: c.opts.Backoff, Factor: 2, Jitter: 0.1, Steps: c.opts.Attempts}),
+	}
+}
+
+// Sync pulls every image cfg names, records each success in
+// images/index.json, and then collects garbage. It returns the errors of
+// the images that could not be pulled (their previous trees stay in use).
+func (c *Cache) Sync(ctx context.Context, cfg *config.Config) error {
+	c.pullMu.Lock()
+	defer c.pullMu.Unlock()
+	c.setConfig(cfg)
+	want := cfg.Images()
+	refs := make([]string, 0, len(want))
+	for r := range want {
+		refs = append(refs, r)
+	}
+	sort.Strings(refs)
+	var errs []error
+	for _, ref := range refs {
+		for _, plat := range want[ref] {
+			if err := c.pullAndRecord(ctx, cfg, ref, plat); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	c.gc(cfg)
+	return errors.Join(errs...)
+}
+
+func (c *Cache) setState(s ImageStatus) {
+	s.Updated = c.opts.Now()
+	c.mu.Lock()
+	c.state[s.Ref+" "+s.Platform] = &s
+	c.mu.Unlock()
+}
+
+func (c *Cache) pullAndRecord(ctx context.Context, cfg *config.Config, ref, plat string) error {
+	log := c.opts.Log.With("ref", ref, "platform", plat)
+	c.setState(ImageStatus{Ref: ref, Platform: plat, State: "pulling"})
+	start := c.opts.Now()
+	e, boot, err := c.pull(ctx, cfg, ref, plat)
+	if err != nil {
+		log.Error("pull failed", "err", err)
+		c.setState(ImageStatus{Ref: ref, Platform: plat, State: "failed", Error: err.Error()})
+		return fmt.Errorf("%s (%s): %w", ref, plat, err)
+	}
+	for _, w := range boot.Warnings {
+		log.Warn("boot directory", "warning", w)
+	}
+	ix, err := images.LoadIndex(c.st)
+	if err != nil {
+		return err
+	}
+	ix.Put(e)
+	if err := images.SaveIndex(c.st, ix); err != nil {
+		c.setState(ImageStatus{Ref: ref, Platform: plat, State: "failed", Error: err.Error()})
+		return err
+	}
+	log.Info("image ready", "digest", e.Digest, "boot_dir", e.BootDir, "kernel", e.Kernel, "took", c.opts.Now().Sub(start).Round(time.Millisecond).String())
+	c.setState(ImageStatus{Ref: ref, Platform: plat, State: "ready", Digest: e.Digest, BootDir: e.BootDir, Kernel: e.Kernel, Warnings: boot.Warnings})
+	return nil
+}
+
+// Pull fetches and unpacks one image for platform and returns its index
+// entry without recording it.
+func (c *Cache) Pull(ctx context.Context, cfg *config.Config, ref, platform string) (images.Entry, Boot, error) {
+	c.pullMu.Lock()
+	defer c.pullMu.Unlock()
+	c.setConfig(cfg)
+	return c.pull(ctx, cfg, ref, platform)
+}
+
+func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform string) (images.Entry, Boot, error) {
+	r, err := ParseRef(cfg, ref)
+	if err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	plat, err := v1.ParsePlatform(platform)
+	if err != nil {
+		return images.Entry{}, Boot{}, fmt.Errorf("ocicache: platform %q: %v", platform, err)
+	}
+	ropts := append(c.remoteOptions(ctx), remote.WithPlatform(*plat))
+	desc, err := remote.Get(r, ropts...)
+	if err != nil {
+		return images.Entry{}, Boot{}, fmt.Errorf("resolving %s: %w%s", ref, err, hint(err, r))
+	}
+	var top v1.Descriptor = desc.Descriptor
+	if desc.MediaType.IsIndex() {
+		if _, err := c.blobs.PutBytes(desc.Manifest); err != nil {
+			return images.Entry{}, Boot{}, err
+		}
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return images.Entry{}, Boot{}, fmt.Errorf("%s has no image for %s: %w", ref, platform, err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	rawManifest, err := img.RawManifest()
+	if err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	// The config comes through the same verified, retried path as layers
+	// and is read back from the store, so a re-pull fetches nothing.
+	if !c.blobs.Has(m.Config.Digest, m.Config.Size) {
+		if err := c.FetchBlob(ctx, r.Context(), m.Config, r.Name()); err != nil {
+			return images.Entry{}, Boot{}, fmt.Errorf("%s: image config: %w", ref, err)
+		}
+	}
+	rawCfg, err := c.blobs.ReadSmall(m.Config.Digest)
+	if err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	cf, err := v1.ParseConfigFile(bytes.NewReader(rawCfg))
+	if err != nil {
+		return images.Entry{}, Boot{}, fmt.Errorf("%s: image config %s: %w", ref, m.Config.Digest, err)
+	}
+	if cf.OS != plat.OS || cf.Architecture != plat.Architecture || (plat.Variant != "" && cf.Variant != "" && cf.Variant != plat.Variant) {
+		got := cf.OS + "/" + cf.Architecture
+		if cf.Variant != "" {
+			got += "/" + cf.Variant
+		}
+		return images.Entry{}, Boot{}, fmt.Errorf("ocicache: %s is an image for %s, but the config wants %s; push a %s image (or a multi-platform index) or set the node's Platform", ref, got, platform, platform)
+	}
+	// Layers are fetched Jobs at a time while the unpacker applies each
+	// as soon as it and those below it are stored.
+	fctx, cancel := context.WithCancel(ctx)
+	fetches, wait := c.startFetch(fctx, r, m.Layers)
+	boot, err := c.unpack(ctx, cfg, digest, m.Layers, platform, fetches)
+	if err != nil {
+		cancel()
+		wait()
+		return images.Entry{}, Boot{}, err
+	}
+	wait()
+	cancel()
+	if _, err := c.blobs.PutBytes(rawManifest); err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	if err := c.blobs.SetRef(r.Name(), top, false); err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	return images.Entry{Ref: ref, Platform: platform, Digest: digest.String(), BootDir: boot.Dir, Kernel: boot.Kernel, Pulled: c.opts.Now().UTC()}, boot, nil
+}
+
+// hint adds what to do for common registry errors.
+func hint(err error, r name.Reference) string {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Sprintf(" (log in with `docker login %s` or add it to $DOCKER_CONFIG/config.json auths)", r.Context().RegistryStr())
+		case http.StatusNotFound:
+			return " (check the repository and tag)"
+		}
+	}
+	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return fmt.Sprintf(" (add %q to Netboot.InsecureRegistries for a plain-HTTP registry)", r.Context().RegistryStr())
+	}
+	return ""
+}
+
+// fetch is one layer download; done is closed when err is final.
+type fetch struct {
+	done chan struct{}
+	err  error
+}
+
+func (f *fetch) wait(ctx context.Context) error {
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// startFetch downloads the missing layers, Jobs at a time, in layer order,
+// and returns one fetch per layer and a function that waits for all.
+func (c *Cache) startFetch(ctx context.Context, r name.Reference, layers []v1.Descriptor) ([]*fetch, func()) {
+	out := make([]*fetch, len(layers))
+	byDigest := map[v1.Hash]*fetch{}
+	var todo []int
+	for i, l := range layers {
+		if f, ok := byDigest[l.Digest]; ok {
+			out[i] = f
+			continue
+		}
+		f := &fetch{done: make(chan struct{})}
+		out[i], byDigest[l.Digest] = f, f
+		if c.blobs.Has(l.Digest, l.Size) {
+			close(f.done)
+			continue
+		}
+		todo = append(todo, i)
+	}
+	stop := c.logProgress(ctx, r.Name())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	// Slots are handed out in layer order, so the bottom layer, which the
+	// unpacker needs first, is never queued behind upper ones.
+	go func() {
+		defer wg.Done()
+		sem := make(chan struct{}, c.opts.Jobs)
+		for _, i := range todo {
+			f, l := out[i], layers[i]
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				f.err = ctx.Err()
+				close(f.done)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				f.err = c.FetchBlob(ctx, r.Context(), l, r.Name())
+				close(f.done)
+			}()
+		}
+	}()
+	return out, func() { wg.Wait(); stop() }
+}
+
+// FetchBlob downloads one blob from repo into the store, retrying with
+// backoff; each attempt starts over, so a failed or corrupted transfer
+// never reaches the blob's final name.
+func (c *Cache) FetchBlob(ctx context.Context, repo name.Repository, d v1.Descriptor, label string) error {
+	p := &layerProgress{Ref: label, Total: d.Size}
+	c.mu.Lock()
+	c.progress[d.Digest.String()] = p
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.progress, d.Digest.String())
+		c.mu.Unlock()
+	}()
+	delay := c.opts.Backoff
+	var err error
+	for attempt := 1; attempt <= c.opts.Attempts; attempt++ {
+		p.Done.Store(0)
+		err = c.fetchOnce(ctx, repo, d, p)
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			break
+		}
+		c.opts.Log.Warn("blob fetch failed, retrying", "blob", d.Digest.String(), "attempt", attempt, "of", c.opts.Attempts, "in", delay.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+	if err != nil {
+		return fmt.Errorf("fetching layer %s of %s: %w", d.Digest, label, err)
+	}
+	return nil
+}
+
+func retryable(err error) bool {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
+	}
+	var ne net.Error
+	var de *DigestError
+	// go-containerregistry verifies what it streams and reports a
+	// mismatch only as text; corrupted transfers are worth another try.
+	if strings.Contains(err.Error(), "error verifying") || strings.Contains(err.Error(), "bytes, want") {
+		return true
+	}
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &de) ||
+		errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, io.EOF)
+}
+
+func (c *Cache) fetchOnce(ctx context.Context, repo name.Repository, d v1.Descriptor, p *layerProgress) error {
+	l, err := remote.Layer(repo.Digest(d.Digest.String()), c.remoteOptions(ctx)...)
+	if err != nil {
+		return err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return c.blobs.Put(d.Digest, d.Size, rc, func(n int) {
+		p.Done.Add(int64(n))
+		c.fetchedBytes.Add(int64(n))
+	})
+}
+
+// logProgress logs bytes per running layer every 5 seconds until stopped.
+func (c *Cache) logProgress(ctx context.Context, ref string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				for _, lp := range c.Progress() {
+					if lp.Ref == ref {
+						c.opts.Log.Info("pulling", "ref", ref, "layer", lp.Digest, "done_bytes", lp.Done, "total_bytes", lp.Total)
+					}
+				}
+			}
+		}
+	}()
+	return cancel
+}
+
+// LayerProgress is one running blob fetch.
+type LayerProgress struct {
+	Ref    string
+	Digest string
+	Done   int64
+	Total  int64
+}
+
+// Progress lists running blob fetches.
+func (c *Cache) Progress() []LayerProgress {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]LayerProgress, 0, len(c.progress))
+	for d, p := range c.progress {
+		out = append(out, LayerProgress{Ref: p.Ref, Digest: d, Done: p.Done.Load(), Total: p.Total})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Digest < out[j].Digest })
+	return out
+}
+
+// Status is the cache's part of /status.
+type Status struct {
+	Images       []ImageStatus
+	Pulling      []LayerProgress
+	FetchedBytes int64
+	LastGC       GCResult
+}
+
+// Status reports images, running fetches and the last GC.
+func (c *Cache) Status() Status {
+	pulling := c.Progress()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Status{Pulling: pulling, FetchedBytes: c.fetchedBytes.Load(), LastGC: c.lastGC}
+	for _, st := range c.state {
+		s.Images = append(s.Images, *st)
+	}
+	sort.Slice(s.Images, func(i, j int) bool {
+		return s.Images[i].Ref+s.Images[i].Platform < s.Images[j].Ref+s.Images[j].Platform
+	})
+	return s
+}
+
+// unpack builds images/sha256-<hex> from the stored layers unless it exists.
+func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, layers []v1.Descriptor, platform string, fetches []*fetch) (Boot, error) {
+	final, err := images.Root(c.st, digest.String())
+	if err != nil {
+		return Boot{}, err
+	}
+	bootOverride := ""
+	if cfg != nil {
+		bootOverride = cfg.BootDir
+	}
+	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
+		// Trees are immutable once renamed, so an existing one is
+		// complete; the blobs are still needed to serve the image.
+		for _, f := range fetches {
+			if err := f.wait(ctx); err != nil {
+				return Boot{}, err
+			}
+		}
+		return FindBoot(final, bootOverride, platform)
+	}
+	tmp, err := store.TempDir(final)
+	if err != nil {
+		return Boot{}, fmt.Errorf("ocicache: %v", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+	// Image roots are 0755 root-owned whatever the temp dir was made as.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return Boot{}, err
+	}
+	u, err := unpack.New(tmp, unpack.Options{MinFree: c.opts.MinFree, Log: c.opts.Log})
+	if err != nil {
+		return Boot{}, err
+	}
+	for i, l := range layers {
+		if err := fetches[i].wait(ctx); err != nil {
+			u.Close()
+			return Boot{}, err
+		}
+		if err := c.applyLayer(u, l); err != nil {
+			u.Close()
+			return Boot{}, fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)
+		}
+	}
+	if err := u.Close(); err != nil {
+		return Boot{}, err
+	}
+	boot, err := FindBoot(tmp, bootOverride, platform)
+	if err != nil {
+		return Boot{}, err
+	}
+	// One syncfs instead of an fsync per file: the rename below must not
+	// reach the disk before the tree's content does.
+	if fd, err := unix.Open(tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		err = unix.Syncfs(fd)
+		unix.Close(fd)
+		if err != nil {
+			return Boot{}, fmt.Errorf("ocicache: syncfs %s: %v", tmp, err)
+		}
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return Boot{}, fmt.Errorf("ocicache: %v", err)
+	}
+	ok = true
+	return boot, store.SyncDir(filepath.Dir(final))
+}
+
+func (c *Cache) applyLayer(u *unpack.Unpacker, l v1.Descriptor) error {
+	f, err := c.blobs.Open(l.Digest)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, closeFn, err := decompress(f)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	return u.Apply(r)
+}
+
+// decompress detects gzip, zstd or a plain tar by magic bytes, as media
+// types in the wild are not reliable (docker "tar.gzip" for zstd, etc.).
+func decompress(f *os.File) (io.Reader, func(), error) {
+	var magic [4]byte
+	n, _ := io.ReadFull(f, magic[:])
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case n >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
+		zr, err := gzip.NewReader(f)
+		if err != nil {
+			return nil, nil, err
+		}
+		return zr, func() { zr.Close() }, nil
+	case n == 4 && magic == [4]byte{0x28, 0xb5, 0x2f, 0xfd}:
+		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			return nil, nil, err
+		}
+		return zr, zr.Close, nil
+	}
+	return f, func() {}, nil
+}
