@@ -2,10 +2,15 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ociboot/ociboot/tests/guest"
 )
 
 // TestHeadPullsNodeImage: the node image goes registry → ocicache → an
@@ -33,4 +38,95 @@ func TestHeadPullsNodeImage(t *testing.T) {
 		t.Errorf("entry: got %+v, want boot dir boot on linux/amd64", e)
 	}
 	t.Logf("pulled %+v", e)
+}
+
+func macFor(i int) string { return fmt.Sprintf("52:54:00:0b:00:%02x", i) }
+
+// bootNodes starts n QEMU machines at once and waits for each node's init.
+func bootNodes(t *testing.T, lab *Lab, n int) []*Node {
+	_, slow := guest.Accel()
+	var ns []*Node
+	for i := 1; i <= n; i++ {
+		ns = append(ns, lab.BootNode(t, macFor(i)))
+	}
+	for _, node := range ns {
+		line := node.WaitUp(t, slow*90*time.Second+time.Duration(n)*30*time.Second)
+		t.Logf("%s: %s", node.MAC, line)
+	}
+	return ns
+}
+
+// TestFullModeFiveNodes: ociboot is the only DHCP server on an isolated
+// segment; five diskless QEMU machines power on at once, netboot through
+// iPXE and run from their own NFS roots.
+func TestFullModeFiveNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	lab := NewLab(t)
+	h := NewHead(t, lab, map[string]any{
+		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
+		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
+		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
+	})
+	h.Start(t)
+	h.WaitImage(t, 2*time.Minute)
+	nodes := bootNodes(t, lab, 5)
+	for _, n := range nodes {
+		if !strings.Contains(n.Proc.Output(), "boots=1 ") {
+			t.Errorf("%s: want its first boot from its own root", n.MAC)
+		}
+	}
+	checkStatus(t, h, 5)
+}
+
+// TestProxyModeBehindDnsmasq: a separate DHCP server (dnsmasq) hands out
+// addresses; ociboot only adds the boot options.
+func TestProxyModeBehindDnsmasq(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	if _, err := exec.LookPath("dnsmasq"); err != nil {
+		t.Skip("dnsmasq not installed")
+	}
+	lab := NewLab(t)
+	router := lab.NewNS("router", 254)
+	lab.Start("dnsmasq", router, "dnsmasq", "--no-daemon", "--port=0", "--no-resolv", "--no-hosts",
+		"--interface=eth0", "--bind-interfaces", "--dhcp-authoritative",
+		"--dhcp-range="+lab.Addr(50)+","+lab.Addr(99)+",255.255.255.0,1h",
+		"--dhcp-leasefile="+filepath.Join(lab.Dir, "dnsmasq.leases"))
+	h := NewHead(t, lab, map[string]any{
+		"Interface": "eth0", "ServerIP": lab.Addr(1),
+		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
+	})
+	h.Start(t)
+	h.WaitImage(t, 2*time.Minute)
+	nodes := bootNodes(t, lab, 2)
+	for _, n := range nodes {
+		if !strings.Contains(n.Proc.Output(), "initramfs: eth0 "+lab.Addr(0)[:len(lab.Addr(0))-1]) {
+			t.Errorf("%s: no address from the segment", n.MAC)
+		}
+	}
+	checkStatus(t, h, 2)
+}
+
+// checkStatus asks the status page what it knows: every node reached its
+// root.
+func checkStatus(t *testing.T, h *Head, want int) {
+	t.Helper()
+	var ov struct {
+		Nodes []struct{ Name, Serial, MAC, IP, Digest, Stage, LastError string }
+	}
+	if err := h.Status(t, "http://127.0.0.1:8080/api/status", &ov); err != nil {
+		t.Fatalf("status page: %v", err)
+	}
+	got := 0
+	for _, n := range ov.Nodes {
+		if n.Stage == "root-mounted" && n.Digest != "" {
+			got++
+		}
+	}
+	if got < want {
+		t.Errorf("status page: %d nodes with root mounted and an image digest, want %d: %+v", got, want, ov.Nodes)
+	}
 }
