@@ -20,7 +20,7 @@ BIN    := $(CURDIR)/.build/bin
 
 SERVICES := dhcpd tftpd ocicache nfsd status
 
-.PHONY: image update root run test unit bench builddir-sync fmt
+.PHONY: image update root run test unit bench demo builddir-sync
 
 ## image: build a full Raspberry Pi image (boot, root, and an ext4 /perm)
 image:
@@ -67,6 +67,10 @@ unit:
 ## bench: benchmarks against peers on this machine (dnsmasq, nfs-ganesha, skopeo+umoci)
 bench:
 	OCIBOOT_BENCH=1 go test -timeout 60m -count=1 -run Bench -v ./tests/bench/...
+
+## demo: a simulated cluster (head node + three QEMU nodes in network namespaces) until Ctrl-C; as root
+demo:
+	OCIBOOT_DEMO=1 go test -count=1 -timeout 0 -run '^TestDemo$$' -v ./tests/e2e/
 
 ## builddir-sync: refresh builddir/go.sum after go.mod changed
 builddir-sync:
