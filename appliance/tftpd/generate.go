@@ -1,0 +1,79 @@
+package tftpd
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// dropArgs are kernel arguments of the image's cmdline.txt that describe
+// how the image boots from its own disk; the generated root arguments
+// replace them. Everything else (console=, quiet, cgroup settings, ...) is
+// kept in its order.
+var dropArgs = []string{"root=", "nfsroot=", "ip=", "rootfstype=", "rootwait", "init=", "boot=", "ro", "rw", "resume="}
+
+func dropped(arg string) bool {
+	for _, d := range dropArgs {
+		if strings.HasSuffix(d, "=") {
+			if strings.HasPrefix(arg, d) {
+				return true
+			}
+		} else if arg == d {
+			return true
+		}
+	}
+	return false
+}
+
+// RootArgs are the arguments that make the kernel mount the node's export.
+// Ports are explicit so that no portmapper round trip is needed.
+func RootArgs(head netip.Addr, key string) string {
+	return fmt.Sprintf("root=/dev/nfs nfsroot=%s:/nodes/%s,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait", head, key)
+}
+
+// Cmdline generates a node's kernel command line from the image's
+// cmdline.txt (may be nil), the root arguments and Netboot.KernelArgs.
+func Cmdline(image []byte, head netip.Addr, key string, extra []string) string {
+	var args []string
+	for _, a := range strings.Fields(string(image)) {
+		if !dropped(a) {
+			args = append(args, a)
+		}
+	}
+	args = append(args, RootArgs(head, key))
+	args = append(args, extra...)
+	return strings.Join(args, " ")
+}
+
+// ConfigTxt is the image's config.txt followed by Netboot.ConfigTxt. The
+// bootloader applies later lines over earlier ones, so ours win.
+func ConfigTxt(image []byte, extra []string) string {
+	var b strings.Builder
+	b.Write(image)
+	if len(image) > 0 && image[len(image)-1] != '\n' {
+		b.WriteByte('\n')
+	}
+	b.WriteString("\n# ociboot: Netboot.ConfigTxt\n")
+	for _, l := range extra {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// IPXEChain is the root boot.ipxe: iPXE fetches the node's own script from
+// its MAC directory (a URI relative to this script's).
+const IPXEChain = "#!ipxe\nchain ${mac:hexhyp}/boot.ipxe\n"
+
+// IPXEScript boots kernel and initrd (relative to the node's directory)
+// with cmdline.
+func IPXEScript(kernel, initrd, cmdline string) string {
+	var b strings.Builder
+	b.WriteString("#!ipxe\n")
+	fmt.Fprintf(&b, "kernel %s %s\n", kernel, cmdline)
+	if initrd != "" {
+		fmt.Fprintf(&b, "initrd %s\n", initrd)
+	}
+	b.WriteString("boot\n")
+	return b.String()
+}

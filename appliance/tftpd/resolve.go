@@ -1,0 +1,259 @@
+// Package tftpd serves each node its boot files out of its image's boot
+// directory, read-only, and synthesizes the per-node ones (cmdline.txt,
+// config.txt, iPXE scripts).
+//
+// A request names a file as the Raspberry Pi bootloader does:
+//
+//	<serial>/<file>       serial = the low 8 hex digits (TFTP_PREFIX=0)
+//	<mac>/<file>          mac = aa-bb-cc-dd-ee-ff (TFTP_PREFIX=2, iPXE nodes)
+//	<file>                no prefix: the node is the one whose recorded or
+//	                      configured IP is the request's source address
+//
+// Prefixes are matched case-insensitively and leading slashes are ignored;
+// the file part is matched exactly (the boot directory is a Linux tree).
+// The node's image comes from Netboot.Nodes, else from its record in the
+// store (written by dhcpd), else — with Enroll "auto" — DefaultImage. Every
+// file is opened through an os.Root on the image's boot directory, so no
+// name, "..", or symlink in the image can reach outside it.
+package tftpd
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// ErrNotFound is answered as TFTP error 1, promptly: the Pi firmware probes
+// for many files that normally do not exist.
+var ErrNotFound = errors.New("file not found")
+
+// Request is a parsed read request.
+type Request struct {
+	Key  string // node key from the prefix ("" if none)
+	File string // path inside the boot directory, slash-separated, clean
+}
+
+// ParseRequest splits a requested name into node prefix and file. It
+// rejects names that could leave the boot directory or that no bootloader
+// sends: "..", empty elements inside the path, NUL and backslashes.
+func ParseRequest(name string) (Request, error) {
+	if name == "" || len(name) > 512 || strings.ContainsAny(name, "\x00\\") {
+		return Request{}, fmt.Errorf("tftpd: malformed file name %q", name)
+	}
+	name = strings.TrimLeft(name, "/")
+	parts := strings.Split(name, "/")
+	for _, p := range parts {
+		if p == ".." || p == "." || p == "" {
+			return Request{}, fmt.Errorf("tftpd: refused file name %q: only plain paths inside the boot directory are served", name)
+		}
+	}
+	var r Request
+	if len(parts) > 1 {
+		if k, ok := nodeKey(parts[0]); ok {
+			r.Key = k
+			parts = parts[1:]
+		}
+	}
+	r.File = strings.Join(parts, "/")
+	return r, nil
+}
+
+// nodeKey recognises a serial (8 hex digits) or a MAC in dash form and
+// returns it in the store's spelling (lower case).
+func nodeKey(s string) (string, bool) {
+	s = strings.ToLower(s)
+	if len(s) == 8 && isHex(s) {
+		return s, true
+	}
+	if len(s) == 17 {
+		for i := 0; i < 17; i++ {
+			if i%3 == 2 {
+				if s[i] != '-' {
+					return "", false
+				}
+			} else if !isHex(s[i : i+1]) {
+				return "", false
+			}
+		}
+		return s, true
+	}
+	return "", false
+}
+
+func isHex(s string) bool { return strings.Trim(s, "0123456789abcdef") == "" }
+
+// MACKey is a MAC in the dash form used as node key.
+func MACKey(mac net.HardwareAddr) string { return strings.ReplaceAll(mac.String(), ":", "-") }
+
+// Node is what tftpd knows about the node behind a request.
+type Node struct {
+	Key      string
+	Image    string
+	Platform string
+	Entry    images.Entry
+	BootDir  string // absolute
+}
+
+// Resolver maps requests to nodes and boot directories.
+type Resolver struct {
+	Config *config.Config
+	Store  *store.Store
+}
+
+// keyByIP finds the node whose address is ip: a reservation in the config
+// or the address dhcpd recorded.
+func (r *Resolver) keyByIP(ip netip.Addr) (string, bool) {
+	for _, n := range r.Config.Nodes {
+		if n.IP == ip {
+			if n.Serial != "" {
+				return n.Serial, true
+			}
+			return MACKey(n.MAC), true
+		}
+	}
+	recs, _ := nodes.List(r.Store)
+	for _, rec := range recs {
+		if rec.IP == ip.String() {
+			return rec.Serial, true
+		}
+	}
+	return "", false
+}
+
+// Node resolves a request from remote to its node, image and boot dir.
+func (r *Resolver) Node(req Request, remote netip.Addr) (Node, error) {
+	key := req.Key
+	if key == "" {
+		k, ok := r.keyByIP(remote)
+		if !ok {
+			return Node{}, fmt.Errorf("%w: %s asked for %q without a node prefix and is no known node's address", ErrNotFound, remote, req.File)
+		}
+		key = k
+	}
+	n := Node{Key: key}
+	var nc config.NodeConfig
+	var configured bool
+	if len(key) == 8 {
+		nc, configured = r.Config.NodeBySerial(key)
+	} else if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil {
+		nc, configured = r.Config.NodeByMAC(mac)
+	}
+	rec, recErr := nodes.Load(r.Store, key)
+	switch {
+	case configured:
+		n.Image, n.Platform = nc.Image, nc.Platform
+	case recErr == nil && rec.Image != "":
+		n.Image, n.Platform = rec.Image, rec.Platform
+	case r.Config.Enroll == config.EnrollAuto:
+		n.Image = r.Config.DefaultImage
+	default:
+		return Node{}, fmt.Errorf("%w: node %s is not in Netboot.Nodes and Enroll is known-only", ErrNotFound, key)
+	}
+	if n.Platform == "" {
+		n.Platform = r.Config.Platform
+	}
+	if n.Image == "" {
+		return Node{}, fmt.Errorf("%w: node %s has no image; set Netboot.DefaultImage or its Nodes[].Image", ErrNotFound, key)
+	}
+	ix, err := images.LoadIndex(r.Store)
+	if err != nil {
+		return Node{}, err
+	}
+	e, ok := ix.Lookup(n.Image, n.Platform)
+	if !ok {
+		return Node{}, fmt.Errorf("%w: image %s (%s) for node %s is not in the cache yet; see ocicache's status", ErrNotFound, n.Image, n.Platform, key)
+	}
+	if r.Config.BootDir != "" {
+		e.BootDir = r.Config.BootDir
+	}
+	n.Entry = e
+	n.BootDir, err = images.BootPath(r.Store, e)
+	if err != nil {
+		return Node{}, fmt.Errorf("%w: %v", ErrNotFound, err)
+	}
+	return n, nil
+}
+
+// Open opens file inside the node's boot directory without following any
+// path out of it. Only regular files are served.
+func (n Node) Open(file string) (*os.File, error) {
+	root, err := os.OpenRoot(n.BootDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: boot directory of %s: %v", ErrNotFound, n.Image, err)
+	}
+	defer root.Close()
+	f, err := root.Open(filepath.FromSlash(file))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, file)
+		}
+		// Escapes through symlinks end here too.
+		return nil, fmt.Errorf("%w: %s: %v", ErrNotFound, file, err)
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotFound, file)
+	}
+	return f, nil
+}
+
+// ReadFile reads a file of the boot directory; a missing file is not an
+// error (nil, nil): the generated files work without the image's.
+func (n Node) ReadFile(file string) ([]byte, error) {
+	f, err := n.Open(file)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	if fi.Size() > 1<<20 {
+		return nil, fmt.Errorf("tftpd: %s is %d bytes, too large to rewrite", file, fi.Size())
+	}
+	b := make([]byte, fi.Size())
+	_, err = f.ReadAt(b, 0)
+	return b, err
+}
+
+// Kernel returns the kernel file of the boot directory: the one ocicache
+// found, else the first vmlinuz*/bzImage/kernel*.img.
+func (n Node) Kernel() string {
+	if n.Entry.Kernel != "" {
+		return path.Base(n.Entry.Kernel)
+	}
+	for _, pat := range []string{"vmlinuz*", "bzImage", "kernel8.img", "kernel*.img"} {
+		if m, _ := filepath.Glob(filepath.Join(n.BootDir, pat)); len(m) > 0 {
+			return filepath.Base(m[0])
+		}
+	}
+	return ""
+}
+
+// Initrd returns the initramfs that goes with kernel, if any.
+func (n Node) Initrd(kernel string) string {
+	var cands []string
+	if v, ok := strings.CutPrefix(kernel, "vmlinuz-"); ok {
+		cands = append(cands, "initrd.img-"+v, "initramfs-"+v+".img", "initrd-"+v)
+	}
+	cands = append(cands, "initrd.img", "initramfs8", "initramfs.img")
+	for _, c := range cands {
+		if fi, err := os.Lstat(filepath.Join(n.BootDir, c)); err == nil && !fi.IsDir() {
+			return c
+		}
+	}
+	return ""
+}

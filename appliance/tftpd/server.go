@@ -1,0 +1,375 @@
+package tftpd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pin/tftp/v3"
+	"golang.org/x/net/ipv4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// MaxBlockSize is the largest blksize we grant: 1468 fills a 1500-byte
+// Ethernet frame, which the Pi 4 bootloader asks for since 2022.
+const MaxBlockSize = 1468
+
+// Options configure a Server.
+type Options struct {
+	Config *config.Config
+	Store  *store.Store
+	Log    *slog.Logger
+	// Metrics, if set, gets the transfer counters.
+	Metrics prometheus.Registerer
+	Now     func() time.Time
+	// Timeout per retransmission (default 1 s) and retries (default 5).
+	Timeout time.Duration
+	Retries int
+}
+
+// Server is the TFTP server.
+type Server struct {
+	res     Resolver
+	log     *slog.Logger
+	now     func() time.Time
+	tftp    *tftp.Server
+	m       metrics
+	mu      sync.Mutex
+	stats   map[string]*NodeStats
+	stages  map[string]string
+	recent  []Transfer
+	timeout time.Duration
+	retries int
+}
+
+// Transfer is one finished (or failed) read request.
+type Transfer struct {
+	Node     string
+	File     string
+	Remote   string
+	Bytes    int64
+	Duration time.Duration
+	Result   string // "ok", "early-terminate", "not-found", "failed"
+	Error    string `json:",omitempty"`
+	Time     time.Time
+}
+
+// NodeStats are per-node totals for /status.
+type NodeStats struct {
+	Transfers       int
+	Bytes           int64
+	Failures        int
+	EarlyTerminates int
+	NotFound        int
+	LastFile        string
+	LastError       string `json:",omitempty"`
+	LastSeen        time.Time
+}
+
+type metrics struct {
+	transfers *prometheus.CounterVec
+	bytes     *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+}
+
+// New makes a server; call Serve with a UDP socket.
+func New(o Options) *Server {
+	s := &Server{
+		res:     Resolver{Config: o.Config, Store: o.Store},
+		log:     o.Log,
+		now:     o.Now,
+		stats:   map[string]*NodeStats{},
+		stages:  map[string]string{},
+		timeout: o.Timeout,
+		retries: o.Retries,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.timeout == 0 {
+		s.timeout = time.Second
+	}
+	if s.retries == 0 {
+		s.retries = 5
+	}
+	s.m = metrics{
+		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ociboot_tftpd_transfers_total", Help: "Read requests by node and result (ok, early-terminate, not-found, failed)."}, []string{"node", "result"}),
+		bytes:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ociboot_tftpd_bytes_total", Help: "Bytes sent by node."}, []string{"node"}),
+		duration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ociboot_tftpd_transfer_seconds", Help: "Duration of completed transfers.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"node"}),
+	}
+	if o.Metrics != nil {
+		o.Metrics.MustRegister(s.m.transfers, s.m.bytes, s.m.duration)
+	}
+	ts := tftp.NewServer(s.read, nil) // no write handler: WRQs get an error
+	ts.SetBlockSize(MaxBlockSize)
+	// Grant what the client asks up to MaxBlockSize. pin/tftp's MTU-based
+	// clamp falls back to 512 bytes for a request that lacks IP_PKTINFO
+	// (one queued before Serve enabled it), which would slow that boot 3x.
+	ts.SetBlockSizeNegotiation(false)
+	ts.SetTimeout(s.timeout)
+	ts.SetRetries(s.retries)
+	s.tftp = ts
+	return s
+}
+
+// Listen opens the UDP socket for Serve on addr (e.g. ":69") with
+// IP_PKTINFO already enabled, so that even the first request carries the
+// local address the generated cmdline.txt names.
+func Listen(addr string) (*net.UDPConn, error) {
+	a, err := net.ResolveUDPAddr("udp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.ListenUDP("udp4", a)
+	if err != nil {
+		return nil, err
+	}
+	if err := ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("tftpd: enabling IP_PKTINFO on %s: %v", addr, err)
+	}
+	return conn, nil
+}
+
+// Serve answers requests on conn until Shutdown.
+func (s *Server) Serve(conn net.PacketConn) error { return s.tftp.Serve(conn) }
+
+// Shutdown stops accepting requests and waits for running transfers.
+func (s *Server) Shutdown() { s.tftp.Shutdown() }
+
+// content is what a request is answered with.
+type content struct {
+	r    io.ReadSeeker
+	c    io.Closer
+	node Node
+}
+
+// open decides what to send for name.
+func (s *Server) open(name string, remote, local netip.Addr) (content, Request, error) {
+	req, err := ParseRequest(name)
+	if err != nil {
+		return content{}, req, fmt.Errorf("%w: %v", ErrNotFound, err)
+	}
+	// The root boot.ipxe is the same for every iPXE client: it only
+	// redirects to the client's own directory.
+	if req.Key == "" && req.File == "boot.ipxe" {
+		if _, ok := s.res.keyByIP(remote); !ok {
+			return content{r: strings.NewReader(IPXEChain)}, req, nil
+		}
+	}
+	n, err := s.res.Node(req, remote)
+	if err != nil {
+		return content{}, req, err
+	}
+	req.Key = n.Key
+	head := local
+	if !head.IsValid() {
+		head = s.res.Config.ServerIP
+	}
+	switch req.File {
+	case "cmdline.txt":
+		img, err := n.ReadFile("cmdline.txt")
+		if err != nil {
+			return content{}, req, err
+		}
+		return content{r: strings.NewReader(Cmdline(img, head, n.Key, s.res.Config.KernelArgs) + "\n"), node: n}, req, nil
+	case "config.txt":
+		img, err := n.ReadFile("config.txt")
+		if err != nil {
+			return content{}, req, err
+		}
+		return content{r: strings.NewReader(ConfigTxt(img, s.res.Config.ConfigTxt)), node: n}, req, nil
+	case "boot.ipxe":
+		if req.Key == "" {
+			break
+		}
+		img, err := n.ReadFile("cmdline.txt")
+		if err != nil {
+			return content{}, req, err
+		}
+		k := n.Kernel()
+		if k == "" {
+			return content{}, req, fmt.Errorf("%w: image %s has no kernel in %s", ErrNotFound, n.Image, n.Entry.BootDir)
+		}
+		script := IPXEScript(k, n.Initrd(k), Cmdline(img, head, n.Key, s.res.Config.KernelArgs))
+		return content{r: strings.NewReader(script), node: n}, req, nil
+	}
+	f, err := n.Open(req.File)
+	if err != nil {
+		return content{}, req, err
+	}
+	return content{r: f, c: f, node: n}, req, nil
+}
+
+// read is the pin/tftp read handler.
+func (s *Server) read(name string, rf io.ReaderFrom) error {
+	start := s.now()
+	var remote, local netip.Addr
+	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
+		ra := ot.RemoteAddr()
+		remote, _ = netip.AddrFromSlice(ra.IP)
+		remote = remote.Unmap()
+	}
+	if pi, ok := rf.(tftp.RequestPacketInfo); ok {
+		local, _ = netip.AddrFromSlice(pi.LocalIP())
+		local = local.Unmap()
+	}
+	c, req, err := s.open(name, remote, local)
+	t := Transfer{Node: req.Key, File: name, Remote: remote.String(), Time: start}
+	if err != nil {
+		t.Result, t.Error = "not-found", err.Error()
+		if !errors.Is(err, ErrNotFound) {
+			t.Result = "failed"
+		}
+		s.finish(t)
+		// The client sees TFTP error 1 with a short text; the log has the
+		// reason.
+		return errors.New(shortReason(err))
+	}
+	if c.c != nil {
+		defer c.c.Close()
+	}
+	s.stage(req)
+	n, err := rf.ReadFrom(c.r)
+	t.Bytes, t.Duration = n, s.now().Sub(start)
+	switch {
+	case err == nil:
+		t.Result = "ok"
+	case isEarlyTerminate(err):
+		// The Pi learns the size from the OACK and aborts with error 0;
+		// it asks again right away. A normal end, not a failure.
+		t.Result = "early-terminate"
+	default:
+		t.Result, t.Error = "failed", err.Error()
+	}
+	s.finish(t)
+	return nil
+}
+
+// isEarlyTerminate recognises the client's ERROR 0 in answer to our OACK
+// (pin/tftp reports it as "sending block 0: code=0, ...").
+func isEarlyTerminate(err error) bool {
+	return strings.Contains(err.Error(), "sending block 0: code=0")
+}
+
+func shortReason(err error) string {
+	s := err.Error()
+	if errors.Is(err, ErrNotFound) {
+		return "File not found"
+	}
+	if len(s) > 100 {
+		s = s[:100]
+	}
+	return s
+}
+
+// stage records the boot stage a request shows, only when it changes so
+// that a boot costs a few writes, not one per file.
+func (s *Server) stage(req Request) {
+	if req.Key == "" {
+		return
+	}
+	var st string
+	base := path.Base(req.File)
+	switch {
+	case base == "start4.elf" || base == "start.elf" || base == "config.txt" || base == "boot.ipxe":
+		st = nodes.StageFirmware
+	case strings.HasPrefix(base, "kernel") && strings.HasSuffix(base, ".img"), strings.HasPrefix(base, "vmlinuz"), base == "bzImage":
+		st = nodes.StageKernel
+	default:
+		return
+	}
+	s.mu.Lock()
+	changed := s.stages[req.Key] != st
+	s.stages[req.Key] = st
+	s.mu.Unlock()
+	if !changed {
+		return
+	}
+	if err := nodes.SaveStage(s.res.Store, req.Key, "tftpd", nodes.Stage{Stage: st, Time: s.now(), Detail: req.File}); err != nil {
+		s.log.Warn("recording boot stage", "node", req.Key, "err", err)
+	}
+}
+
+func (s *Server) finish(t Transfer) {
+	node := t.Node
+	if node == "" {
+		node = "unknown"
+	}
+	s.m.transfers.WithLabelValues(node, t.Result).Inc()
+	s.m.bytes.WithLabelValues(node).Add(float64(t.Bytes))
+	if t.Result == "ok" {
+		s.m.duration.WithLabelValues(node).Observe(t.Duration.Seconds())
+	}
+	s.mu.Lock()
+	ns := s.stats[node]
+	if ns == nil {
+		ns = &NodeStats{}
+		s.stats[node] = ns
+	}
+	ns.Transfers++
+	ns.Bytes += t.Bytes
+	ns.LastFile, ns.LastSeen = t.File, t.Time
+	switch t.Result {
+	case "failed":
+		ns.Failures++
+		ns.LastError = t.Error
+	case "not-found":
+		ns.NotFound++
+	case "early-terminate":
+		ns.EarlyTerminates++
+	}
+	s.recent = append(s.recent, t)
+	if len(s.recent) > 50 {
+		s.recent = s.recent[len(s.recent)-50:]
+	}
+	s.mu.Unlock()
+	attrs := []any{"node", node, "file", t.File, "remote", t.Remote, "result", t.Result, "bytes", t.Bytes, "ms", t.Duration.Milliseconds()}
+	switch t.Result {
+	case "failed":
+		s.log.Warn("transfer failed", append(attrs, "err", t.Error)...)
+	case "not-found":
+		s.log.Debug("not found", append(attrs, "err", t.Error)...)
+	default:
+		s.log.Info("transfer", attrs...)
+	}
+	if t.Result == "failed" && t.Node != "" {
+		nodes.SaveStage(s.res.Store, t.Node, "tftpd-error", nodes.Stage{LastError: "tftp " + t.File + ": " + t.Error, ErrorTime: t.Time})
+	}
+}
+
+// Status is /status.
+type Status struct {
+	Nodes  map[string]NodeStats
+	Recent []Transfer
+}
+
+// Status returns per-node totals and the last transfers, newest first.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{Nodes: map[string]NodeStats{}}
+	for k, v := range s.stats {
+		st.Nodes[k] = *v
+	}
+	for i := len(s.recent) - 1; i >= 0; i-- {
+		st.Recent = append(st.Recent, s.recent[i])
+	}
+	sort.SliceStable(st.Recent, func(i, j int) bool { return st.Recent[i].Time.After(st.Recent[j].Time) })
+	return st
+}

@@ -1,0 +1,295 @@
+package tftpd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/tests/piemu"
+)
+
+const (
+	imageRef   = "registry.test:5000/rpi/node:1"
+	testDigest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	imgCmdline = "console=serial0,115200 console=tty1 root=PARTUUID=1234-02 rootfstype=ext4 fsck.repair=yes rootwait quiet\n"
+)
+
+func random(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// fixture is a store holding one unpacked Pi image with hostile extras,
+// and a running server on loopback.
+type fixture struct {
+	st    *store.Store
+	srv   *Server
+	addr  string
+	files map[string][]byte
+	root  string
+}
+
+func newFixture(t testing.TB, netboot string) *fixture {
+	t.Helper()
+	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := images.Root(st, testDigest)
+	boot := filepath.Join(root, "boot", "firmware")
+	os.MkdirAll(filepath.Join(boot, "overlays"), 0o755)
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	files := map[string][]byte{
+		"start4.elf":               random(t, 300_000),
+		"fixup4.dat":               random(t, 5_000),
+		"bcm2711-rpi-4-b.dtb":      random(t, 50_000),
+		"overlays/overlay_map.dtb": random(t, 3_000),
+		"kernel8.img":              random(t, 2_000_000),
+		"cmdline.txt":              []byte(imgCmdline),
+		"config.txt":               []byte("arm_64bit=1\nenable_uart=1"),
+		"exact1468.bin":            random(t, 1468*3), // ends on a block boundary
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(boot, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(root, "etc", "shadow"), []byte("secret"), 0o600)
+	os.Symlink("/etc/passwd", filepath.Join(boot, "abs-link"))
+	os.Symlink("../../etc/shadow", filepath.Join(boot, "rel-link"))
+	os.Symlink("../..", filepath.Join(boot, "up"))
+	os.Symlink("rel-link", filepath.Join(boot, "chain-link"))
+	os.Symlink("kernel8.img", filepath.Join(boot, "kernel-link.img"))
+	images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: imageRef, Platform: "linux/arm64", Digest: testDigest, BootDir: "boot/firmware", Kernel: "kernel8.img"}}})
+
+	cfg, err := config.Parse([]byte(`{"Netboot": ` + netboot + `}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(Options{Config: cfg, Store: st, Timeout: 200 * time.Millisecond})
+	conn, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(conn)
+	t.Cleanup(srv.Shutdown)
+	return &fixture{st: st, srv: srv, addr: conn.LocalAddr().String(), files: files, root: root}
+}
+
+const defaultNetboot = `{"DefaultImage": "` + imageRef + `", "KernelArgs": ["cgroup_enable=memory"], "ConfigTxt": ["dtoverlay=disable-wifi"]}`
+
+func get(t testing.TB, f *fixture, file string) ([]byte, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := piemu.TFTPGet(ctx, f.addr, file, []string{"tsize", "0", "blksize", "1468"}, false)
+	return r.Data, err
+}
+
+func TestPiBootSequence(t *testing.T) {
+	for _, blksize := range []int{1024, 1468} {
+		f := newFixture(t, defaultNetboot)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		rep, err := piemu.TFTPBoot(ctx, f.addr, "abcd1234", blksize)
+		cancel()
+		if err != nil {
+			t.Fatalf("blksize %d: %v", blksize, err)
+		}
+		for _, name := range []string{"start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb", "kernel8.img"} {
+			if got, want := sha256.Sum256(rep.Files[name]), sha256.Sum256(f.files[name]); got != want {
+				t.Errorf("blksize %d: %s differs from the image's (%d bytes, want %d)", blksize, name, len(rep.Files[name]), len(f.files[name]))
+			}
+		}
+		if got, want := rep.Sizes["kernel8.img"], "2000000"; got != want {
+			t.Errorf("tsize of kernel8.img: got %q, want %q", got, want)
+		}
+		wantCmd := "console=serial0,115200 console=tty1 fsck.repair=yes quiet root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory\n"
+		if got := string(rep.Files["cmdline.txt"]); got != wantCmd {
+			t.Errorf("cmdline.txt:\ngot  %q\nwant %q", got, wantCmd)
+		}
+		if got := string(rep.Files["config.txt"]); !strings.HasPrefix(got, "arm_64bit=1\nenable_uart=1\n") || !strings.HasSuffix(got, "dtoverlay=disable-wifi\n") {
+			t.Errorf("config.txt: got %q", got)
+		}
+		if got, want := strings.Join(rep.Missing, ","), "pieeprom.sig,recover4.elf,dt-blob.bin,armstub8-gic.bin"; got != want {
+			t.Errorf("missing probes: got %q, want %q", got, want)
+		}
+		st := f.srv.Status().Nodes["abcd1234"]
+		if got, want := st.EarlyTerminates, 2; got != want {
+			t.Errorf("early terminates: got %d, want %d", got, want)
+		}
+		if st.Failures != 0 {
+			t.Errorf("failures: got %d (%s), want 0", st.Failures, st.LastError)
+		}
+		p, err := nodes.Progress(f.st, "abcd1234")
+		if err != nil || p.Stage != nodes.StageKernel || p.Detail != "kernel8.img" {
+			t.Errorf("stage: got %+v, %v; want kernel via kernel8.img", p, err)
+		}
+	}
+}
+
+func TestBlockBoundaryAndSymlinkInside(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	got, err := get(t, f, "abcd1234/exact1468.bin")
+	if err != nil || !bytes.Equal(got, f.files["exact1468.bin"]) {
+		t.Errorf("file of exactly 3 blocks: %d bytes, %v", len(got), err)
+	}
+	got, err = get(t, f, "ABCD1234/kernel-link.img")
+	if err != nil || !bytes.Equal(got, f.files["kernel8.img"]) {
+		t.Errorf("symlink inside the boot dir, upper-case prefix: %d bytes, %v", len(got), err)
+	}
+	got, err = get(t, f, "//abcd1234/overlays/overlay_map.dtb")
+	if err != nil || !bytes.Equal(got, f.files["overlays/overlay_map.dtb"]) {
+		t.Errorf("leading slashes and a subdirectory: %d bytes, %v", len(got), err)
+	}
+}
+
+func TestTraversalRefused(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	for _, name := range []string{
+		"../../etc/shadow",
+		"abcd1234/../../etc/shadow",
+		"abcd1234/../../../../../../etc/passwd",
+		"/etc/passwd",
+		"abcd1234//etc/passwd",
+		"abcd1234/abs-link",
+		"abcd1234/rel-link",
+		"abcd1234/chain-link",
+		"abcd1234/up/etc/shadow",
+		"abcd1234/./config.txt",
+		"abcd1234\\..\\..\\etc\\shadow",
+		"abcd1234/overlays",
+	} {
+		data, err := get(t, f, name)
+		var te *piemu.TFTPError
+		if !errors.As(err, &te) || te.Code != 1 {
+			t.Errorf("%q: got %d bytes, %v; want TFTP error 1", name, len(data), err)
+		}
+	}
+}
+
+func TestWriteRefused(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	conn, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	srv, _ := net.ResolveUDPAddr("udp4", f.addr)
+	conn.WriteToUDP([]byte("\x00\x02abcd1234/config.txt\x00octet\x00"), srv)
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 600)
+	n, _, err := conn.ReadFromUDP(buf)
+	if err != nil || n < 4 || buf[1] != 5 {
+		t.Fatalf("WRQ: got % x, %v; want an ERROR packet", buf[:n], err)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(f.root, "boot/firmware/config.txt"))
+	if string(cfg) != "arm_64bit=1\nenable_uart=1" {
+		t.Errorf("config.txt changed: %q", cfg)
+	}
+}
+
+func TestNotFoundIsFast(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	start := time.Now()
+	for i := 0; i < 20; i++ {
+		if _, err := get(t, f, "abcd1234/nonexistent.bin"); err == nil {
+			t.Fatal("missing file: got nil error")
+		}
+	}
+	if per := time.Since(start) / 20; per > 50*time.Millisecond {
+		t.Errorf("not-found answers take %v each, want < 50ms", per)
+	}
+}
+
+func TestNodeResolution(t *testing.T) {
+	f := newFixture(t, `{"DefaultImage": "`+imageRef+`", "Enroll": "known-only",
+		"Nodes": [{"Serial": "c0ffee01"}, {"MAC": "52:54:00:12:34:56", "IP": "10.99.0.7"}]}`)
+	if _, err := get(t, f, "c0ffee01/config.txt"); err != nil {
+		t.Errorf("configured serial: %v", err)
+	}
+	if _, err := get(t, f, "abcd1234/config.txt"); err == nil {
+		t.Errorf("unknown serial with known-only: got nil error")
+	}
+	if _, err := get(t, f, "52-54-00-12-34-56/config.txt"); err != nil {
+		t.Errorf("configured MAC: %v", err)
+	}
+	// No prefix: the node is found by its source address.
+	if _, err := get(t, f, "config.txt"); err == nil {
+		t.Errorf("no prefix from an unknown address: got nil error")
+	}
+	nodes.Save(f.st, nodes.Record{Serial: "c0ffee01", IP: "127.0.0.1", Image: imageRef})
+	data, err := get(t, f, "cmdline.txt")
+	if err != nil || !strings.Contains(string(data), "nfsroot=127.0.0.1:/nodes/c0ffee01,") {
+		t.Errorf("no prefix from a recorded address: %q, %v", data, err)
+	}
+}
+
+func TestImageNotCachedYet(t *testing.T) {
+	f := newFixture(t, `{"DefaultImage": "registry.test:5000/other:1"}`)
+	if _, err := get(t, f, "abcd1234/start4.elf"); err == nil {
+		t.Error("image not in the cache: got nil error")
+	}
+}
+
+func TestIPXE(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	data, err := get(t, f, "boot.ipxe")
+	if err != nil || string(data) != IPXEChain {
+		t.Errorf("root boot.ipxe: got %q, %v", data, err)
+	}
+	data, err = get(t, f, "52-54-00-ab-cd-ef/boot.ipxe")
+	want := "#!ipxe\nkernel kernel8.img console=serial0,115200 console=tty1 fsck.repair=yes quiet " +
+		"root=/dev/nfs nfsroot=127.0.0.1:/nodes/52-54-00-ab-cd-ef,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory\nboot\n"
+	if err != nil || string(data) != want {
+		t.Errorf("node boot.ipxe:\ngot  %q (%v)\nwant %q", data, err, want)
+	}
+}
+
+func TestParseRequest(t *testing.T) {
+	for _, tt := range []struct {
+		in, key, file string
+		ok            bool
+	}{
+		{"abcd1234/start4.elf", "abcd1234", "start4.elf", true},
+		{"ABCD1234/start4.elf", "abcd1234", "start4.elf", true},
+		{"/abcd1234/overlays/x.dtbo", "abcd1234", "overlays/x.dtbo", true},
+		{"dc-a6-32-01-02-03/start4.elf", "dc-a6-32-01-02-03", "start4.elf", true},
+		{"start4.elf", "", "start4.elf", true},
+		{"overlays/x.dtbo", "", "overlays/x.dtbo", true},
+		{"abcd123/start4.elf", "", "abcd123/start4.elf", true},
+		{"a/../b", "", "", false},
+		{"", "", "", false},
+		{"a//b", "", "", false},
+		{"a\x00b", "", "", false},
+	} {
+		r, err := ParseRequest(tt.in)
+		if (err == nil) != tt.ok || r.Key != tt.key || r.File != tt.file {
+			t.Errorf("ParseRequest(%q) = %+v, %v; want key %q file %q ok %v", tt.in, r, err, tt.key, tt.file, tt.ok)
+		}
+	}
+}
+
+func TestCmdline(t *testing.T) {
+	head := netipMust("10.42.0.1")
+	got := Cmdline([]byte("console=ttyAMA0 root=/dev/mmcblk0p2 ro init=/sbin/init quiet"), head, "abcd1234", nil)
+	want := "console=ttyAMA0 quiet root=/dev/nfs nfsroot=10.42.0.1:/nodes/abcd1234,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait"
+	if got != want {
+		t.Errorf("Cmdline:\ngot  %q\nwant %q", got, want)
+	}
+}
+
+func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }

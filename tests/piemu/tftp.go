@@ -1,0 +1,211 @@
+package piemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// TFTPError is an ERROR packet from the server.
+type TFTPError struct {
+	Code uint16
+	Msg  string
+}
+
+func (e *TFTPError) Error() string { return fmt.Sprintf("tftp error %d: %s", e.Code, e.Msg) }
+
+// TFTPResult is one finished read request.
+type TFTPResult struct {
+	Data    []byte
+	Options map[string]string // from the OACK; nil if the server sent none
+	Blocks  int
+}
+
+// TFTPGet reads file from server (host:port) the way the Pi 4 bootloader's
+// TFTP client does: a fresh source port per request, octet mode, the given
+// options (the Pi sends "tsize" "0" and "blksize" "1024" or "1468"), lock
+// step with one outstanding ACK, retransmission of the last ACK after a
+// second of silence. With probe set it stops after the OACK with ERROR 0
+// "Early terminate", as the Pi does when it only wants to know a file is
+// there and how big it is.
+func TFTPGet(ctx context.Context, server, file string, opts []string, probe bool) (TFTPResult, error) {
+	srv, err := net.ResolveUDPAddr("udp4", server)
+	if err != nil {
+		return TFTPResult{}, err
+	}
+	conn, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		return TFTPResult{}, err
+	}
+	defer conn.Close()
+	rrq := []byte{0, 1}
+	rrq = append(rrq, file...)
+	rrq = append(rrq, 0)
+	rrq = append(rrq, "octet"...)
+	rrq = append(rrq, 0)
+	for _, o := range opts {
+		rrq = append(rrq, o...)
+		rrq = append(rrq, 0)
+	}
+	var res TFTPResult
+	blksize := 512
+	var tid *net.UDPAddr
+	last := rrq // what to retransmit on timeout
+	lastTo := srv
+	var expect uint16 = 1
+	buf := make([]byte, 65536)
+	var data bytes.Buffer
+	if _, err := conn.WriteToUDP(rrq, srv); err != nil {
+		return res, err
+	}
+	tries := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		conn.SetReadDeadline(time.Now().Add(time.Second))
+		n, from, err := conn.ReadFromUDP(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				tries++
+				if tries > 5 {
+					return res, fmt.Errorf("tftp %s: no answer after %d tries", file, tries)
+				}
+				conn.WriteToUDP(last, lastTo)
+				continue
+			}
+			return res, err
+		}
+		if tid == nil {
+			tid = from
+		} else if !from.IP.Equal(tid.IP) || from.Port != tid.Port {
+			// RFC 1350: a packet from another TID gets ERROR 5.
+			conn.WriteToUDP(append([]byte{0, 5, 0, 5}, "Unknown transfer ID\x00"...), from)
+			continue
+		}
+		if n < 4 {
+			return res, fmt.Errorf("tftp %s: short packet of %d bytes", file, n)
+		}
+		tries = 0
+		p := buf[:n]
+		switch op := binary.BigEndian.Uint16(p); op {
+		case 5:
+			msg, _, _ := strings.Cut(string(p[4:]), "\x00")
+			return res, &TFTPError{Code: binary.BigEndian.Uint16(p[2:]), Msg: msg}
+		case 6:
+			if res.Options != nil || expect != 1 {
+				continue // a duplicate OACK: our ACK 0 was lost
+			}
+			res.Options = map[string]string{}
+			fields := strings.Split(strings.TrimSuffix(string(p[2:]), "\x00"), "\x00")
+			for i := 0; i+1 < len(fields); i += 2 {
+				res.Options[strings.ToLower(fields[i])] = fields[i+1]
+			}
+			if bs, err := strconv.Atoi(res.Options["blksize"]); err == nil {
+				blksize = bs
+			}
+			if probe {
+				conn.WriteToUDP(append([]byte{0, 5, 0, 0}, "Early terminate\x00"...), tid)
+				return res, nil
+			}
+			last, lastTo = []byte{0, 4, 0, 0}, tid
+			conn.WriteToUDP(last, tid)
+		case 3:
+			block := binary.BigEndian.Uint16(p[2:])
+			if block != expect {
+				// A duplicate of a block we ACKed: ACK it again, as the Pi
+				// does, but do not take the data twice.
+				if block == expect-1 {
+					conn.WriteToUDP([]byte{0, 4, byte(block >> 8), byte(block)}, tid)
+				}
+				continue
+			}
+			data.Write(p[4:])
+			res.Blocks++
+			last, lastTo = []byte{0, 4, byte(block >> 8), byte(block)}, tid
+			conn.WriteToUDP(last, tid)
+			expect++
+			if n-4 < blksize {
+				res.Data = data.Bytes()
+				return res, nil
+			}
+		default:
+			return res, fmt.Errorf("tftp %s: unexpected opcode %d", file, op)
+		}
+	}
+}
+
+// TFTPReport is what TFTPBoot fetched.
+type TFTPReport struct {
+	Files    map[string][]byte // by name without prefix
+	Sizes    map[string]string // tsize from each OACK
+	Missing  []string          // probes answered with "not found"
+	Requests int
+}
+
+// TFTPBoot replays the TFTP part of a Pi 4 network boot (PI-NETBOOT.md
+// §2.4): the EEPROM probes <serial>/start4.elf and aborts after the OACK,
+// reads config.txt, start4.elf and fixup4.dat; start4.elf then reads
+// config.txt again, probes a few optional files, reads the device tree,
+// overlays, cmdline.txt and the kernel. Every request uses
+// "tsize 0 blksize <blksize>".
+func TFTPBoot(ctx context.Context, server, serial string, blksize int) (TFTPReport, error) {
+	rep := TFTPReport{Files: map[string][]byte{}, Sizes: map[string]string{}}
+	opts := []string{"tsize", "0", "blksize", strconv.Itoa(blksize)}
+	get := func(file string, probe, optional bool) error {
+		rep.Requests++
+		r, err := TFTPGet(ctx, server, serial+"/"+file, opts, probe)
+		var te *TFTPError
+		if errors.As(err, &te) && te.Code == 1 && optional {
+			rep.Missing = append(rep.Missing, file)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s/%s: %w", serial, file, err)
+		}
+		if r.Options != nil {
+			rep.Sizes[file] = r.Options["tsize"]
+			if got, want := r.Options["blksize"], strconv.Itoa(blksize); got != want {
+				return fmt.Errorf("%s/%s: OACK blksize %q, want %q", serial, file, got, want)
+			}
+		} else {
+			return fmt.Errorf("%s/%s: no OACK: the Pi would ignore config.txt", serial, file)
+		}
+		if !probe {
+			rep.Files[file] = r.Data
+		}
+		return nil
+	}
+	steps := []struct {
+		file            string
+		probe, optional bool
+	}{
+		{"start4.elf", true, false},
+		{"config.txt", false, false},
+		{"pieeprom.sig", false, true},
+		{"recover4.elf", false, true},
+		{"start4.elf", false, false},
+		{"fixup4.dat", false, false},
+		{"config.txt", false, false},
+		{"dt-blob.bin", false, true},
+		{"bcm2711-rpi-4-b.dtb", false, false},
+		{"overlays/overlay_map.dtb", false, true},
+		{"cmdline.txt", false, false},
+		{"armstub8-gic.bin", false, true},
+		{"kernel8.img", true, false},
+		{"kernel8.img", false, false},
+	}
+	for _, s := range steps {
+		if err := get(s.file, s.probe, s.optional); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
