@@ -312,4 +312,3 @@ func TestKill9MidPullThenRestart(t *testing.T) {
 		t.Errorf("temp trees left: %v", left)
 	}
 }
-
