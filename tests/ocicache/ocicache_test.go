@@ -197,6 +197,16 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 		t.Errorf("tree etc/os-release: %q, %v", b, err)
 	}
 
+	resp, err := http.Get(strings.TrimSuffix(s.status, "/status") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(metrics, []byte("ocicache_fetched_bytes_total ")) || bytes.Contains(metrics, []byte("ocicache_fetched_bytes_total 0\n")) {
+		t.Errorf("/metrics lacks a non-zero ocicache_fetched_bytes_total")
+	}
+
 	// skopeo, a client nobody here wrote, pulls from our /v2/ and verifies
 	// every blob against its digest.
 	for _, tt := range []struct{ repo, want string }{
