@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -212,6 +213,13 @@ func (c *Cache) Sync(ctx context.Context, cfg *config.Config) error {
 		refs = append(refs, r)
 	}
 	sort.Strings(refs)
+	c.mu.Lock()
+	for k, st := range c.state {
+		if !slices.Contains(want[st.Ref], st.Platform) {
+			delete(c.state, k)
+		}
+	}
+	c.mu.Unlock()
 	var errs []error
 	for _, ref := range refs {
 		for _, plat := range want[ref] {
