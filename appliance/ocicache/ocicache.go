@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -212,6 +213,13 @@ func (c *Cache) Sync(ctx context.Context, cfg *config.Config) error {
 		refs = append(refs, r)
 	}
 	sort.Strings(refs)
+	c.mu.Lock()
+	for k, st := range c.state {
+		if !slices.Contains(want[st.Ref], st.Platform) {
+			delete(c.state, k)
+		}
+	}
+	c.mu.Unlock()
 	var errs []error
 	for _, ref := range refs {
 		for _, plat := range want[ref] {
@@ -643,7 +651,85 @@ func (c *Cache) applyLayer(u *unpack.Unpacker, l v1.Descriptor) error {
 		return err
 	}
 	defer closeFn()
-	return u.Apply(r)
+	// Decompression and file creation each keep a core busy; a read-ahead
+	// goroutine lets them overlap.
+	ra := newReadAhead(r, 1<<20, 8)
+	defer ra.Close()
+	return u.Apply(ra)
+}
+
+// readAhead reads src in a goroutine into a few buffers ahead of the
+// consumer.
+type readAhead struct {
+	ch   chan []byte
+	free chan []byte
+	cur  []byte // unread part of buf
+	buf  []byte // the whole buffer cur lies in
+	err  error
+	errc chan error
+	stop chan struct{}
+}
+
+func newReadAhead(src io.Reader, size, n int) *readAhead {
+	ra := &readAhead{ch: make(chan []byte, n), free: make(chan []byte, n+1), errc: make(chan error, 1), stop: make(chan struct{})}
+	for i := 0; i < n+1; i++ {
+		ra.free <- make([]byte, size)
+	}
+	go func() {
+		defer close(ra.ch)
+		for {
+			var buf []byte
+			select {
+			case buf = <-ra.free:
+			case <-ra.stop:
+				return
+			}
+			k, err := io.ReadFull(src, buf)
+			if k > 0 {
+				select {
+				case ra.ch <- buf[:k]:
+				case <-ra.stop:
+					return
+				}
+			}
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
+			}
+			if err != nil {
+				ra.errc <- err
+				return
+			}
+		}
+	}()
+	return ra
+}
+
+func (ra *readAhead) Read(p []byte) (int, error) {
+	for len(ra.cur) == 0 {
+		if ra.err != nil {
+			return 0, ra.err
+		}
+		buf, ok := <-ra.ch
+		if !ok {
+			ra.err = <-ra.errc
+			continue
+		}
+		ra.cur, ra.buf = buf, buf[:cap(buf)]
+	}
+	n := copy(p, ra.cur)
+	ra.cur = ra.cur[n:]
+	if len(ra.cur) == 0 {
+		ra.free <- ra.buf
+		ra.cur, ra.buf = nil, nil
+	}
+	return n, nil
+}
+
+// Close stops the goroutine; call it once the consumer is done.
+func (ra *readAhead) Close() {
+	close(ra.stop)
+	for range ra.ch {
+	}
 }
 
 // decompress detects gzip, zstd or a plain tar by magic bytes, as media

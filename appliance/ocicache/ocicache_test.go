@@ -3,6 +3,7 @@ package ocicache
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -500,3 +501,56 @@ func TestProgressAndStatus(t *testing.T) {
 }
 
 func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// TestDockerConfigAuth pulls from a registry that wants basic auth, with
+// credentials only in $DOCKER_CONFIG/config.json "auths" (plain, as
+// `docker login` without a credential helper writes them).
+func TestDockerConfigAuth(t *testing.T) {
+	h := registry.New(registry.Logger(nilLogger()))
+	var denied atomic.Int64
+	reg := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		if r.Method == http.MethodGet && (!ok || u != "pi" || p != "s3cret") {
+			denied.Add(1)
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, "auth required", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	img := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t))
+	ref := ocitest.Push(t, host, "private/os:v1", img)
+
+	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(st, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), MinFree: 1, Attempts: 1, Backoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := config.Parse([]byte(fmt.Sprintf(`{"Netboot":{"InsecureRegistries":[%q]}}`, host)))
+
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	_, _, err = c.Pull(context.Background(), cfg, ref, "linux/arm64")
+	if err == nil || !strings.Contains(err.Error(), "docker login") {
+		t.Errorf("without credentials: got %v, want a hint to log in", err)
+	}
+
+	dir := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte("pi:s3cret"))
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, auth)), 0o600)
+	t.Setenv("DOCKER_CONFIG", dir)
+	e, _, err := c.Pull(context.Background(), cfg, ref, "linux/arm64")
+	if err != nil {
+		t.Fatalf("with credentials in config.json: %v", err)
+	}
+	if e.Digest != digestOf(t, img).String() {
+		t.Errorf("digest %s, want %s", e.Digest, digestOf(t, img))
+	}
+	if denied.Load() == 0 {
+		t.Errorf("the registry never asked for credentials; the test proves nothing")
+	}
+}

@@ -50,6 +50,7 @@ type svc struct {
 	cmd      *exec.Cmd
 	log      *bytes.Buffer
 	status   string // http://addr/status
+	cfgPath  string
 	registry string // host:port of /v2/
 }
 
@@ -59,7 +60,7 @@ func startService(t *testing.T, storeDir, netboot string) *svc {
 	if err := os.WriteFile(cfgPath, []byte(`{"Hostname":"head","Netboot":`+netboot+`}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &svc{log: &bytes.Buffer{}}
+	s := &svc{log: &bytes.Buffer{}, cfgPath: cfgPath}
 	statusAddr, regAddr := ocitest.FreePort(t), ocitest.FreePort(t)
 	s.status, s.registry = "http://"+statusAddr+"/status", regAddr
 	s.cmd = exec.Command(serviceBin, "-config", cfgPath, "-store", storeDir, "-allow_tmpfs",
@@ -160,7 +161,7 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 	evil := ocitest.Image(t, "linux/arm64", base, ocitest.PiBoot(t), ocitest.Layer(t, ocitest.Symlink("x", "/"), ocitest.File("x/tmp/ociboot-evil", 0o644, "pwned")))
 	evilRef := ocitest.Push(t, reg, "pi/evil:v1", evil)
 	other := ocitest.Image(t, "linux/arm64", base, ocitest.PiBoot(t))
-	ocitest.Push(t, reg, "mirror/only:v3", other)
+	otherRef := ocitest.Push(t, reg, "mirror/only:v3", other)
 
 	storeDir := t.TempDir()
 	s := startService(t, storeDir, fmt.Sprintf(`{"DefaultImage":%q,"InsecureRegistries":[%q],"Upstreams":[%q],
@@ -197,6 +198,16 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 		t.Errorf("tree etc/os-release: %q, %v", b, err)
 	}
 
+	resp, err := http.Get(strings.TrimSuffix(s.status, "/status") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(metrics, []byte("ocicache_fetched_bytes_total ")) || bytes.Contains(metrics, []byte("ocicache_fetched_bytes_total 0\n")) {
+		t.Errorf("/metrics lacks a non-zero ocicache_fetched_bytes_total")
+	}
+
 	// skopeo, a client nobody here wrote, pulls from our /v2/ and verifies
 	// every blob against its digest.
 	for _, tt := range []struct{ repo, want string }{
@@ -224,6 +235,30 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 	}
 	if out, err := skopeo(t, "copy", "--dest-tls-verify=false", "oci:"+src+":t", "docker://"+s.registry+"/pi/pushed:v1"); err == nil {
 		t.Errorf("skopeo push to our read-only registry succeeded:\n%s", out)
+	}
+
+	// SIGHUP with a config that names only another image: it is pulled,
+	// and the old tree and index entry are collected.
+	prevGC := s.get(t).Cache.LastGC.Time
+	os.WriteFile(s.cfgPath, []byte(fmt.Sprintf(`{"Netboot":{"DefaultImage":%q,"InsecureRegistries":[%q]}}`, otherRef, reg)), 0o644)
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := s.get(t)
+		if len(st.Cache.Images) == 1 && st.Cache.Images[0].Ref == otherRef && st.Cache.Images[0].State == "ready" && st.Cache.LastGC.Time.After(prevGC) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGHUP: %+v", st.Cache)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(root); err == nil {
+		t.Errorf("tree of the image no longer configured survived GC")
+	}
+	ix, _ = images.LoadIndex(st)
+	if len(ix.Entries) != 1 || ix.Entries[0].Ref != otherRef || ix.Entries[0].Digest != digest(t, other) {
+		t.Errorf("images/index.json after SIGHUP: %+v", ix)
 	}
 }
 
@@ -312,4 +347,3 @@ func TestKill9MidPullThenRestart(t *testing.T) {
 		t.Errorf("temp trees left: %v", left)
 	}
 }
-
