@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/pin/tftp/v3"
-	"golang.org/x/net/ipv4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/nodes"

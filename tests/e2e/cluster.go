@@ -172,4 +172,3 @@ func (n *Node) WaitUp(t testing.TB, timeout time.Duration) string {
 	line, _, _ := strings.Cut(out[i:], "\n")
 	return line
 }
-

@@ -101,4 +101,3 @@ func StartServerIn(t testing.TB, sizes map[string]int, ns string) *Server {
 	}
 	return s
 }
-
