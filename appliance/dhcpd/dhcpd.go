@@ -347,14 +347,17 @@ func (s *Server) addBootOptions(reply *dhcpv4.DHCPv4, client Client) {
 		return
 	}
 	reply.UpdateOption(dhcpv4.OptClassIdentifier(PXEClass))
-	reply.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, PXEOption43))
 	reply.UpdateOption(dhcpv4.OptTFTPServerName(s.serverIP.String()))
 	// The Pi asks for fixed file names and ignores the boot file; iPXE
-	// (a QEMU or PC node) runs the script it names. A plain PXE ROM gets no
-	// boot file: we do not ship a chain-loadable iPXE.
+	// (a QEMU or PC node) runs the script it names. iPXE must not get the
+	// Pi's option 43: its boot menu makes iPXE try a PXE menu boot instead
+	// of the boot file. A plain PXE ROM gets no boot file: we do not ship a
+	// chain-loadable iPXE.
 	if client.Model == "" && client.IPXE {
 		reply.BootFileName = IPXEScript
 		reply.UpdateOption(dhcpv4.OptBootFileName(IPXEScript))
+	} else {
+		reply.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, PXEOption43))
 	}
 	if len(client.GUID) > 0 {
 		reply.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, client.GUID))

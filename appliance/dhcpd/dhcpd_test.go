@@ -872,6 +872,8 @@ func TestFullAckKeepsBootOptionsForBareRequest(t *testing.T) {
 
 func TestIPXEClientGetsBootScript(t *testing.T) {
 	userClass := dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionUserClassInformation, []byte("iPXE")))
+	// QEMU's iPXE sends its all-zero SMBIOS UUID as option 97.
+	zeroUUID := dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, make([]byte, 17)))
 	pxe := dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001"))
 	mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
 	for _, tt := range []struct {
@@ -879,7 +881,7 @@ func TestIPXEClientGetsBootScript(t *testing.T) {
 		mods []dhcpv4.Modifier
 		want string
 	}{
-		{"ipxe", []dhcpv4.Modifier{pxe, userClass}, IPXEScript},
+		{"ipxe", []dhcpv4.Modifier{pxe, userClass, zeroUUID}, IPXEScript},
 		{"plain pxe rom", []dhcpv4.Modifier{pxe}, ""},
 	} {
 		for _, mode := range []string{proxyConfig, fullConfig} {
@@ -888,11 +890,18 @@ func TestIPXEClientGetsBootScript(t *testing.T) {
 			if offer == nil {
 				t.Fatalf("%s: no offer", tt.name)
 			}
+			if c := ParseClient(plainDiscover(mac, tt.mods...)); c.NodeKey() != "52-54-00-12-34-56" {
+				t.Errorf("%s: node key %q, want the MAC key", tt.name, c.NodeKey())
+			}
 			if got := offer.BootFileName; got != tt.want {
 				t.Errorf("%s: boot file: got %q, want %q", tt.name, got, tt.want)
 			}
 			if got := string(offer.GetOneOption(dhcpv4.OptionBootfileName)); got != tt.want {
 				t.Errorf("%s: option 67: got %q, want %q", tt.name, got, tt.want)
+			}
+			// The Pi's boot menu would send iPXE into a PXE menu boot.
+			if got, want := len(offer.GetOneOption(dhcpv4.OptionVendorSpecificInformation)) > 0, tt.want == ""; got != want {
+				t.Errorf("%s: option 43 present: got %v, want %v", tt.name, got, want)
 			}
 		}
 	}

@@ -104,7 +104,10 @@ func ParseClient(m *dhcpv4.DHCPv4) Client {
 			c.BoardRevision = binary.LittleEndian.Uint32(words[4:8])
 			c.Serial = fmt.Sprintf("%08x", binary.LittleEndian.Uint32(words[12:16]))
 		default:
-			if bytes.Equal(words[0:4], words[4:8]) && bytes.Equal(words[0:4], words[8:12]) && bytes.Equal(words[0:4], words[12:16]) {
+			// The legacy format repeats the serial four times. A PC's
+			// PXE/iPXE option 97 is its SMBIOS UUID, which QEMU leaves all
+			// zero, so only a Pi MAC with a non-zero serial counts.
+			if IsPiMAC(c.MAC) && !isZero(words[0:4]) && bytes.Equal(words[0:4], words[4:8]) && bytes.Equal(words[0:4], words[8:12]) && bytes.Equal(words[0:4], words[12:16]) {
 				c.Serial = fmt.Sprintf("%08x", binary.LittleEndian.Uint32(words[0:4]))
 			}
 		}

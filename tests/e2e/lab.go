@@ -153,10 +153,17 @@ func (l *Lab) Start(name, ns string, args ...string) *Proc {
 	go func() {
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		var logf *os.File
+		if dir := os.Getenv("OCIBOOT_E2E_LOGS"); dir != "" {
+			logf, _ = os.Create(filepath.Join(dir, strings.NewReplacer(" ", "_", ":", "-").Replace(name)+".log"))
+		}
 		for sc.Scan() {
 			p.mu.Lock()
 			p.out.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
+			if logf != nil {
+				logf.WriteString(sc.Text() + "\n")
+			}
 		}
 	}()
 	go func() {
