@@ -205,3 +205,45 @@ func kernelBoots(t *testing.T, mode string) {
 		t.Errorf("status page nodes: got %+v, want %s at stage kernel with %s and a digest", st.Nodes, key, wantIP)
 	}
 }
+
+// TestKillDuringBoot kills dhcpd, tftpd and ocicache with SIGKILL while a
+// node boots and starts them again: the node still reaches its root mount
+// with the address it was first given, and no lease or node record is lost.
+func TestKillDuringBoot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	lab := NewLab(t)
+	h := NewHead(t, lab, map[string]any{
+		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
+		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
+		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
+	})
+	h.Start(t)
+	h.WaitImage(t, 2*time.Minute)
+	_, slow := guest.Accel()
+	n := lab.BootNode(t, macFor(7))
+	key := strings.ReplaceAll(macFor(7), ":", "-")
+
+	// After iPXE's lease: dhcpd dies before the kernel asks again.
+	n.Proc.WaitFor(t, "net0: "+lab.Addr(100)+"/", slow*30*time.Second)
+	h.Restart(t, "dhcpd")
+	h.Restart(t, "ocicache")
+	// While the kernel and initramfs are on the wire or just loaded.
+	n.Proc.WaitFor(t, "Linux version", slow*30*time.Second)
+	h.Restart(t, "tftpd")
+	n.Proc.WaitFor(t, "initramfs: mounting "+lab.Addr(1)+":/nodes/"+key, slow*45*time.Second)
+	if !strings.Contains(n.Proc.Output(), "initramfs: eth0 "+lab.Addr(100)+"/") {
+		t.Errorf("after dhcpd's restart the node did not get its address %s again", lab.Addr(100))
+	}
+	leases, err := os.ReadFile(filepath.Join(h.Store, "dhcp", "leases.json"))
+	if err != nil || !strings.Contains(string(leases), lab.Addr(100)) {
+		t.Errorf("leases.json after kill -9: %v\n%s", err, leases)
+	}
+	var rec struct{ Serial, MAC, IP string }
+	b, err := os.ReadFile(filepath.Join(h.Store, "nodes", key, "node.json"))
+	if err != nil || json.Unmarshal(b, &rec) != nil || rec.IP != lab.Addr(100) {
+		t.Errorf("node record after kill -9: %+v, %v\n%s", rec, err, b)
+	}
+	h.WaitImage(t, time.Minute)
+}
