@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 
@@ -67,7 +68,7 @@ func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
 		t.Fatal(err)
 	}
 	ref := h.Registry + "/ociboot/node:v1"
-	run(t, "ip", "netns", "exec", lab.Head, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+ociDir, "docker://"+ref)
+	h.push(t, ociDir, ref)
 
 	netboot["DefaultImage"] = ref
 	netboot["Platform"] = "linux/amd64"
@@ -78,6 +79,29 @@ func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// push copies the OCI layout dir to ref in the head's registry with skopeo.
+func (h *Head) push(t testing.TB, dir, ref string) {
+	t.Helper()
+	run(t, "ip", "netns", "exec", h.lab.Head, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+dir, "docker://"+ref)
+}
+
+// PushImage pushes img to the head's registry as repo:tag and returns the
+// reference.
+func (h *Head) PushImage(t testing.TB, img v1.Image, repoTag string) string {
+	t.Helper()
+	dir := filepath.Join(h.lab.Dir, strings.NewReplacer("/", "_", ":", "_").Replace(repoTag))
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	ref := h.Registry + "/" + repoTag
+	h.push(t, dir, ref)
+	return ref
 }
 
 // StartService starts one service in the head namespace.
@@ -119,15 +143,21 @@ func (h *Head) Status(t testing.TB, url string, v any) error {
 // WaitImage waits until ocicache has the node image unpacked.
 func (h *Head) WaitImage(t testing.TB, timeout time.Duration) {
 	t.Helper()
+	h.WaitFor(t, "ociboot/node:v1", timeout)
+}
+
+// WaitFor waits until images/index.json names ref.
+func (h *Head) WaitFor(t testing.TB, ref string, timeout time.Duration) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		b, err := os.ReadFile(filepath.Join(h.Store, "images", "index.json"))
-		if err == nil && strings.Contains(string(b), "ociboot/node:v1") {
+		if err == nil && strings.Contains(string(b), ref) {
 			return
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	t.Fatalf("ocicache did not unpack the node image within %v:\n%s", timeout, tail(h.Procs["ocicache"].Output()))
+	t.Fatalf("ocicache did not unpack %s within %v:\n%s", ref, timeout, tail(h.Procs["ocicache"].Output()))
 }
 
 func waitHTTP(t testing.TB, ns, url string, timeout time.Duration, p *Proc) {

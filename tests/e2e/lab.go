@@ -254,3 +254,8 @@ func Binaries(t testing.TB) string {
 	}
 	return buildDir
 }
+
+// execIn runs a command on the calling thread's network namespace.
+func execIn(args ...string) ([]byte, error) {
+	return exec.Command(args[0], args[1:]...).CombinedOutput()
+}
