@@ -133,6 +133,23 @@ func (r *Resolver) keyByIP(ip netip.Addr) (string, bool) {
 
 // Node resolves a request from remote to its node, image and boot dir.
 func (r *Resolver) Node(req Request, remote netip.Addr) (Node, error) {
+	n, err := r.Image(req, remote)
+	if err != nil {
+		return Node{}, err
+	}
+	if r.Config.BootDir != "" {
+		n.Entry.BootDir = r.Config.BootDir
+	}
+	n.BootDir, err = images.BootPath(r.Store, n.Entry)
+	if err != nil {
+		return Node{}, fmt.Errorf("%w: %v", ErrNotFound, err)
+	}
+	return n, nil
+}
+
+// Image resolves a request from remote to its node and cached image,
+// without looking for a boot directory (nfsd serves the whole tree).
+func (r *Resolver) Image(req Request, remote netip.Addr) (Node, error) {
 	key := req.Key
 	if key == "" {
 		k, ok := r.keyByIP(remote)
@@ -174,14 +191,7 @@ func (r *Resolver) Node(req Request, remote netip.Addr) (Node, error) {
 	if !ok {
 		return Node{}, fmt.Errorf("%w: image %s (%s) for node %s is not in the cache yet; see ocicache's status", ErrNotFound, n.Image, n.Platform, key)
 	}
-	if r.Config.BootDir != "" {
-		e.BootDir = r.Config.BootDir
-	}
 	n.Entry = e
-	n.BootDir, err = images.BootPath(r.Store, e)
-	if err != nil {
-		return Node{}, fmt.Errorf("%w: %v", ErrNotFound, err)
-	}
 	return n, nil
 }
 

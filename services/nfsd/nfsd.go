@@ -1,18 +1,110 @@
-// Binary nfsd serves each node's root filesystem over NFSv3.
+// Binary nfsd serves each node's root filesystem over NFSv3, with MOUNT v3
+// and a portmapper for the clients that ask one.
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
 
+	"github.com/ociboot/ociboot/appliance/nfs"
+	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/service"
+)
+
+var (
+	nfsAddr     = flag.String("nfs_addr", ":2049", "address for NFSv3 and MOUNT v3 (TCP; MOUNT also on UDP)")
+	portmapAddr = flag.String("portmap_addr", ":111", "address for the portmapper (TCP and UDP; empty: none)")
 )
 
 func main() {
 	service.Main("nfsd", ":9049", func(ctx context.Context, env *service.Env) error {
-		env.SetStatus(func() any {
-			return map[string]any{"service": "nfsd", "mode": env.Config.Mode, "interface": env.Config.Interface}
+		srv, err := nfs.New(nfs.Options{
+			Store:    env.Store,
+			Resolver: nfs.NodeResolver{Config: env.Config, Store: env.Store},
+			Log:      env.Log,
+			Metrics:  env.Metrics,
+			OnMount: func(key string, client netip.Addr) {
+				err := nodes.SaveStage(env.Store, key, "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: time.Now().UTC(), Detail: "mounted by " + client.String()})
+				if err != nil {
+					env.Log.Warn("recording stage", "node", key, "err", err)
+				}
+			},
 		})
-		<-ctx.Done()
-		return ctx.Err()
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		env.SetStatus(func() any { return srv.Status() })
+		env.Mux.HandleFunc("POST /reset", func(w http.ResponseWriter, r *http.Request) {
+			node := r.FormValue("node")
+			if err := srv.Reset(node); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			fmt.Fprintf(w, "node %s: root dropped; its next mount makes a fresh one from its image\n", node)
+		})
+		errc := make(chan error, 4)
+		var closers []func() error
+		defer func() {
+			for _, c := range closers {
+				c()
+			}
+		}()
+		serve := func(addr, what string, progs [][2]uint32, udp bool) error {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("nfsd: listen on TCP %s for %s: %v; is another NFS server or rpcbind running? (set -%s)", addr, what, err, map[string]string{"NFS": "nfs_addr", "portmap": "portmap_addr"}[what])
+			}
+			closers = append(closers, ln.Close)
+			port := ln.Addr().(*net.TCPAddr).Port
+			for _, p := range progs {
+				srv.SetPort(p[0], p[1], "tcp", port)
+			}
+			go func() { errc <- srv.ServeTCP(ln) }()
+			if udp {
+				pc, err := net.ListenPacket("udp", net.JoinHostPort(host(addr), strconv.Itoa(port)))
+				if err != nil {
+					return fmt.Errorf("nfsd: listen on UDP %s for %s: %v", addr, what, err)
+				}
+				closers = append(closers, pc.Close)
+				for _, p := range progs {
+					if p[0] != 100003 {
+						srv.SetPort(p[0], p[1], "udp", port)
+					}
+				}
+				go func() { errc <- srv.ServeUDP(pc) }()
+			}
+			env.Log.Info("nfs listening", "what", what, "addr", ln.Addr().String())
+			return nil
+		}
+		if err := serve(*nfsAddr, "NFS", [][2]uint32{{100003, 3}, {100005, 3}}, true); err != nil {
+			return err
+		}
+		if *portmapAddr != "" {
+			if err := serve(*portmapAddr, "portmap", [][2]uint32{{100000, 2}, {100000, 3}, {100000, 4}}, true); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errc:
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("nfsd: %v", err)
+		}
 	})
+}
+
+func host(addr string) string {
+	h, _, _ := net.SplitHostPort(addr)
+	return h
 }

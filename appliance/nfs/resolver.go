@@ -1,0 +1,71 @@
+package nfs
+
+import (
+	"net/netip"
+	"os"
+	"sort"
+
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/tftpd"
+)
+
+// NodeResolver answers for the nodes of a config and store: a node's image
+// is found as tftpd finds it (config, dhcpd's record, DefaultImage), and
+// its export is open to its own address (reserved in the config or leased
+// and recorded by dhcpd) and to Netboot.ExportTo.
+type NodeResolver struct {
+	Config *config.Config
+	Store  *store.Store
+}
+
+// Image returns the digest of the cached image of node key.
+func (r NodeResolver) Image(key string) (string, error) {
+	tr := tftpd.Resolver{Config: r.Config, Store: r.Store}
+	n, err := tr.Image(tftpd.Request{Key: key}, netip.Addr{})
+	if err != nil {
+		return "", err
+	}
+	return n.Entry.Digest, nil
+}
+
+// Allowed reports whether client may use node key's export.
+func (r NodeResolver) Allowed(key string, client netip.Addr) bool {
+	for _, p := range r.Config.ExportTo {
+		if p.Contains(client) {
+			return true
+		}
+	}
+	for _, n := range r.Config.Nodes {
+		if n.IP == client && (n.Serial == key || n.MAC != nil && tftpd.MACKey(n.MAC) == key) {
+			return true
+		}
+	}
+	rec, err := nodes.Load(r.Store, key)
+	return err == nil && rec.IP != "" && rec.IP == client.String()
+}
+
+// Keys lists the nodes in the config and in the store.
+func (r NodeResolver) Keys() []string {
+	seen := map[string]bool{}
+	for _, n := range r.Config.Nodes {
+		if n.Serial != "" {
+			seen[n.Serial] = true
+		} else if n.MAC != nil {
+			seen[tftpd.MACKey(n.MAC)] = true
+		}
+	}
+	ents, _ := os.ReadDir(r.Store.Path(store.NodesDir))
+	for _, e := range ents {
+		if e.IsDir() && store.ValidName(e.Name()) {
+			seen[e.Name()] = true
+		}
+	}
+	keys := make([]string, 0, len(seen))
+	for k := range seen {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,520 @@
+// Package nfs is ociboot's NFSv3 server (RFC 1813) with MOUNT v3 and a
+// portmapper (RFC 1833). It exports /nodes/<key>: each node's own writable
+// view of its image, made of hard links that are broken before any change
+// (see export.go). File handles carry the export, the view's generation
+// and a fileid, signed with a key kept in the store, so they survive
+// restarts of nfsd and of the head node.
+package nfs
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// Resolver tells the server which nodes exist, what their roots are made
+// of and who may use them.
+type Resolver interface {
+	// Image returns the digest of the image a node's root is made from.
+	Image(key string) (digest string, err error)
+	// Allowed reports whether client may mount and use the export of key.
+	Allowed(key string, client netip.Addr) bool
+	// Keys lists the nodes announced by MOUNT's EXPORT procedure.
+	Keys() []string
+}
+
+// Options configure a Server.
+type Options struct {
+	Store    *store.Store
+	Resolver Resolver
+	Log      *slog.Logger
+	// Metrics, if set, receives the server's counters.
+	Metrics prometheus.Registerer
+	// OnMount is called after a successful MNT (to record the boot stage).
+	OnMount func(key string, client netip.Addr)
+	// MaxInFlight bounds concurrent requests per connection (default 64).
+	MaxInFlight int
+}
+
+// Server serves NFSv3, MOUNT v3 and portmap on any number of listeners.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	key  handleKey
+	verf [8]byte // write verifier: new on every start, so clients resend unstable writes
+
+	buildMu sync.Mutex // held while a view is made
+	mu      sync.Mutex
+	exports map[[8]byte]*export
+	images  map[string]*imageSet
+	mounts  map[mountKey]time.Time
+	scanT   time.Time
+	acl     map[aclKey]aclEntry
+	ports   map[portKey]uint32
+
+	metrics metrics
+}
+
+type mountKey struct {
+	client netip.Addr
+	key    string
+}
+
+type aclKey struct {
+	e      *export
+	client netip.Addr
+}
+
+type aclEntry struct {
+	ok  bool
+	exp time.Time
+}
+
+type portKey struct {
+	prog, vers, proto uint32
+}
+
+type metrics struct {
+	requests   *prometheus.CounterVec
+	errors     *prometheus.CounterVec
+	readBytes  prometheus.Counter
+	writeBytes prometheus.Counter
+	copyUps    prometheus.Counter
+}
+
+// New makes a server over the store's nodes/ and images/ areas.
+func New(opts Options) (*Server, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 64
+	}
+	// Modes from clients are applied exactly; the process umask must not
+	// take bits away.
+	unix.Umask(0)
+	key, err := loadHandleKey(opts.Store)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, log: opts.Log, key: key,
+		exports: map[[8]byte]*export{}, images: map[string]*imageSet{},
+		mounts: map[mountKey]time.Time{}, acl: map[aclKey]aclEntry{}, ports: map[portKey]uint32{}}
+	rand.Read(s.verf[:])
+	s.metrics = metrics{
+		requests:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsd_requests_total", Help: "RPC calls by program and procedure."}, []string{"prog", "proc"}),
+		errors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsd_errors_total", Help: "NFS replies with a status other than OK, by procedure and status."}, []string{"proc", "status"}),
+		readBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsd_read_bytes_total", Help: "Bytes returned by READ."}),
+		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsd_write_bytes_total", Help: "Bytes written by WRITE."}),
+		copyUps:    prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsd_copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
+	}
+	if opts.Metrics != nil {
+		opts.Metrics.MustRegister(s.metrics.requests, s.metrics.errors, s.metrics.readBytes, s.metrics.writeBytes, s.metrics.copyUps)
+	}
+	s.scan()
+	return s, nil
+}
+
+// Close releases the exports' directory descriptors.
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, e := range s.exports {
+		e.close()
+		delete(s.exports, id)
+	}
+}
+
+// SetPort tells the portmapper where a program listens; proto is "tcp" or
+// "udp".
+func (s *Server) SetPort(prog, vers uint32, proto string, port int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ports[portKey{prog, vers, protoNum(proto)}] = uint32(port)
+}
+
+func protoNum(p string) uint32 {
+	if p == "udp" {
+		return 17
+	}
+	return 6
+}
+
+func (s *Server) imageSet(digest string) (*imageSet, error) {
+	s.mu.Lock()
+	set := s.images[digest]
+	s.mu.Unlock()
+	if set != nil {
+		return set, nil
+	}
+	root, err := images.Root(s.opts.Store, digest)
+	if err != nil {
+		return nil, err
+	}
+	set, err = loadImageSet(root)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.images[digest] = set
+	s.mu.Unlock()
+	return set, nil
+}
+
+// scan loads every view in the store, so handles from before a restart
+// resolve without a new MNT.
+func (s *Server) scan() {
+	dirs, _ := os.ReadDir(s.opts.Store.Path(store.NodesDir))
+	for _, d := range dirs {
+		key := d.Name()
+		if !d.IsDir() || !store.ValidName(key) {
+			continue
+		}
+		id := exportID(key)
+		s.mu.Lock()
+		_, ok := s.exports[id]
+		s.mu.Unlock()
+		if ok {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(s.opts.Store.Path(store.NodesDir, key), viewFile)); err != nil {
+			continue
+		}
+		e, err := openExport(s.opts.Store.Path(store.NodesDir, key), key, "", "", false, s.imageSet)
+		if err != nil {
+			s.log.Warn("view not served", "node", key, "err", err)
+			continue
+		}
+		e.onCopy = s.metrics.copyUps.Inc
+		s.mu.Lock()
+		s.exports[id] = e
+		s.mu.Unlock()
+	}
+}
+
+func (s *Server) exportByID(id [8]byte) *export {
+	s.mu.Lock()
+	e := s.exports[id]
+	rescan := e == nil && time.Since(s.scanT) > 2*time.Second
+	if rescan {
+		s.scanT = time.Now()
+	}
+	s.mu.Unlock()
+	if rescan {
+		s.scan()
+		s.mu.Lock()
+		e = s.exports[id]
+		s.mu.Unlock()
+	}
+	return e
+}
+
+// export returns the view of key, making it from the node's image when
+// it does not exist.
+func (s *Server) export(key string) (*export, error) {
+	id := exportID(key)
+	s.mu.Lock()
+	e := s.exports[id]
+	s.mu.Unlock()
+	if e != nil {
+		return e, nil
+	}
+	dir, err := s.opts.Store.NodeDir(key)
+	if err != nil {
+		return nil, err
+	}
+	// One view is made at a time: two MNTs of a new node must not race
+	// to build it.
+	s.buildMu.Lock()
+	defer s.buildMu.Unlock()
+	s.mu.Lock()
+	e = s.exports[id]
+	s.mu.Unlock()
+	if e != nil {
+		return e, nil
+	}
+	var root, digest string
+	if _, err := os.Stat(filepath.Join(dir, viewFile)); err != nil {
+		digest, err = s.opts.Resolver.Image(key)
+		if err != nil {
+			return nil, err
+		}
+		if root, err = images.Root(s.opts.Store, digest); err != nil {
+			return nil, err
+		}
+	}
+	start := time.Now()
+	e, err = openExport(dir, key, root, digest, true, s.imageSet)
+	if err != nil {
+		return nil, err
+	}
+	e.onCopy = s.metrics.copyUps.Inc
+	if root != "" {
+		s.log.Info("made node root", "node", key, "image", digest, "took", time.Since(start).Round(time.Millisecond))
+	}
+	s.mu.Lock()
+	s.exports[id] = e
+	s.mu.Unlock()
+	return e, nil
+}
+
+// Reset drops a node's view; the next MNT makes a new one from its current
+// image and handles into the old one go stale.
+func (s *Server) Reset(key string) error {
+	dir, err := s.opts.Store.NodeDir(key)
+	if err != nil {
+		return err
+	}
+	id := exportID(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.exports[id]; e != nil {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.close()
+		delete(s.exports, id)
+	}
+	for k := range s.acl {
+		if k.e.key == key {
+			delete(s.acl, k)
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, viewFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
+	}
+	store.SyncDir(dir)
+	// The generation is gone with view.json; removing the tree can take
+	// a while and a crash in the middle leaves only garbage that the next
+	// openExport replaces.
+	if err := os.RemoveAll(filepath.Join(dir, viewRoot)); err != nil {
+		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
+	}
+	s.log.Info("node root reset", "node", key)
+	return nil
+}
+
+// allowed caches the resolver's answer for a few seconds: it reads node
+// records from disk and is asked on every call.
+func (s *Server) allowed(e *export, client netip.Addr) bool {
+	client = client.Unmap()
+	k := aclKey{e, client}
+	now := time.Now()
+	s.mu.Lock()
+	a, ok := s.acl[k]
+	s.mu.Unlock()
+	if ok && now.Before(a.exp) {
+		return a.ok
+	}
+	allowed := s.opts.Resolver.Allowed(e.key, client)
+	ttl := 10 * time.Second
+	if !allowed {
+		ttl = 2 * time.Second
+	}
+	s.mu.Lock()
+	s.acl[k] = aclEntry{ok: allowed, exp: now.Add(ttl)}
+	s.mu.Unlock()
+	return allowed
+}
+
+// Status is what /status shows.
+type Status struct {
+	Exports []ExportStatus
+	Mounts  []MountStatus
+}
+
+// ExportStatus describes one node's view.
+type ExportStatus struct {
+	Node   string
+	Path   string
+	Digest string
+}
+
+// MountStatus is one client's MNT.
+type MountStatus struct {
+	Client string
+	Path   string
+	Time   time.Time
+}
+
+// Status lists views and mounts.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st Status
+	for _, e := range s.exports {
+		st.Exports = append(st.Exports, ExportStatus{Node: e.key, Path: "/nodes/" + e.key, Digest: e.digest})
+	}
+	for m, t := range s.mounts {
+		st.Mounts = append(st.Mounts, MountStatus{Client: m.client.String(), Path: "/nodes/" + m.key, Time: t})
+	}
+	sort.Slice(st.Exports, func(i, j int) bool { return st.Exports[i].Node < st.Exports[j].Node })
+	sort.Slice(st.Mounts, func(i, j int) bool { return st.Mounts[i].Path < st.Mounts[j].Path })
+	return st
+}
+
+// dispatch answers one call; nil means no answer.
+func (s *Server) dispatch(msg []byte, remote, local netip.AddrPort, proto string) []byte {
+	c, err := parseCall(msg)
+	switch {
+	case c == nil:
+		return nil
+	case errors.Is(err, errRPCVersion):
+		return replyDeniedMsg(c.xid, rejectRPCMismatch, 2, 2)
+	case errors.Is(err, errBadCred):
+		return replyDeniedMsg(c.xid, rejectAuthError, authBadCred)
+	case err != nil:
+		return replyHeader(c.xid, acceptGarbageArgs).b
+	}
+	c.remote, c.local, c.proto = remote, local, proto
+	progName := map[uint32]string{progPortmap: "portmap", progMount: "mount", progNFS: "nfs"}[c.prog]
+	if progName == "" {
+		return replyHeader(c.xid, acceptProgUnavail).b
+	}
+	if c.prog != progPortmap && c.proc != 0 && c.cred.flavor != authSys && c.cred.flavor != authNone {
+		return replyDeniedMsg(c.xid, rejectAuthError, authTooWeak)
+	}
+	w := replyHeader(c.xid, acceptSuccess)
+	ok := true
+	var procName string
+	switch c.prog {
+	case progPortmap:
+		if c.vers < 2 || c.vers > 4 {
+			return replyMismatch(c.xid, acceptProgMismatch, 2, 4)
+		}
+		procName = strconv.Itoa(int(c.proc))
+		ok = s.portmap(c, w)
+	case progMount:
+		if c.vers != 3 {
+			return replyMismatch(c.xid, acceptProgMismatch, 3, 3)
+		}
+		if c.proc > 5 {
+			return replyHeader(c.xid, acceptProcUnavail).b
+		}
+		procName = mountProcNames[c.proc]
+		ok = s.mount(c, w)
+	case progNFS:
+		if proto != "tcp" {
+			return replyHeader(c.xid, acceptProgUnavail).b
+		}
+		if c.vers != 3 {
+			return replyMismatch(c.xid, acceptProgMismatch, 3, 3)
+		}
+		if c.proc >= uint32(len(nfsProcNames)) {
+			return replyHeader(c.xid, acceptProcUnavail).b
+		}
+		procName = nfsProcNames[c.proc]
+		ok = s.nfs3(c, w)
+	}
+	s.metrics.requests.WithLabelValues(progName, procName).Inc()
+	if !ok {
+		return replyHeader(c.xid, acceptGarbageArgs).b
+	}
+	if w.b == nil {
+		return replyHeader(c.xid, acceptProcUnavail).b
+	}
+	if c.prog == progNFS && c.proc != 0 && len(w.b) >= 32 {
+		if st := uint32(w.b[28])<<24 | uint32(w.b[29])<<16 | uint32(w.b[30])<<8 | uint32(w.b[31]); st != nfsOK {
+			s.metrics.errors.WithLabelValues(procName, strconv.Itoa(int(st))).Inc()
+		}
+	}
+	return w.b
+}
+
+// ServeTCP answers RPC calls on ln until it is closed. Calls on one
+// connection run concurrently; replies go out as they finish.
+func (s *Server) ServeTCP(ln net.Listener) error {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		go s.serveConn(conn)
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.AddrPort()
+	case *net.UDPAddr:
+		return a.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func (s *Server) serveConn(conn net.Conn) {
+	defer conn.Close()
+	remote, local := addrPort(conn.RemoteAddr()), addrPort(conn.LocalAddr())
+	var wmu sync.Mutex
+	sem := make(chan struct{}, s.opts.MaxInFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	hdr := make([]byte, 4)
+	for {
+		msg, err := readRecord(conn, hdr)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				s.log.Debug("connection closed", "client", remote, "err", err)
+			}
+			return
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			reply := s.dispatch(msg, remote, local, "tcp")
+			if reply == nil {
+				return
+			}
+			wmu.Lock()
+			_, err := conn.Write(frame(reply))
+			wmu.Unlock()
+			if err != nil {
+				conn.Close()
+			}
+		}()
+	}
+}
+
+// ServeUDP answers portmap and MOUNT calls on pc until it is closed.
+func (s *Server) ServeUDP(pc net.PacketConn) error {
+	buf := make([]byte, 64<<10)
+	local := addrPort(pc.LocalAddr())
+	sem := make(chan struct{}, 64)
+	for {
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		msg := append([]byte(nil), buf[:n]...)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			if reply := s.dispatch(msg, addrPort(addr), local, "udp"); reply != nil {
+				pc.WriteTo(reply[4:], addr)
+			}
+		}()
+	}
+}
