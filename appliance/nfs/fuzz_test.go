@@ -135,7 +135,14 @@ func seedCalls() [][]byte {
 		call(progNFS, 3, 8, func(w *writer) { w.opaque(fh); w.string("f"); w.uint32(2); w.fixed([]byte("12345678")) }),
 		call(progNFS, 3, 9, func(w *writer) { w.opaque(fh); w.string("d"); sattr(w) }),
 		call(progNFS, 3, 10, func(w *writer) { w.opaque(fh); w.string("s"); sattr(w); w.string("../../x") }),
-		call(progNFS, 3, 11, func(w *writer) { w.opaque(fh); w.string("n"); w.uint32(typeChr); sattr(w); w.uint32(1); w.uint32(3) }),
+		call(progNFS, 3, 11, func(w *writer) {
+			w.opaque(fh)
+			w.string("n")
+			w.uint32(typeChr)
+			sattr(w)
+			w.uint32(1)
+			w.uint32(3)
+		}),
 		call(progNFS, 3, 12, func(w *writer) { w.opaque(fh); w.string("f") }),
 		call(progNFS, 3, 13, func(w *writer) { w.opaque(fh); w.string("d") }),
 		call(progNFS, 3, 14, func(w *writer) { w.opaque(fh); w.string("a"); w.opaque(fh); w.string("b") }),
