@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -37,7 +38,7 @@ type viewInfo struct {
 }
 
 const (
-	viewFile = "view.json"
+	viewFile = nodes.ViewFile
 	viewRoot = "root"
 	// idXattr keeps a copied-up file's fileid, so a client's handle and
 	// cached inode stay valid when the file behind them is replaced.

@@ -143,3 +143,25 @@ func Progress(st *store.Store, serial string) (Stage, error) {
 	}
 	return out, nil
 }
+
+// ViewFile is nodes/<serial>/view.json, written by nfsd when it makes the
+// node's root from an image; Digest names that image's tree.
+const ViewFile = "view.json"
+
+// ViewImages returns the image digests nodes' roots were made from. Their
+// trees must stay while the roots exist.
+func ViewImages(st *store.Store) []string {
+	var out []string
+	entries, _ := os.ReadDir(st.Path(store.NodesDir))
+	for _, e := range entries {
+		if !e.IsDir() || !store.ValidName(e.Name()) {
+			continue
+		}
+		var v struct{ Digest string }
+		if store.ReadJSON(filepath.Join(st.Path(store.NodesDir, e.Name()), ViewFile), &v) == nil && v.Digest != "" {
+			out = append(out, v.Digest)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

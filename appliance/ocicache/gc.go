@@ -10,6 +10,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -72,6 +73,14 @@ func (c *Cache) collect(cfg *config.Config) (GCResult, error) {
 	if len(kept.Entries) != len(ix.Entries) {
 		if err := images.SaveIndex(c.st, kept); err != nil {
 			return res, err
+		}
+	}
+	// A node's root (nfsd's view) shares inodes with the tree it was made
+	// from; nfsd needs that tree to tell shared files from the node's own
+	// until the node is reset, even when the config names a newer image.
+	for _, digest := range nodes.ViewImages(c.st) {
+		if d, err := images.DirName(digest); err == nil {
+			liveTrees[d] = true
 		}
 	}
 	dir := c.st.Path(store.ImagesDir)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/ocicache/ocitest"
 	"github.com/ociboot/ociboot/appliance/store"
 )
@@ -438,6 +439,35 @@ func TestGCRemovesUnreferenced(t *testing.T) {
 	}
 	if got := f.cache.Status().LastGC; len(got.TreesFreed) != 1 || got.BlobBytes == 0 {
 		t.Errorf("LastGC: %+v", got)
+	}
+}
+
+// A tree a node's root was made from stays until the node is reset, even
+// when the config moved the node to another image.
+func TestGCKeepsTreesOfNodeRoots(t *testing.T) {
+	f := newFixture(t, nil)
+	imgA := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("a", 0o644, "a")))
+	imgB := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("b", 0o644, "b")))
+	refA, refB := f.push(t, "x/a:v1", imgA), f.push(t, "x/b:v1", imgB)
+	if err := f.cache.Sync(context.Background(), f.config(t, fmt.Sprintf(`{"DefaultImage":%q}`, refA))); err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := f.st.NodeDir("00000001")
+	os.MkdirAll(dir, 0o755)
+	if err := store.WriteJSON(filepath.Join(dir, nodes.ViewFile), map[string]string{"Digest": digestOf(t, imgA).String()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.cache.Sync(context.Background(), f.config(t, fmt.Sprintf(`{"DefaultImage":%q}`, refB))); err != nil {
+		t.Fatal(err)
+	}
+	rootA, _ := images.Root(f.st, digestOf(t, imgA).String())
+	if _, err := os.Stat(rootA); err != nil {
+		t.Errorf("GC removed the tree a node's root was made from: %v", err)
+	}
+	os.Remove(filepath.Join(dir, nodes.ViewFile))
+	f.cache.GC(f.config(t, fmt.Sprintf(`{"DefaultImage":%q}`, refB)))
+	if _, err := os.Stat(rootA); err == nil {
+		t.Error("tree survived GC after the node's root was reset")
 	}
 }
 

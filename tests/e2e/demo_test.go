@@ -19,7 +19,6 @@ func TestDemo(t *testing.T) {
 	if os.Getenv("OCIBOOT_DEMO") != "1" {
 		t.Skip("run with `make demo`")
 	}
-	needNFS(t)
 	lab := NewLab(t)
 	h := NewHead(t, lab, map[string]any{
 		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),

@@ -63,7 +63,6 @@ func TestFullModeFiveNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	needNFS(t)
 	lab := NewLab(t)
 	h := NewHead(t, lab, map[string]any{
 		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
@@ -87,7 +86,6 @@ func TestProxyModeBehindDnsmasq(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	needNFS(t)
 	lab := NewLab(t)
 	startDnsmasq(t, lab)
 	h := NewHead(t, lab, map[string]any{
@@ -126,13 +124,7 @@ func checkStatus(t *testing.T, h *Head, want int) {
 	}
 }
 
-// needNFS skips tests that need nodes to mount their roots: services/nfsd
-// does not serve NFS yet (issue 7), so a node's init cannot run.
-func needNFS(t *testing.T) {
-	if _, err := os.Stat(filepath.Join(repoRoot(), "appliance", "nfs")); err != nil {
-		t.Skip("needs the NFS server of services/nfsd, which does not serve NFS yet")
-	}
-}
+
 
 // startDnsmasq runs a plain DHCP server (no PXE) in its own namespace: the
 // home router of proxy mode.
