@@ -548,3 +548,34 @@ func TestPortmapAndMountOverUDP(t *testing.T) {
 		t.Errorf("MNT over UDP: status %d", st)
 	}
 }
+
+// nfsd killed while making a node's root: view.json written, the tree not
+// yet renamed into place. The next start makes it again.
+func TestCrashWhileMakingRoot(t *testing.T) {
+	env := newEnv(t)
+	c := env.dial(0, 0)
+	if _, st := c.mnt("/nodes/node1"); st != 0 {
+		t.Fatal(st)
+	}
+	env.stop()
+	dir := env.st.Path("nodes", "node1")
+	tmp, err := os.MkdirTemp(dir, ".root.tmp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "root"), filepath.Join(tmp, "half")); err != nil {
+		t.Fatal(err)
+	}
+	env.start()
+	c = env.dial(0, 0)
+	root, st := c.mnt("/nodes/node1")
+	if st != 0 {
+		t.Fatalf("MNT after a crash while making the root: status %d", st)
+	}
+	if got, _, _ := c.read(c.walk(root, "etc", "hostname"), 0, 100); string(got) != "node\n" {
+		t.Errorf("etc/hostname reads %q", got)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(dir, ".root.tmp-*")); len(ents) != 0 {
+		t.Errorf("leftovers of the crash: %v", ents)
+	}
+}

@@ -250,7 +250,11 @@ func (s *Server) export(key string) (*export, error) {
 		return e, nil
 	}
 	var root, digest string
-	if _, err := os.Stat(filepath.Join(dir, viewFile)); err != nil {
+	_, viewErr := os.Stat(filepath.Join(dir, viewFile))
+	_, rootErr := os.Stat(filepath.Join(dir, viewRoot))
+	if viewErr != nil || rootErr != nil {
+		// No root yet, or a crash between recording and renaming it into
+		// place: make it (again) from the node's current image.
 		digest, err = s.opts.Resolver.Image(key)
 		if err != nil {
 			return nil, err

@@ -62,18 +62,22 @@ func ConfigTxt(image []byte, extra []string) string {
 }
 
 // IPXEChain is the root boot.ipxe: iPXE fetches the node's own script from
-// its MAC directory (a URI relative to this script's).
-const IPXEChain = "#!ipxe\nchain ${mac:hexhyp}/boot.ipxe\n"
+// its MAC directory (a URI relative to this script's), and keeps trying
+// while the head node cannot give it one.
+const IPXEChain = "#!ipxe\n:chain\nchain ${mac:hexhyp}/boot.ipxe || goto retry\n:retry\nsleep 3\ngoto chain\n"
 
 // IPXEScript boots kernel and initrd (relative to the node's directory)
 // with cmdline.
 func IPXEScript(kernel, initrd, cmdline string) string {
 	var b strings.Builder
-	b.WriteString("#!ipxe\n")
-	fmt.Fprintf(&b, "kernel %s %s\n", kernel, cmdline)
+	b.WriteString("#!ipxe\n:fetch\n")
+	fmt.Fprintf(&b, "kernel %s %s || goto retry\n", kernel, cmdline)
 	if initrd != "" {
-		fmt.Fprintf(&b, "initrd %s\n", initrd)
+		fmt.Fprintf(&b, "initrd %s || goto retry\n", initrd)
 	}
-	b.WriteString("boot\n")
+	// A head node that restarts tftpd (or reboots) mid-transfer costs the
+	// node a retry, not a boot stuck in the firmware, as with a Pi's
+	// bootloader, which also starts over.
+	b.WriteString("boot || goto retry\n:retry\necho ociboot: boot files not fetched, trying again in 3 s\nimgfree\nsleep 3\ngoto fetch\n")
 	return b.String()
 }

@@ -252,8 +252,9 @@ func TestIPXE(t *testing.T) {
 		t.Errorf("root boot.ipxe: got %q, %v", data, err)
 	}
 	data, err = get(t, f, "52-54-00-ab-cd-ef/boot.ipxe")
-	want := "#!ipxe\nkernel kernel8.img console=serial0,115200 console=tty1 fsck.repair=yes quiet " +
-		"root=/dev/nfs nfsroot=127.0.0.1:/nodes/52-54-00-ab-cd-ef,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory\nboot\n"
+	want := "#!ipxe\n:fetch\nkernel kernel8.img console=serial0,115200 console=tty1 fsck.repair=yes quiet " +
+		"root=/dev/nfs nfsroot=127.0.0.1:/nodes/52-54-00-ab-cd-ef,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory || goto retry\n" +
+		"boot || goto retry\n:retry\necho ociboot: boot files not fetched, trying again in 3 s\nimgfree\nsleep 3\ngoto fetch\n"
 	if err != nil || string(data) != want {
 		t.Errorf("node boot.ipxe:\ngot  %q (%v)\nwant %q", data, err, want)
 	}

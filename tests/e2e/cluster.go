@@ -45,11 +45,28 @@ func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
 	h := &Head{lab: lab, Store: filepath.Join(lab.Dir, "store"), Config: filepath.Join(lab.Dir, "config.json"),
 		Procs: map[string]*Proc{}, bin: Binaries(t), Registry: "127.0.0.1:5001"}
 
+	ref := StartRegistry(t, lab, lab.Head, h.Registry)
+	netboot["DefaultImage"] = ref
+	netboot["Platform"] = "linux/amd64"
+	netboot["InsecureRegistries"] = []string{h.Registry}
+	cfg := map[string]any{"Hostname": "ociboot-e2e", "Netboot": netboot}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	if err := os.WriteFile(h.Config, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// StartRegistry runs docker-registry in namespace ns on addr and pushes the
+// node image of package guest to it with skopeo; it returns the image's
+// reference.
+func StartRegistry(t testing.TB, lab *Lab, ns, addr string) string {
+	t.Helper()
 	regDir := filepath.Join(lab.Dir, "registry")
 	regCfg := filepath.Join(lab.Dir, "registry.yml")
-	os.WriteFile(regCfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", regDir, h.Registry)), 0o644)
-	reg := lab.Start("docker-registry", lab.Head, "docker-registry", "serve", regCfg)
-	waitHTTP(t, lab.Head, "http://"+h.Registry+"/v2/", 30*time.Second, reg)
+	os.WriteFile(regCfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", regDir, addr)), 0o644)
+	reg := lab.Start("docker-registry", ns, "docker-registry", "serve", regCfg)
+	waitHTTP(t, ns, "http://"+addr+"/v2/", 30*time.Second, reg)
 
 	k, err := guest.HostKernel()
 	if err != nil {
@@ -67,25 +84,18 @@ func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
 	if err := p.AppendImage(img); err != nil {
 		t.Fatal(err)
 	}
-	ref := h.Registry + "/ociboot/node:v1"
-	h.push(t, ociDir, ref)
-
-	netboot["DefaultImage"] = ref
-	netboot["Platform"] = "linux/amd64"
-	netboot["InsecureRegistries"] = []string{h.Registry}
-	cfg := map[string]any{"Hostname": "ociboot-e2e", "Netboot": netboot}
-	b, _ := json.MarshalIndent(cfg, "", "  ")
-	if err := os.WriteFile(h.Config, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return h
+	ref := addr + "/ociboot/node:v1"
+	push(t, ns, ociDir, ref)
+	return ref
 }
 
-// push copies the OCI layout dir to ref in the head's registry with skopeo.
-func (h *Head) push(t testing.TB, dir, ref string) {
+// push copies the OCI layout dir to ref with skopeo, inside ns.
+func push(t testing.TB, ns, dir, ref string) {
 	t.Helper()
-	run(t, "ip", "netns", "exec", h.lab.Head, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+dir, "docker://"+ref)
+	run(t, "ip", "netns", "exec", ns, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+dir, "docker://"+ref)
 }
+
+func (h *Head) push(t testing.TB, dir, ref string) { push(t, h.lab.Head, dir, ref) }
 
 // PushImage pushes img to the head's registry as repo:tag and returns the
 // reference.

@@ -3,10 +3,12 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,8 +54,59 @@ func bootNodes(t *testing.T, lab *Lab, n int) []*Node {
 	for _, node := range ns {
 		line := node.WaitUp(t, slow*90*time.Second+time.Duration(n)*30*time.Second)
 		t.Logf("%s: %s", node.MAC, line)
+		checkRootLine(t, lab, node, line)
 	}
 	return ns
+}
+
+// checkRootLine: the node's / is its own export on the head node.
+func checkRootLine(t *testing.T, lab *Lab, n *Node, line string) {
+	t.Helper()
+	want := "root=" + lab.Addr(1) + ":/nodes/" + strings.ReplaceAll(n.MAC, ":", "-")
+	if !strings.Contains(line, want) {
+		t.Errorf("%s: init reports %q, want %s", n.MAC, line, want)
+	}
+}
+
+// heartbeat returns the last heartbeat number the node printed as ok and
+// how many failed.
+func heartbeat(out string) (last, fails int) {
+	for _, l := range strings.Split(out, "\n") {
+		var n int
+		var st string
+		if i := strings.Index(l, guest.AliveMarker+" "); i >= 0 {
+			if _, err := fmt.Sscanf(l[i+len(guest.AliveMarker)+1:], "%d %s", &n, &st); err == nil {
+				if st == "ok" {
+					last = n
+				} else {
+					fails++
+				}
+			}
+		}
+	}
+	return last, fails
+}
+
+// waitHeartbeats waits until every node has printed more ok heartbeats
+// than it had at before[i] (+3: the root worked for a while).
+func waitHeartbeats(t *testing.T, nodes []*Node, before []int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for i, n := range nodes {
+		for {
+			last, fails := heartbeat(n.Proc.Output())
+			if fails > 0 {
+				t.Fatalf("%s: its root failed:\n%s", n.MAC, tail(n.Proc.Output()))
+			}
+			if last >= before[i]+3 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: heartbeat stuck at %d (was %d):\n%s", n.MAC, last, before[i], tail(n.Proc.Output()))
+			}
+			time.Sleep(time.Second)
+		}
+	}
 }
 
 // TestFullModeFiveNodes: ociboot is the only DHCP server on an isolated
@@ -77,6 +130,106 @@ func TestFullModeFiveNodes(t *testing.T) {
 			t.Errorf("%s: want its first boot from its own root", n.MAC)
 		}
 	}
+	checkStatus(t, h, 5)
+	// Each node wrote its own files; the image and the other nodes never
+	// see them.
+	for _, n := range nodes {
+		key := strings.ReplaceAll(n.MAC, ":", "-")
+		b, err := os.ReadFile(filepath.Join(h.Store, "nodes", key, "root", "var", "boot-count"))
+		if err != nil || strings.TrimSpace(string(b)) != "1" {
+			t.Errorf("%s: var/boot-count in its root: %q, %v", n.MAC, b, err)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(h.Store, "images", "sha256-*", "var", "boot-count")); len(m) != 0 {
+		t.Errorf("a node's write reached the image tree: %v", m)
+	}
+}
+
+// TestFaultsDuringFiveNodeBoot kills a random head-node service with
+// SIGKILL every few seconds while five nodes boot, each service at least
+// once: every node still boots, and no lease, enrolment or node root is
+// lost. Then nfsd is killed and restarted under the running nodes, whose
+// roots keep working.
+func TestFaultsDuringFiveNodeBoot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	lab := NewLab(t)
+	h := NewHead(t, lab, map[string]any{
+		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
+		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
+		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
+	})
+	h.Start(t)
+	h.WaitImage(t, 2*time.Minute)
+	_, slow := guest.Accel()
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewSource(seed))
+	t.Logf("fault schedule seed %d", seed)
+	var nodes []*Node
+	for i := 1; i <= 5; i++ {
+		nodes = append(nodes, lab.BootNode(t, macFor(10+i)))
+	}
+	allUp := func() bool {
+		for _, n := range nodes {
+			if !strings.Contains(n.Proc.Output(), guest.Marker) {
+				return false
+			}
+		}
+		return true
+	}
+	victims := []string{"dhcpd", "tftpd", "ocicache", "nfsd"}
+	order := rng.Perm(len(victims))
+	var kills []string
+	deadline := time.Now().Add(slow*120*time.Second + 150*time.Second)
+	for !allUp() {
+		if time.Now().After(deadline) {
+			for _, n := range nodes {
+				t.Logf("%s:\n%s", n.MAC, tail(n.Proc.Output()))
+			}
+			t.Fatalf("not every node booted; killed %v", kills)
+		}
+		time.Sleep(time.Duration(1000+rng.Intn(5000)) * time.Millisecond)
+		var v string
+		if len(kills) < len(order) {
+			v = victims[order[len(kills)]]
+		} else {
+			v = victims[rng.Intn(len(victims))]
+		}
+		h.Restart(t, v)
+		kills = append(kills, v)
+	}
+	t.Logf("killed during the boot: %v", kills)
+	if len(kills) < len(victims) {
+		t.Logf("nodes were up before every service was killed once")
+	}
+	for _, n := range nodes {
+		line := n.WaitUp(t, time.Second)
+		checkRootLine(t, lab, n, line)
+	}
+	leases, _ := os.ReadFile(filepath.Join(h.Store, "dhcp", "leases.json"))
+	for _, n := range nodes {
+		key := strings.ReplaceAll(n.MAC, ":", "-")
+		if !strings.Contains(string(leases), n.MAC) {
+			t.Errorf("%s: no lease in leases.json", n.MAC)
+		}
+		for _, f := range []string{"node.json", "view.json", "root/var/boot-count"} {
+			if _, err := os.Stat(filepath.Join(h.Store, "nodes", key, f)); err != nil {
+				t.Errorf("%s: %v", n.MAC, err)
+			}
+		}
+	}
+
+	// nfsd under running nodes: kill -9, stay down a while, start again.
+	before := make([]int, len(nodes))
+	for i, n := range nodes {
+		before[i], _ = heartbeat(n.Proc.Output())
+	}
+	h.Procs["nfsd"].Kill(syscall.SIGKILL)
+	time.Sleep(5 * time.Second)
+	h.StartService(t, "nfsd")
+	waitHeartbeats(t, nodes, before, slow*60*time.Second)
+	t.Logf("heartbeats after the nfsd restart: %v → ok", before)
 	checkStatus(t, h, 5)
 }
 
@@ -123,8 +276,6 @@ func checkStatus(t *testing.T, h *Head, want int) {
 		t.Errorf("status page: %d nodes with root mounted and an image digest, want %d: %+v", got, want, ov.Nodes)
 	}
 }
-
-
 
 // startDnsmasq runs a plain DHCP server (no PXE) in its own namespace: the
 // home router of proxy mode.

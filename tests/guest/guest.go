@@ -34,6 +34,11 @@ import (
 // Marker is what the node's init prints once it runs from its NFS root.
 const Marker = "OCIBOOT-NODE-UP"
 
+// AliveMarker starts the heartbeat line the node's init prints every 3 s:
+// "<AliveMarker> <n> ok" after writing, flushing and reading back a file on
+// its root, "... fail" if that did not work.
+const AliveMarker = "OCIBOOT-NODE-ALIVE"
+
 // Kernel is a kernel of the host (Debian's linux-image-amd64) with its
 // modules.
 type Kernel struct {
@@ -286,8 +291,19 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mount -t sysfs sys /sys 2>/dev/null
 date > /var/booted-at || echo "node: root is not writable"
 n=$(cat /var/boot-count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /var/boot-count
-echo "` + Marker + ` image=$(cat /etc/image-id) boots=$n root=$(awk '$2=="/"{print $1}' /proc/mounts | tail -n 1)" > /dev/console
-exec sh -c 'while true; do sleep 3600; done'
+echo "` + Marker + ` image=$(cat /etc/image-id) boots=$n root=$(awk '$2=="/"{r=$1} END{print r}' /proc/mounts)" > /dev/console
+# The heartbeat proves the root keeps working (through restarts of the
+# head node's services): write, flush, drop the caches, read back over NFS.
+i=0
+while true; do
+  i=$((i+1))
+  if echo "$i" > /var/heartbeat && sync && echo 3 > /proc/sys/vm/drop_caches && [ "$(cat /var/heartbeat)" = "$i" ] && ls /bin > /dev/null; then
+    echo "` + AliveMarker + ` $i ok" > /dev/console
+  else
+    echo "` + AliveMarker + ` $i fail" > /dev/console
+  fi
+  sleep 3
+done
 `
 
 type tarFile struct {
@@ -377,7 +393,7 @@ func Image(k Kernel, imageID string) (v1.Image, error) {
 		}
 		files = append(files, tarFile{name: n, mode: 0o755, data: data})
 	}
-	for _, tool := range []string{"sh", "mount", "awk", "cat", "date", "sleep", "ls", "echo", "mkdir"} {
+	for _, tool := range []string{"sh", "mount", "awk", "cat", "date", "sleep", "ls", "echo", "mkdir", "sync", "[", "test", "tail", "grep"} {
 		files = append(files, tarFile{name: "bin/" + tool, mode: 0o777, typeflag: tar.TypeSymlink, link: "busybox"})
 	}
 	root, err := layer(files)
