@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"sync"
 )
 
 // ONC RPC (RFC 5531) constants used here.
@@ -127,7 +128,7 @@ var errBadCred = errors.New("nfs: malformed AUTH_SYS credential")
 func parseAuthSys(body []byte) (cred, error) {
 	r := reader{b: body}
 	_ = r.uint32()    // stamp
-	_ = r.string(255) // machine name
+	_ = r.opaque(255) // machine name
 	c := cred{flavor: authSys, uid: r.uint32(), gid: r.uint32()}
 	n := r.uint32()
 	if n > 16 {
@@ -204,4 +205,34 @@ func readRecord(r io.Reader, hdr []byte) ([]byte, error) {
 func frame(reply []byte) []byte {
 	binary.BigEndian.PutUint32(reply, uint32(len(reply)-4)|1<<31)
 	return reply
+}
+
+// Large replies (READ) come from a pool and go back to it once sent, so a
+// busy server does not allocate and clear a megabyte per call.
+var bigBufs = sync.Pool{New: func() any { b := make([]byte, 0, maxIO+64<<10); return &b }}
+
+const bigBuf = 64 << 10
+
+// grow extends b by n bytes (contents undefined), moving to a pooled
+// buffer when it gets large.
+func grow(b []byte, n int) []byte {
+	if len(b)+n <= cap(b) {
+		return b[:len(b)+n]
+	}
+	if len(b)+n > bigBuf && len(b)+n <= maxIO+64<<10 {
+		nb := (*bigBufs.Get().(*[]byte))[:len(b)+n]
+		copy(nb, b)
+		return nb
+	}
+	nb := make([]byte, len(b)+n, len(b)+n+256)
+	copy(nb, b)
+	return nb
+}
+
+// release returns a sent reply's buffer to the pool.
+func release(b []byte) {
+	if cap(b) == maxIO+64<<10 {
+		b = b[:0]
+		bigBufs.Put(&b)
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -472,9 +473,32 @@ func (s *Server) serveConn(conn net.Conn) {
 	defer conn.Close()
 	remote, local := addrPort(conn.RemoteAddr()), addrPort(conn.LocalAddr())
 	var wmu sync.Mutex
-	sem := make(chan struct{}, s.opts.MaxInFlight)
+	// Workers live as long as the connection, so their stacks stay grown;
+	// more start while all are busy, up to MaxInFlight.
+	work := make(chan []byte)
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
+	var idle atomic.Int32
+	workers := 0
+	worker := func() {
+		defer wg.Done()
+		for msg := range work {
+			reply := s.dispatch(msg, remote, local, "tcp")
+			if reply != nil {
+				wmu.Lock()
+				_, err := conn.Write(frame(reply))
+				wmu.Unlock()
+				release(reply)
+				if err != nil {
+					conn.Close()
+				}
+			}
+			idle.Add(1)
+		}
+	}
 	hdr := make([]byte, 4)
 	for {
 		msg, err := readRecord(conn, hdr)
@@ -484,21 +508,16 @@ func (s *Server) serveConn(conn net.Conn) {
 			}
 			return
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			reply := s.dispatch(msg, remote, local, "tcp")
-			if reply == nil {
-				return
-			}
-			wmu.Lock()
-			_, err := conn.Write(frame(reply))
-			wmu.Unlock()
-			if err != nil {
-				conn.Close()
-			}
-		}()
+		if idle.Load() == 0 && workers < s.opts.MaxInFlight {
+			workers++
+			wg.Add(1)
+			idle.Add(1)
+			go worker()
+		}
+		// Blocks while MaxInFlight calls run: the client waits, TCP
+		// pushes back.
+		idle.Add(-1)
+		work <- msg
 	}
 }
 

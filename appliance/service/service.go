@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
@@ -108,6 +109,9 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 		Mux:        http.NewServeMux(),
 	}
 	env.Mux.HandleFunc("/status", env.serveStatus)
+	// Profiles of a running service, for the status port's own network.
+	env.Mux.HandleFunc("/debug/pprof/", pprof.Index)
+	env.Mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	env.Mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if *f.Status != "" {
 		ln, err := net.Listen("tcp", *f.Status)

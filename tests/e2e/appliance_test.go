@@ -227,6 +227,7 @@ func TestApplianceServesANodeThroughUpdate(t *testing.T) {
 	line := node.WaitUp(t, slow*150*time.Second)
 	t.Logf("node: %s", line)
 	checkRootLine(t, lab, node, line)
+	waitHeartbeats(t, []*Node{node}, []int{-2}, slow*time.Minute) // its root works before the update
 	beat, _ := heartbeat(node.Proc.Output())
 
 	// A second build with a different extra file: `gok update` writes the
