@@ -1,0 +1,147 @@
+package nfsd
+
+import (
+	"crypto/md5"
+	"encoding/hex"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ociboot/ociboot/tests/guest"
+)
+
+// nodeKey is the node whose export the guest mounts (/nodes/<key>).
+const nodeKey = "aabbccdd"
+
+func needKernelClient(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots QEMU")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the image tree has files of other owners, setuid bits and device nodes")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	if _, err := guest.HostKernel(); err != nil {
+		t.Skip(err)
+	}
+	if _, err := guest.Busybox(); err != nil {
+		t.Skip(err)
+	}
+}
+
+// TestKernelClient boots the Linux kernel's NFSv3 client in QEMU with its
+// root on our nfsd (export /nodes/aabbccdd, the node's view of the image
+// WriteImage builds). The guest's init (InitScript) checks modes, owners,
+// hard links, renames, a 64 MB file, symlinks, directories and device nodes;
+// halfway through, nfsd is killed with SIGKILL and started again on the same
+// port and store while the guest keeps files, a directory and its cwd open.
+// Afterwards the image tree must be unchanged to the byte, mode, owner,
+// mtime and inode, and the node's view must hold what the guest wrote.
+func TestKernelClient(t *testing.T) {
+	needKernelClient(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { keepLogs(t, dir) })
+	bin, err := BuildNfsd(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewNfsd(bin, dir, WriteImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := Manifest(srv.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(30 * time.Second); err != nil {
+		t.Fatalf("nfsd: %v", err)
+	}
+	t.Cleanup(srv.Kill)
+	run := &KernelRun{Server: srv, NFSPort: srv.Port, MountPort: srv.Port, Export: "/nodes/" + nodeKey, Dir: dir, Logf: t.Logf}
+	runKernel(t, run)
+	checkImage(t, srv.Image, before)
+	checkView(t, srv.View(nodeKey), run.BigMD5)
+	if t.Failed() {
+		t.Logf("nfsd log tail:\n%s", srv.Log())
+	}
+}
+
+// keepLogs copies the console and server logs to $OCIBOOT_NFSTEST_LOGS.
+func keepLogs(t *testing.T, dir string) {
+	keep := os.Getenv("OCIBOOT_NFSTEST_LOGS")
+	if keep == "" {
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, l := range logs {
+		if b, err := os.ReadFile(l); err == nil {
+			os.WriteFile(filepath.Join(keep, t.Name()+"-"+filepath.Base(l)), b, 0o644)
+		}
+	}
+}
+
+// runKernel runs the guest and reports every failed check.
+func runKernel(t *testing.T, run *KernelRun) {
+	t.Helper()
+	err := run.Run()
+	for _, b := range run.Bad {
+		t.Errorf("guest: %s", b)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(run.Bad) > 0 {
+		tail := run.Console
+		if len(tail) > 4000 {
+			tail = tail[len(tail)-4000:]
+		}
+		t.Logf("console tail:\n%s", tail)
+	}
+}
+
+// checkImage compares the image tree with its manifest before the run.
+func checkImage(t *testing.T, image string, before map[string]string) {
+	t.Helper()
+	after, err := Manifest(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range DiffManifests(before, after) {
+		t.Errorf("image tree changed: %s", d)
+	}
+}
+
+// checkView checks the node's view on the host against what the guest did.
+func checkView(t *testing.T, view, bigMD5 string) {
+	t.Helper()
+	for rel, want := range ViewAfter {
+		got, err := os.ReadFile(filepath.Join(view, rel))
+		if err != nil {
+			t.Errorf("view: %v", err)
+		} else if string(got) != want {
+			t.Errorf("view: %s holds %q, want %q", rel, got, want)
+		}
+	}
+	for _, rel := range ViewGone {
+		if _, err := os.Lstat(filepath.Join(view, rel)); err == nil {
+			t.Errorf("view: %s still exists", rel)
+		}
+	}
+	f, err := os.Open(filepath.Join(view, "big.bin"))
+	if err != nil {
+		t.Errorf("view: %v", err)
+		return
+	}
+	defer f.Close()
+	h := md5.New()
+	io.Copy(h, f)
+	if got := hex.EncodeToString(h.Sum(nil)); got != bigMD5 {
+		t.Errorf("view: big.bin has md5 %s, the guest wrote %s", got, bigMD5)
+	}
+}

@@ -1,0 +1,131 @@
+package nfsd
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ociboot/ociboot/tests/guest"
+)
+
+// Server is an NFS server the kernel test can kill and start again on the
+// same ports and state.
+type Server interface {
+	Start(timeout time.Duration) error
+	Kill()
+	Log() string
+}
+
+// KernelRun boots the host's kernel in QEMU with its NFS root on a server
+// listening on the host's loopback, which the guest reaches as 10.0.2.2
+// through QEMU's user-mode network.
+type KernelRun struct {
+	Server    Server
+	NFSPort   int
+	MountPort int
+	Export    string // e.g. /nodes/aabbccdd
+	Dir       string // scratch: initrd, console log
+	Logf      func(format string, args ...any)
+	Wrap      []string // prefix of the QEMU command, e.g. ip netns exec <ns>
+
+	// Filled in by Run.
+	Console string   // the whole console output
+	Bad     []string // "NFSTEST bad ..." lines
+	BigMD5  string   // md5 of the large file the guest wrote
+}
+
+// Cmdline is the kernel command line of the run.
+func (r *KernelRun) Cmdline(wait time.Duration) string {
+	return fmt.Sprintf("console=ttyS0 loglevel=6 panic=-1 root=/dev/nfs nfsroot=10.0.2.2:%s,vers=3,tcp,port=%d,mountport=%d nfstest_wait=%d",
+		r.Export, r.NFSPort, r.MountPort, int(wait/time.Second))
+}
+
+var (
+	badLine   = regexp.MustCompile(`NFSTEST bad .*`)
+	md5Line   = regexp.MustCompile(`NFSTEST bigmd5 ([0-9a-f]{32})`)
+	loopsLine = regexp.MustCompile(`restart-loops .*`)
+)
+
+// Run boots the guest, restarts the server when the guest asks for it and
+// waits for the verdict. An error means no verdict (boot failure, timeout);
+// failed checks are in r.Bad.
+func (r *KernelRun) Run() error {
+	logf := r.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	k, err := guest.HostKernel()
+	if err != nil {
+		return err
+	}
+	initrd, err := guest.Initramfs(k)
+	if err != nil {
+		return err
+	}
+	ip := filepath.Join(r.Dir, "initrd.img")
+	if err := os.WriteFile(ip, initrd, 0o644); err != nil {
+		return err
+	}
+	acc, slow := guest.Accel()
+	cmdline := r.Cmdline(30*slow*time.Second + 40*time.Second)
+	logf("qemu %s, kernel %s, cmdline %q", strings.Join(acc, " "), k.Release, cmdline)
+	args := append(append(append([]string{}, r.Wrap...), "qemu-system-x86_64"), acc...)
+	args = append(args, "-m", "768", "-smp", "1", "-nographic", "-no-reboot",
+		"-kernel", k.Path, "-initrd", ip, "-append", cmdline,
+		// User-mode networking: 10.0.2.2 is the host's 127.0.0.1 and
+		// nothing else is reached (the guest resolves no names and talks
+		// only to QEMU's DHCP and 10.0.2.2). restrict=on cannot be used:
+		// slirp then drops the guest's connections to 10.0.2.2 too.
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+	consoleLog := filepath.Join(r.Dir, "console.log")
+	q, err := StartProc("qemu", consoleLog, args...)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		select {
+		case <-q.Done():
+		case <-time.After(10 * time.Second):
+		}
+		q.Kill(syscall.SIGKILL)
+		r.Console = q.Output()
+		r.Bad = badLine.FindAllString(r.Console, -1)
+		if m := md5Line.FindStringSubmatch(r.Console); m != nil {
+			r.BigMD5 = m[1]
+		}
+	}()
+	start := time.Now()
+	line, err := q.WaitFor(60*slow*time.Second, RestartLine, PassLine, FailLine)
+	if err != nil {
+		return fmt.Errorf("guest: %v; console log %s, tail:\n%s", err, consoleLog, q.Tail(6000))
+	}
+	if !strings.Contains(line, RestartLine) {
+		return fmt.Errorf("guest printed %q before the restart; console tail:\n%s", line, q.Tail(6000))
+	}
+	logf("guest reached the restart after %v", time.Since(start).Round(time.Second))
+	// Let the guest's loop run against the server, kill the server in the
+	// middle of it and keep it down for a moment (reconnects back off).
+	time.Sleep(2 * time.Second)
+	r.Server.Kill()
+	time.Sleep(2 * time.Second)
+	if err := r.Server.Start(30 * time.Second); err != nil {
+		return fmt.Errorf("restart: %v", err)
+	}
+	logf("server restarted")
+	if err := q.Type(RestartedInput + "\n"); err != nil {
+		return err
+	}
+	line, err = q.WaitFor(30*slow*time.Second+60*time.Second, PassLine, FailLine)
+	if err != nil {
+		return fmt.Errorf("guest after the restart: %v; console log %s, tail:\n%s\nserver log tail:\n%s", err, consoleLog, q.Tail(6000), r.Server.Log())
+	}
+	if m := loopsLine.FindString(q.Output()); m != "" {
+		logf("guest: %s", m)
+	}
+	logf("guest: %s after %v", strings.TrimSpace(line), time.Since(start).Round(time.Second))
+	return nil
+}

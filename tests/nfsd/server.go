@@ -1,0 +1,114 @@
+package nfsd
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// Digest is the manifest digest the test image is stored under.
+const Digest = "sha256:6e667374657374000000000000000000000000000000000000000000000000aa"
+
+// Ref is the image reference the config boots by default.
+const Ref = "registry.test/node:1"
+
+// RepoRoot is the module root.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
+}
+
+// BuildNfsd builds services/nfsd into dir and returns the binary's path.
+func BuildNfsd(dir string) (string, error) {
+	bin := filepath.Join(dir, "nfsd")
+	if out, err := exec.Command("go", "build", "-C", RepoRoot(), "-o", bin, "./services/nfsd").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./services/nfsd: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Nfsd is a store holding one image tree and an nfsd serving it on
+// 127.0.0.1:Port, restartable on the same port and store.
+type Nfsd struct {
+	Bin    string
+	Dir    string // holds config.json, the store and the logs
+	Store  string
+	Image  string // the image tree, images/<digest>/
+	Config string
+	Port   int
+	proc   *Proc
+	runs   int
+}
+
+// NewNfsd creates a store under dir whose default image is a tree written
+// by fill (called with the tree's path) and a config exporting to loopback.
+func NewNfsd(bin, dir string, fill func(root string) error) (*Nfsd, error) {
+	st, err := store.Open(filepath.Join(dir, "store"), store.Options{AllowTmpfs: true})
+	if err != nil {
+		return nil, err
+	}
+	root, err := images.Root(st, Digest)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	if err := fill(root); err != nil {
+		return nil, err
+	}
+	if err := images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: Ref, Platform: "linux/arm64", Digest: Digest, Pulled: time.Now()}}}); err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(cfg, []byte(`{"Netboot": {"DefaultImage": "`+Ref+`", "ExportTo": ["127.0.0.0/8"]}}`), 0o644); err != nil {
+		return nil, err
+	}
+	port, err := FreeTCPPort()
+	if err != nil {
+		return nil, err
+	}
+	return &Nfsd{Bin: bin, Dir: dir, Store: st.Root, Image: root, Config: cfg, Port: port}, nil
+}
+
+// View is the node's writable view of its image on the host.
+func (s *Nfsd) View(key string) string { return filepath.Join(s.Store, store.NodesDir, key, "root") }
+
+// Start runs nfsd and waits until it serves NFS.
+func (s *Nfsd) Start(timeout time.Duration) error {
+	s.runs++
+	p, err := StartProc(fmt.Sprintf("nfsd#%d", s.runs), filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
+		s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
+		"-nfs_addr", fmt.Sprintf("127.0.0.1:%d", s.Port), "-portmap_addr", "")
+	if err != nil {
+		return err
+	}
+	s.proc = p
+	if _, err := p.WaitFor(timeout, `msg="nfs listening"`); err != nil {
+		p.Kill(syscall.SIGKILL)
+		return fmt.Errorf("%v:\n%s", err, p.Tail(4000))
+	}
+	return nil
+}
+
+// Kill kills nfsd with SIGKILL and waits until it is gone.
+func (s *Nfsd) Kill() {
+	if s.proc != nil {
+		s.proc.Kill(syscall.SIGKILL)
+	}
+}
+
+// Log is the output of the current (or last) run.
+func (s *Nfsd) Log() string {
+	if s.proc == nil {
+		return ""
+	}
+	return s.proc.Tail(6000)
+}
