@@ -1,0 +1,301 @@
+// Package ganesha runs nfs-ganesha (FSAL VFS, NFSv3 only) as a reference
+// NFS server for tests and benchmarks.
+//
+// ganesha.nfsd refuses to start unless it can register NFS and MOUNT with
+// rpcbind ("Cannot register NFS V3 on TCP", then exit), so each server gets
+// its own rpcbind. Both run inside a network namespace (a private one with
+// only lo unless the caller passes one) and a private mount namespace with a
+// tmpfs on /run: rpcbind's socket /run/rpcbind.sock, ganesha's pid file and
+// the host's D-Bus socket (ganesha's admin interface) are thus out of reach
+// of the host and of other instances. ganesha listens on all addresses of
+// that namespace (with Bind_addr = 127.0.0.1 in a namespace that has only
+// lo, ganesha 4.3 fails: "No IP address found for 127.0.0.1"), TCP only
+// (Enable_UDP = false), without NLM and RQUOTA,
+// with no grace period, and exports every directory by its own path
+// (mount_path_pseudo is off), read-write, to any client, without root
+// squashing. A Linux kernel client therefore mounts with
+//
+//	vers=3,proto=tcp,mountproto=tcp,port=<NFSPort>,mountport=<MountPort>,nolock
+//
+// (nolock: there is no NLM) and libnfs with Server.URL.
+//
+// Debian packages: nfs-ganesha nfs-ganesha-vfs (which pull in rpcbind).
+package ganesha
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Default ports, deliberately not 2049 and not rpcbind's choice.
+const (
+	DefaultNFSPort   = 12049
+	DefaultMountPort = 12048
+)
+
+// Options change how StartWith runs ganesha.
+type Options struct {
+	// NS is an existing network namespace to run in, e.g. one with a tap
+	// or veth for a QEMU guest. Port 111 must be free there. "" creates a
+	// private namespace with only lo up, deleted at cleanup.
+	NS string
+	// Ports; 0 means DefaultNFSPort / DefaultMountPort.
+	NFSPort, MountPort int
+}
+
+// Server is a running ganesha.nfsd.
+type Server struct {
+	NS        string   // network namespace ganesha listens in
+	NFSPort   int      // NFS v3, TCP
+	MountPort int      // MOUNT v3, TCP
+	Exports   []string // exported directories; the v3 mount path is the directory's path
+	Dir       string   // config, log and recovery directory
+	LogFile   string
+
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+// Available reports why ganesha cannot run here, or nil.
+func Available() error {
+	if os.Geteuid() != 0 {
+		return errors.New("ganesha: needs root")
+	}
+	for _, tool := range []string{"ganesha.nfsd", "rpcbind", "ip", "unshare"} {
+		if _, err := lookPath(tool); err != nil {
+			return fmt.Errorf("ganesha: %s not installed (apt-get install nfs-ganesha nfs-ganesha-vfs iproute2)", tool)
+		}
+	}
+	if fsal, _ := filepath.Glob("/usr/lib/*/ganesha/libfsalvfs.so"); len(fsal) == 0 {
+		if _, err := os.Stat("/usr/lib/ganesha/libfsalvfs.so"); err != nil {
+			return errors.New("ganesha: FSAL VFS missing (apt-get install nfs-ganesha-vfs)")
+		}
+	}
+	return nil
+}
+
+// lookPath also searches the sbin directories, which a non-login root
+// shell may lack in PATH.
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", exec.ErrNotFound
+}
+
+// Start runs ganesha in a private network namespace exporting dirs (absolute
+// paths), waits until it serves, and stops it at cleanup. It skips the test
+// when ganesha cannot run here (see Available).
+func Start(t testing.TB, dirs ...string) *Server {
+	t.Helper()
+	return StartWith(t, Options{}, dirs...)
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, opts Options, dirs ...string) *Server {
+	t.Helper()
+	if err := Available(); err != nil {
+		t.Skip(err)
+	}
+	if len(dirs) == 0 {
+		t.Fatal("ganesha: no export")
+	}
+	s := &Server{NS: opts.NS, NFSPort: opts.NFSPort, MountPort: opts.MountPort, Dir: t.TempDir(), out: &syncBuffer{}, done: make(chan struct{})}
+	if s.NFSPort == 0 {
+		s.NFSPort = DefaultNFSPort
+	}
+	if s.MountPort == 0 {
+		s.MountPort = DefaultMountPort
+	}
+	for _, d := range dirs {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.ContainsAny(abs, "\";{}\n") {
+			t.Fatalf("ganesha: cannot export %q", abs)
+		}
+		s.Exports = append(s.Exports, abs)
+	}
+	if s.NS == "" {
+		s.NS = fmt.Sprintf("obganesha%d-%d", os.Getpid(), nsSeq.Add(1))
+		exec.Command("ip", "netns", "delete", s.NS).Run()
+		if out, err := exec.Command("ip", "netns", "add", s.NS).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v\n%s", s.NS, err, out)
+		}
+		ns := s.NS
+		t.Cleanup(func() { exec.Command("ip", "netns", "delete", ns).Run() })
+		if out, err := exec.Command("ip", "-n", s.NS, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			t.Fatalf("ip link set lo up: %v\n%s", err, out)
+		}
+	}
+
+	conf := filepath.Join(s.Dir, "ganesha.conf")
+	s.LogFile = filepath.Join(s.Dir, "ganesha.log")
+	recovery := filepath.Join(s.Dir, "recovery")
+	os.MkdirAll(recovery, 0o755)
+	if err := os.WriteFile(conf, []byte(s.config(recovery)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ganesha, _ := lookPath("ganesha.nfsd")
+	rpcbind, _ := lookPath("rpcbind")
+	script := fmt.Sprintf(`set -e
+mount -t tmpfs -o mode=0755 ociboot-ganesha-run /run
+mkdir -p /run/ganesha /run/rpcbind
+%s -f &
+i=0
+while [ ! -S /run/rpcbind.sock ]; do i=$((i+1)); [ $i -lt 100 ] || { echo rpcbind did not start >&2; exit 1; }; sleep 0.05; done
+exec %s -F -L %s -f %s -p /run/ganesha/ganesha.pid
+`, rpcbind, ganesha, s.LogFile, conf)
+	s.cmd = exec.Command("ip", "netns", "exec", s.NS, "unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// rpcbind holds the output pipes open after ganesha exits.
+	s.cmd.WaitDelay = time.Second
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("ganesha output:\n%s\nganesha log (tail):\n%s", s.out.String(), tail(s.Log(), 40))
+		}
+	})
+
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(s.Log(), "NFS SERVER INITIALIZED") {
+		select {
+		case <-s.done:
+			t.Fatalf("ganesha exited: %v\n%s\nlog:\n%s", s.cmd.ProcessState, s.out.String(), s.Log())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ganesha did not start within 30s\n%s\nlog:\n%s", s.out.String(), s.Log())
+		}
+	}
+	return s
+}
+
+var nsSeq atomic.Int32
+
+func (s *Server) config(recovery string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `NFS_CORE_PARAM {
+	Protocols = 3;
+	NFS_Port = %d;
+	MNT_Port = %d;
+	Enable_NLM = false;
+	Enable_RQUOTA = false;
+	Enable_UDP = false;
+}
+NFSV4 {
+	Graceless = true;
+	RecoveryRoot = "%s";
+}
+LOG {
+	Default_Log_Level = EVENT;
+}
+`, s.NFSPort, s.MountPort, recovery)
+	for i, d := range s.Exports {
+		fmt.Fprintf(&b, `EXPORT {
+	Export_Id = %d;
+	Path = "%s";
+	Pseudo = "%s";
+	Protocols = 3;
+	Transports = TCP;
+	Access_Type = RW;
+	Squash = No_Root_Squash;
+	SecType = sys;
+	CLIENT {
+		Clients = *;
+		Access_Type = RW;
+	}
+	FSAL {
+		Name = VFS;
+	}
+}
+`, i+1, d, d)
+	}
+	return b.String()
+}
+
+// Log returns ganesha's log file.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(s.LogFile)
+	return string(b)
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "")
+}
+
+// URL is the libnfs URL of exported directory dir (or a directory below
+// it), with the ports explicit so that no client needs rpcbind.
+func (s *Server) URL(dir string) string {
+	return fmt.Sprintf("nfs://127.0.0.1%s?nfsport=%d&mountport=%d&version=3", dir, s.NFSPort, s.MountPort)
+}
+
+// Command returns a command that runs inside the server's namespace, where
+// the server is at 127.0.0.1.
+func (s *Server) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", s.NS, name}, args...)...)
+}
+
+// Stop terminates ganesha and its rpcbind; Start's cleanup calls it.
+func (s *Server) Stop() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	pg := -s.cmd.Process.Pid
+	syscall.Kill(pg, syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(pg, syscall.SIGKILL)
+		<-s.done
+	}
+	// rpcbind is ganesha's child; a SIGTERMed ganesha may leave it.
+	syscall.Kill(pg, syscall.SIGKILL)
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
