@@ -27,8 +27,16 @@ func TestPiBoot(t *testing.T) {
 	h := NewHead(t, lab, map[string]any{
 		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
 		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
+		// The QEMU arm64 machine's serial port; a Pi has serial0.
+		"KernelArgs": []string{"console=ttyAMA0", "panic=-1"},
 	})
-	img, files, err := guest.PiImage()
+	var arm *guest.Kernel
+	if k, err := guest.Arm64Kernel(); err == nil {
+		arm = &k
+	} else {
+		t.Logf("no arm64 kernel: the Pi's kernel will not be booted: %v", err)
+	}
+	img, files, err := guest.PiImage(arm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +92,7 @@ func TestPiBoot(t *testing.T) {
 			t.Errorf("%s: got %d bytes that differ from the image's %d", f, len(rep.Files[f]), len(files[f]))
 		}
 	}
-	want := "console=serial0,115200 console=tty1 fsck.repair=yes root=/dev/nfs nfsroot=" + lab.Addr(1) + ":/nodes/5b154510,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait\n"
+	want := "console=serial0,115200 console=tty1 fsck.repair=yes root=/dev/nfs nfsroot=" + lab.Addr(1) + ":/nodes/5b154510,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait console=ttyAMA0 panic=-1\n"
 	if got := string(rep.Files["cmdline.txt"]); got != want {
 		t.Errorf("cmdline.txt:\ngot  %q\nwant %q", got, want)
 	}
@@ -100,4 +108,38 @@ func TestPiBoot(t *testing.T) {
 	if len(st.Nodes) != 1 || st.Nodes[0].Name != "cm4-2" || st.Nodes[0].Stage != "kernel" || st.Nodes[0].IP != lab.Addr(12) || st.Nodes[0].Digest == "" {
 		t.Errorf("status page: got %+v", st.Nodes)
 	}
+
+	if arm == nil {
+		return
+	}
+	if !bytes.Equal(rep.Files["initramfs8"], files["initramfs8"]) {
+		t.Fatalf("initramfs8 named by config.txt: got %d bytes that differ from the image's", len(rep.Files["initramfs8"]))
+	}
+
+	// What the Pi was handed boots: an arm64 QEMU machine with the Pi's
+	// MAC runs the fetched kernel8.img and initramfs8 with the generated
+	// cmdline.txt, gets its reserved address again from its OS's DHCP
+	// client (no option 97 now) and mounts its root from nfsd.
+	run(t, "ip", "-n", piNS, "link", "set", "eth0", "down")
+	kernel := lab.Dir + "/kernel8.img"
+	initrd := lab.Dir + "/initramfs8"
+	os.WriteFile(kernel, rep.Files["kernel8.img"], 0o644)
+	os.WriteFile(initrd, rep.Files["initramfs8"], 0o644)
+	tap := lab.Tap()
+	pi := lab.Start("pi-qemu", lab.Hub, "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-m", "512",
+		"-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+		"-append", strings.TrimSpace(string(rep.Files["cmdline.txt"])),
+		"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
+		"-device", "virtio-net-pci,netdev=n0,mac=dc:a6:32:5b:15:45",
+		"-serial", "stdio", "-monitor", "none")
+	node := &Node{MAC: "dc:a6:32:5b:15:45", Proc: pi}
+	line := node.WaitUp(t, 6*time.Minute) // always TCG: an arm64 guest on this machine
+	t.Logf("Pi kernel in QEMU: %s", line)
+	if want := "image=pi-os boots=1 root=" + lab.Addr(1) + ":/nodes/5b154510"; !strings.Contains(line, want) {
+		t.Errorf("Pi init reports %q, want %q", line, want)
+	}
+	if !strings.Contains(pi.Output(), "initramfs: eth0 "+lab.Addr(12)+"/") {
+		t.Errorf("the Pi's OS did not get its reserved address %s", lab.Addr(12))
+	}
+	waitHeartbeats(t, []*Node{node}, []int{0}, 3*time.Minute)
 }

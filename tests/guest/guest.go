@@ -39,11 +39,42 @@ const Marker = "OCIBOOT-NODE-UP"
 // its root, "... fail" if that did not work.
 const AliveMarker = "OCIBOOT-NODE-ALIVE"
 
-// Kernel is a kernel of the host (Debian's linux-image-amd64) with its
-// modules.
+// Kernel is a Debian kernel with its modules and a busybox of the same
+// architecture: the host's (linux-image-amd64), or an arm64 one unpacked
+// from Debian's packages (see Arm64Kernel).
 type Kernel struct {
-	Path    string // /boot/vmlinuz-<release>
+	Path    string // <Root>/boot/vmlinuz-<release>
 	Release string
+	Root    string // where lib/modules/<release> is: "/" for the host
+	Busybox string // busybox binary for the initramfs and node roots; "" = the host's
+	Arch    string // "amd64" or "arm64"
+}
+
+// Arm64Root is where .ci/run unpacks Debian's arm64 kernel and
+// busybox-static (dpkg -x), unless OCIBOOT_ARM64_ROOT says otherwise.
+const Arm64Root = "/opt/ociboot-arm64"
+
+// Arm64Kernel is Debian's arm64 kernel: its vmlinuz is a plain arm64 Image,
+// the format of a Raspberry Pi's kernel8.img.
+func Arm64Kernel() (Kernel, error) {
+	root := os.Getenv("OCIBOOT_ARM64_ROOT")
+	if root == "" {
+		root = Arm64Root
+	}
+	paths, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
+	sort.Strings(paths)
+	for i := len(paths) - 1; i >= 0; i-- {
+		rel := strings.TrimPrefix(filepath.Base(paths[i]), "vmlinuz-")
+		bb := filepath.Join(root, "bin", "busybox")
+		if _, err := os.Stat(filepath.Join(root, "lib", "modules", rel, "modules.dep")); err != nil {
+			continue
+		}
+		if _, err := os.Stat(bb); err != nil {
+			continue
+		}
+		return Kernel{Path: paths[i], Release: rel, Root: root, Busybox: bb, Arch: "arm64"}, nil
+	}
+	return Kernel{}, fmt.Errorf("guest: no arm64 kernel with modules and busybox under %s (.ci/run unpacks linux-image-arm64 and busybox-static:arm64 there)", root)
 }
 
 // HostKernel finds the newest /boot/vmlinuz-* whose modules are installed.
@@ -53,7 +84,7 @@ func HostKernel() (Kernel, error) {
 	for i := len(paths) - 1; i >= 0; i-- {
 		rel := strings.TrimPrefix(filepath.Base(paths[i]), "vmlinuz-")
 		if _, err := os.Stat(filepath.Join("/lib/modules", rel, "modules.dep")); err == nil {
-			return Kernel{Path: paths[i], Release: rel}, nil
+			return Kernel{Path: paths[i], Release: rel, Root: "/", Arch: "amd64"}, nil
 		}
 	}
 	return Kernel{}, fmt.Errorf("guest: no /boot/vmlinuz-* with modules in /lib/modules; install linux-image-amd64")
@@ -65,7 +96,7 @@ var Modules = []string{"virtio_pci", "virtio_net", "e1000", "nfsv3"}
 // moduleOrder resolves names to module paths (relative to
 // /lib/modules/<release>) with every dependency before its user.
 func moduleOrder(k Kernel, names []string) ([]string, error) {
-	f, err := os.Open(filepath.Join("/lib/modules", k.Release, "modules.dep"))
+	f, err := os.Open(filepath.Join(k.Root, "lib", "modules", k.Release, "modules.dep"))
 	if err != nil {
 		return nil, err
 	}
@@ -144,6 +175,15 @@ func (c *cpio) close() error {
 // Busybox returns the host's busybox and, for a dynamic build, the shared
 // objects it needs (so it runs in an initramfs without the host's /lib).
 func Busybox() (files map[string]string, err error) {
+	return busyboxFor(Kernel{})
+}
+
+// busyboxFor is k's busybox (a static one for foreign architectures) or the
+// host's.
+func busyboxFor(k Kernel) (files map[string]string, err error) {
+	if k.Busybox != "" {
+		return map[string]string{"bin/busybox": k.Busybox}, nil
+	}
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
 		return nil, fmt.Errorf("guest: busybox not installed (Debian busybox or busybox-static)")
@@ -226,7 +266,7 @@ func Initramfs(k Kernel) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	bb, err := Busybox()
+	bb, err := busyboxFor(k)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +304,7 @@ func Initramfs(k Kernel) ([]byte, error) {
 	c.file("init", []byte(initScript))
 	c.file("bin/dhcp-script", []byte(dhcpScript))
 	for _, m := range mods {
-		data, err := os.ReadFile(filepath.Join("/lib/modules", k.Release, m))
+		data, err := os.ReadFile(filepath.Join(k.Root, "lib", "modules", k.Release, m))
 		if err != nil {
 			return nil, err
 		}
@@ -361,7 +401,28 @@ func Image(k Kernel, imageID string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	bb, err := Busybox()
+	root, err := RootLayer(k, imageID)
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, boot, root)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Cmd = []string{"/sbin/init"}
+	return mutate.ConfigFile(img, cf)
+}
+
+// RootLayer is a busybox root for k's architecture whose /sbin/init prints
+// Marker (with imageID) and then heartbeats.
+func RootLayer(k Kernel, imageID string) (v1.Layer, error) {
+	bb, err := busyboxFor(k)
 	if err != nil {
 		return nil, err
 	}
@@ -396,20 +457,5 @@ func Image(k Kernel, imageID string) (v1.Image, error) {
 	for _, tool := range []string{"sh", "mount", "awk", "cat", "date", "sleep", "ls", "echo", "mkdir", "sync", "[", "test", "tail", "grep"} {
 		files = append(files, tarFile{name: "bin/" + tool, mode: 0o777, typeflag: tar.TypeSymlink, link: "busybox"})
 	}
-	root, err := layer(files)
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, boot, root)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Cmd = []string{"/sbin/init"}
-	return mutate.ConfigFile(img, cf)
+	return layer(files)
 }

@@ -3,6 +3,7 @@ package guest
 import (
 	"archive/tar"
 	"crypto/rand"
+	"os"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -10,10 +11,15 @@ import (
 )
 
 // PiImage is a linux/arm64 image laid out like Raspberry Pi OS: firmware,
-// device tree, kernel8.img and the boot config in boot/firmware. The
-// firmware and kernel are random bytes of realistic size (no Pi hardware
-// here runs them); files returns them by name for comparison.
-func PiImage() (img v1.Image, files map[string][]byte, err error) {
+// device tree, kernel8.img, initramfs8 and the boot config in
+// boot/firmware, and a root file system. The firmware is random bytes of
+// realistic size (no Pi hardware here runs it). With an arm64 kernel k
+// (Arm64Kernel), kernel8.img is that kernel (a Debian arm64 Image is the
+// same format), initramfs8 the test initramfs for it and the root a
+// busybox root whose init prints Marker: a QEMU arm64 machine boots what a
+// Pi would be handed. Without one, the kernel is random bytes too. files
+// returns the boot files by name for comparison.
+func PiImage(k *Kernel) (img v1.Image, files map[string][]byte, err error) {
 	files = map[string][]byte{
 		"start4.elf":          make([]byte, 2_200_000),
 		"fixup4.dat":          make([]byte, 5_400),
@@ -25,6 +31,19 @@ func PiImage() (img v1.Image, files map[string][]byte, err error) {
 	}
 	files["cmdline.txt"] = []byte("console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait\n")
 	files["config.txt"] = []byte("arm_64bit=1\n[pi4]\narm_boost=1\n")
+	var root v1.Layer
+	if k != nil {
+		if files["kernel8.img"], err = os.ReadFile(k.Path); err != nil {
+			return nil, nil, err
+		}
+		if files["initramfs8"], err = Initramfs(*k); err != nil {
+			return nil, nil, err
+		}
+		files["config.txt"] = []byte("arm_64bit=1\ninitramfs initramfs8 followkernel\n[pi4]\narm_boost=1\n")
+		if root, err = RootLayer(*k, "pi-os"); err != nil {
+			return nil, nil, err
+		}
+	}
 	tf := []tarFile{
 		{name: "boot/", mode: 0o755, typeflag: tar.TypeDir},
 		{name: "boot/firmware/", mode: 0o755, typeflag: tar.TypeDir},
@@ -38,7 +57,11 @@ func PiImage() (img v1.Image, files map[string][]byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	img, err = mutate.AppendLayers(empty.Image, l)
+	layers := []v1.Layer{l}
+	if root != nil {
+		layers = append(layers, root)
+	}
+	img, err = mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -207,5 +207,14 @@ func TFTPBoot(ctx context.Context, server, serial string, blksize int) (TFTPRepo
 			return rep, err
 		}
 	}
+	// start4.elf loads the initramfs config.txt names (Raspberry Pi OS:
+	// "initramfs initramfs8 followkernel").
+	for _, line := range strings.Split(string(rep.Files["config.txt"]), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "initramfs" {
+			if err := get(f[1], false, false); err != nil {
+				return rep, err
+			}
+		}
+	}
 	return rep, nil
 }
