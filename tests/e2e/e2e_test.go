@@ -290,65 +290,6 @@ func startDnsmasq(t *testing.T, lab *Lab) {
 		"--dhcp-leasefile="+filepath.Join(lab.Dir, "dnsmasq.leases"))
 }
 
-// TestKernelBoots follows one QEMU machine through iPXE's DHCP, the TFTP
-// of boot.ipxe, kernel and initramfs, to the NFS mount request its
-// initramfs makes for the node's own export: in full mode, and in proxy
-// mode behind dnsmasq handing out the addresses.
-func TestKernelBoots(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	for _, mode := range []string{"full", "proxy"} {
-		t.Run(mode, func(t *testing.T) { kernelBoots(t, mode) })
-	}
-}
-
-func kernelBoots(t *testing.T, mode string) {
-	lab := NewLab(t)
-	netboot := map[string]any{
-		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
-		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
-		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
-	}
-	wantIP := lab.Addr(100)
-	if mode == "proxy" {
-		startDnsmasq(t, lab)
-		netboot = map[string]any{"Interface": "eth0", "ServerIP": lab.Addr(1), "KernelArgs": []string{"console=ttyS0", "panic=-1"}}
-		wantIP = "" // dnsmasq's choice in .50-.99, read from the console
-	}
-	h := NewHead(t, lab, netboot)
-	h.Start(t)
-	h.WaitImage(t, 2*time.Minute)
-	_, slow := guest.Accel()
-	n := lab.BootNode(t, macFor(1))
-	key := strings.ReplaceAll(macFor(1), ":", "-")
-	n.Proc.WaitFor(t, "initramfs: mounting "+lab.Addr(1)+":/nodes/"+key+" (vers=3,tcp,port=2049,mountport=2049)", slow*45*time.Second)
-	got := ""
-	if _, rest, ok := strings.Cut(n.Proc.Output(), "initramfs: eth0 "); ok {
-		got, _, _ = strings.Cut(rest, "/")
-	}
-	if wantIP == "" {
-		var last int
-		fmt.Sscanf(strings.TrimPrefix(got, lab.Addr(0)[:len(lab.Addr(0))-1]), "%d", &last)
-		if last < 50 || last > 99 {
-			t.Errorf("initramfs address %q is not from dnsmasq's range", got)
-		}
-		wantIP = got
-	}
-	if got != wantIP {
-		t.Errorf("initramfs address: got %q, want %s", got, wantIP)
-	}
-	var st struct {
-		Nodes []struct{ Serial, MAC, IP, Stage, Digest string }
-	}
-	if err := h.Status(t, "http://127.0.0.1:8080/api/status", &st); err != nil {
-		t.Fatal(err)
-	}
-	if len(st.Nodes) != 1 || st.Nodes[0].Serial != key || st.Nodes[0].Stage != "kernel" || st.Nodes[0].IP != wantIP || st.Nodes[0].Digest == "" {
-		t.Errorf("status page nodes: got %+v, want %s at stage kernel with %s and a digest", st.Nodes, key, wantIP)
-	}
-}
-
 // TestKillDuringBoot kills dhcpd, tftpd and ocicache with SIGKILL while a
 // node boots and starts them again: the node still reaches its root mount
 // with the address it was first given, and no lease or node record is lost.
