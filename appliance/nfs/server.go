@@ -512,8 +512,8 @@ func (s *Server) serveConn(conn net.Conn) {
 			return
 		}
 		// A client that waits for this answer before it sends more (no
-		// call buffered, none in flight) gets it without a handoff, if
-		// the call is a quick one that changes nothing.
+		// call buffered, none in flight) gets it without a handoff to a
+		// worker, which costs a thread wakeup per call.
 		if br.Buffered() == 0 && workers == int(idle.Load()) && quick(msg) {
 			if reply := s.dispatch(msg, remote, local, "tcp"); reply != nil {
 				wmu.Lock()
@@ -539,17 +539,11 @@ func (s *Server) serveConn(conn net.Conn) {
 	}
 }
 
-// quick reports whether msg is an NFS call that only reads metadata or
-// data: cheap enough to answer on the connection's reader.
+// quick reports whether msg is an NFS call short enough to answer on the
+// connection's reader: all but COMMIT, whose fsync can take long enough to
+// hold up calls that arrive meanwhile.
 func quick(msg []byte) bool {
-	if len(msg) < 24 || binary.BigEndian.Uint32(msg[12:]) != progNFS {
-		return false
-	}
-	switch binary.BigEndian.Uint32(msg[20:]) {
-	case 0, 1, 3, 4, 5, 6, 16, 17, 18, 19, 20:
-		return true
-	}
-	return false
+	return len(msg) >= 24 && binary.BigEndian.Uint32(msg[12:]) == progNFS && binary.BigEndian.Uint32(msg[20:]) != 21
 }
 
 // ServeUDP answers portmap and MOUNT calls on pc until it is closed.
