@@ -169,16 +169,19 @@ func (e *export) postOpStat(w *writer, st *unix.Stat_t, id uint64) {
 	e.fattr3(w, st, id)
 }
 
-// preOp is wcc_attr, taken before a change.
+// preOp is wcc_attr, taken before a change, of the file with fileid id
+// (known from its handle, so the post-op attributes need not work it out
+// again).
 type preOp struct {
 	ok  bool
 	st  unix.Stat_t
 	rel string
+	id  uint64
 }
 
-func (e *export) pre(rel string) preOp {
+func (e *export) pre(rel string, id uint64) preOp {
 	st, err := e.lstat(rel)
-	return preOp{ok: err == nil, st: st, rel: rel}
+	return preOp{ok: err == nil, st: st, rel: rel, id: id}
 }
 
 // wcc writes wcc_data: the attributes before and after the change.
@@ -191,7 +194,16 @@ func (e *export) wcc(w *writer, p preOp) {
 		w.uint32(uint32(p.st.Ctim.Sec))
 		w.uint32(uint32(p.st.Ctim.Nsec))
 	}
-	e.postOp(w, p.rel)
+	st, err := e.lstat(p.rel)
+	if err != nil {
+		w.bool(false)
+		return
+	}
+	id := p.id
+	if id == 0 {
+		id = e.fileID(p.rel, &st)
+	}
+	e.postOpStat(w, &st, id)
 }
 
 // sattr3 is a decoded set of attributes to change.

@@ -150,7 +150,7 @@ func (s *Server) setattr(c *call, w *writer) bool {
 	}
 	o.e.mu.Lock()
 	defer o.e.mu.Unlock()
-	pre := o.e.pre(o.rel)
+	pre := o.e.pre(o.rel, o.id)
 	if guard && (uint32(pre.st.Ctim.Sec) != uint32(guardCtime.Sec) || uint32(pre.st.Ctim.Nsec) != uint32(guardCtime.Nsec)) {
 		w.uint32(errNotSync)
 		o.e.wcc(w, pre)
@@ -479,7 +479,7 @@ func (s *Server) write(c *call, w *writer) bool {
 		w.bool(false)
 		return true
 	}
-	pre := preOp{ok: true, st: o.st, rel: o.rel}
+	pre := preOp{ok: true, st: o.st, rel: o.rel, id: o.id}
 	if o.e.shared(&o.st) {
 		o.e.mu.Lock()
 		_, err := o.e.breakLink(o.rel)
@@ -613,7 +613,7 @@ func (s *Server) create(c *call, w *writer) bool {
 	e := d.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	pre := e.pre(d.rel)
+	pre := e.pre(d.rel, d.id)
 	rel := join(d.rel, name)
 	dfd, err := e.open(d.rel, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
@@ -704,7 +704,10 @@ func (s *Server) create(c *call, w *writer) bool {
 		e.wcc(w, pre)
 		return true
 	}
-	id := e.fileID(rel, &cst)
+	id := cst.Ino // a new file has no fileid of its own yet
+	if existed {
+		id = e.fileID(rel, &cst)
+	}
 	if c.proc == 8 && how != createExclusive && existed && sa.changesMetadata() {
 		// UNCHECKED on an existing file applies the attributes (usually
 		// size 0: the truncate of open(O_CREAT|O_TRUNC)).
@@ -772,7 +775,7 @@ func (s *Server) remove(c *call, w *writer) bool {
 	e := d.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	pre := e.pre(d.rel)
+	pre := e.pre(d.rel, d.id)
 	rel := join(d.rel, name)
 	err := func() error {
 		cst, err := e.lstat(rel)
@@ -858,7 +861,7 @@ func (s *Server) rename(c *call, w *writer) bool {
 	e := from.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	preFrom, preTo := e.pre(from.rel), e.pre(to.rel)
+	preFrom, preTo := e.pre(from.rel, from.id), e.pre(to.rel, to.id)
 	src, dst := join(from.rel, fromName), join(to.rel, toName)
 	err := func() error {
 		sst, err := e.lstat(src)
@@ -944,7 +947,7 @@ func (s *Server) link(c *call, w *writer) bool {
 	e := f.e
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	pre := e.pre(d.rel)
+	pre := e.pre(d.rel, d.id)
 	err := func() error {
 		// A new name makes the file the node's own first: a link to an
 		// image inode would tie the node's later copy-up to more names.
@@ -1195,7 +1198,7 @@ func (s *Server) commit(c *call, w *writer) bool {
 		w.bool(false)
 		return true
 	}
-	pre := preOp{ok: true, st: o.st, rel: o.rel}
+	pre := preOp{ok: true, st: o.st, rel: o.rel, id: o.id}
 	// fsync flushes the inode however it was written, so a fresh
 	// descriptor commits what earlier WRITEs left unstable.
 	fd, err := o.e.open(o.rel, unix.O_RDONLY)
