@@ -41,6 +41,18 @@ func (e *export) breakLink(rel string) (unix.Stat_t, error) {
 		unix.Unlinkat(dfd, tmp, 0)
 		return st, fmt.Errorf("copy of %s before a change: %w", rel, err)
 	}
+	var cst unix.Stat_t
+	if err := unix.Fstatat(dfd, tmp, &cst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		unix.Unlinkat(dfd, tmp, 0)
+		return st, fmt.Errorf("copy of %s before a change: %w", rel, err)
+	}
+	if cst.Mode&unix.S_IFMT == unix.S_IFREG {
+		// Known before the copy takes the name, so no call sees it
+		// without its fileid.
+		e.pmu.Lock()
+		e.copied[cst.Ino] = id
+		e.pmu.Unlock()
+	}
 	// Move the other names first, the requested one last: until then the
 	// temp name keeps the copy reachable.
 	for _, n := range names {

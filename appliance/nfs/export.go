@@ -67,7 +67,8 @@ type export struct {
 	mu sync.Mutex
 
 	pmu   sync.RWMutex
-	paths map[uint64]string // fileid → path relative to root ("" = root)
+	paths  map[uint64]string // fileid → path relative to root ("" = root)
+	copied map[uint64]uint64 // inode of a copy → the fileid it keeps
 	walkT time.Time         // last full walk
 }
 
@@ -296,7 +297,7 @@ func openExport(dir, key, imageRoot, digest string, create bool, images func(dig
 		return nil, fmt.Errorf("nfsd: %v", err)
 	}
 	e := &export{key: key, id: exportID(key), gen: vi.Gen, digest: vi.Digest, dir: dir, root: root,
-		rootFd: fd, rootID: st.Ino, dev: st.Dev, paths: map[uint64]string{}}
+		rootFd: fd, rootID: st.Ino, dev: st.Dev, paths: map[uint64]string{}, copied: map[uint64]uint64{}}
 	e.paths[e.rootID] = ""
 	if vi.Digest != "" && images != nil {
 		// Without the image set every file counts as the node's own; that
@@ -310,6 +311,9 @@ func openExport(dir, key, imageRoot, digest string, create bool, images func(dig
 		e.image = set
 	}
 	e.cleanCopies()
+	// Learn the copies (and every path, so that clients' handles from
+	// before a restart resolve at once).
+	e.walk()
 	return e, nil
 }
 
@@ -364,21 +368,44 @@ func (e *export) lstat(rel string) (unix.Stat_t, error) {
 	return st, err
 }
 
-// fileID is what clients see as the fileid and what handles carry.
+// fileID is what clients see as the fileid and what handles carry: the
+// inode number, except for copies, which keep their original's. Copies are
+// known from the walk at start and from breakLink, so no call reads xattrs.
 func (e *export) fileID(rel string, st *unix.Stat_t) uint64 {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || e.shared(st) {
 		return st.Ino
 	}
-	fd, err := e.open(rel, unix.O_PATH)
+	e.pmu.RLock()
+	id, ok := e.copied[st.Ino]
+	e.pmu.RUnlock()
+	if ok {
+		return id
+	}
+	return st.Ino
+}
+
+// xattrID reads the fileid a copy keeps in its xattr.
+func (e *export) xattrID(dirfd int, name string) (uint64, bool) {
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return st.Ino
+		return 0, false
 	}
 	defer unix.Close(fd)
 	var b [8]byte
-	if n, err := unix.Getxattr(fmt.Sprintf("/proc/self/fd/%d", fd), idXattr, b[:]); err == nil && n == 8 {
-		return binary.BigEndian.Uint64(b[:])
+	if n, err := unix.Getxattr(fdPath(fd), idXattr, b[:]); err == nil && n == 8 {
+		return binary.BigEndian.Uint64(b[:]), true
 	}
-	return st.Ino
+	return 0, false
+}
+
+// dropCopy forgets a copy whose last name is gone (its inode number may be
+// reused by a new file).
+func (e *export) dropCopy(st *unix.Stat_t) {
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink <= 1 {
+		e.pmu.Lock()
+		delete(e.copied, st.Ino)
+		e.pmu.Unlock()
+	}
 }
 
 // remember records that id is at rel.
@@ -447,6 +474,7 @@ func (e *export) walk() bool {
 	e.walkT = time.Now()
 	e.pmu.Unlock()
 	found := map[uint64]string{e.rootID: ""}
+	copies := map[uint64]uint64{}
 	var visit func(dirRel string)
 	visit = func(dirRel string) {
 		fd, err := e.open(dirRel, unix.O_RDONLY|unix.O_DIRECTORY)
@@ -462,7 +490,14 @@ func (e *export) walk() bool {
 			if unix.Fstatat(fd, d.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
 				continue
 			}
-			found[e.fileID(rel, &st)] = rel
+			id := st.Ino
+			if st.Mode&unix.S_IFMT == unix.S_IFREG && !e.shared(&st) {
+				if x, ok := e.xattrID(fd, d.Name()); ok {
+					id = x
+					copies[st.Ino] = x
+				}
+			}
+			found[id] = rel
 			if d.IsDir() {
 				visit(rel)
 			}
@@ -473,6 +508,7 @@ func (e *export) walk() bool {
 	for id, p := range found {
 		e.paths[id] = p
 	}
+	e.copied = copies
 	e.pmu.Unlock()
 	return true
 }

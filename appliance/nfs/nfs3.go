@@ -805,6 +805,7 @@ func (s *Server) remove(c *call, w *writer) bool {
 		if err := unix.Unlinkat(dfd, name, flags); err != nil {
 			return err
 		}
+		e.dropCopy(&cst)
 		if isDir || cst.Nlink <= 1 || e.shared(&cst) {
 			e.forget(id)
 		}
@@ -872,7 +873,8 @@ func (s *Server) rename(c *call, w *writer) bool {
 			return unix.EACCES
 		}
 		var overwritten uint64
-		if dstSt, err := e.lstat(dst); err == nil {
+		dstSt, err := e.lstat(dst)
+		if err == nil {
 			if stickyDenied(&to.st, &dstSt, c.cred) {
 				return unix.EACCES
 			}
@@ -896,6 +898,7 @@ func (s *Server) rename(c *call, w *writer) bool {
 		}
 		if overwritten != 0 {
 			e.forget(overwritten)
+			e.dropCopy(&dstSt)
 		}
 		e.renamed(src, dst)
 		return nil
