@@ -66,10 +66,10 @@ type export struct {
 	// never races a rename of the same name.
 	mu sync.Mutex
 
-	pmu   sync.RWMutex
+	pmu    sync.RWMutex
 	paths  map[uint64]string // fileid → path relative to root ("" = root)
 	copied map[uint64]uint64 // inode of a copy → the fileid it keeps
-	walkT time.Time         // last full walk
+	walkT  time.Time         // last full walk
 }
 
 // exportID is the stable identity of key in handles.
