@@ -165,3 +165,15 @@ func ViewImages(st *store.Store) []string {
 	sort.Strings(out)
 	return out
 }
+
+// ViewImage is the digest of the image serial's root was made from, or ""
+// if nfsd has not made one.
+func ViewImage(st *store.Store, serial string) string {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return ""
+	}
+	var v struct{ Digest string }
+	store.ReadJSON(filepath.Join(dir, ViewFile), &v)
+	return v.Digest
+}

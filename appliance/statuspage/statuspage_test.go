@@ -35,6 +35,10 @@ func fixture(t *testing.T) (*Page, *httptest.Server) {
 	nodes.SaveStage(st, "abcd0003", "tftpd", nodes.Stage{Stage: nodes.StageFirmware, Time: now, Detail: "start4.elf",
 		LastError: "kernel8.img: not in image", ErrorTime: now})
 	images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: "localhost:5000/node:v1", Platform: "linux/arm64", Digest: digest, BootDir: "boot/firmware", Kernel: "kernel8.img", Pulled: now}}})
+	// abcd0003's root was made from an older image than the one its
+	// reference means now.
+	dir, _ := st.NodeDir("abcd0003")
+	store.WriteJSON(dir+"/"+nodes.ViewFile, map[string]string{"Digest": "sha256:" + strings.Repeat("0e", 32)})
 
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
@@ -72,7 +76,7 @@ func TestOverview(t *testing.T) {
 	if n := byName["node2"]; n.Stage != nodes.StageRoot || !n.Known || !strings.HasPrefix(n.Digest, "sha256:1f1f") {
 		t.Errorf("node2: got %+v", n)
 	}
-	if n := byName["abcd0003"]; n.Known || n.LastError != "kernel8.img: not in image" || n.Stage != nodes.StageFirmware {
+	if n := byName["abcd0003"]; n.Known || n.LastError != "kernel8.img: not in image" || n.Stage != nodes.StageFirmware || !strings.HasPrefix(n.RootDigest, "sha256:0e0e") {
 		t.Errorf("enrolled node: got %+v", n)
 	}
 	if n := byName["typo"]; n.Seen || n.Stage != "" {
@@ -103,6 +107,7 @@ func TestHTML(t *testing.T) {
 		"<code>sha256:1f1f1f1f1f1f</code>",
 		`<span class="down">down</span>`,
 		"localhost:5000/node:v2",
+		"root made from <code>sha256:0e0e0e0e0e0e</code>",
 	} {
 		if !strings.Contains(html, want) {
 			t.Errorf("page lacks %q", want)
