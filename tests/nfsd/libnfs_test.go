@@ -112,6 +112,24 @@ func TestLibnfsClients(t *testing.T) {
 	if out, err := libnfs(t, "nfs-cat", s.url("/nodes/aabbccdd/tmp/blob")); err != nil || out != string(data) {
 		t.Errorf("after a restart nfs-cat tmp/blob gives %d bytes, %v", len(out), err)
 	}
+
+	// Reset through the status port: the node's changes are gone, its
+	// image's files are back.
+	_, rest, ok := strings.Cut(s.Log(), `msg="status listening" service=nfsd addr=`)
+	if !ok {
+		t.Fatalf("no status address in the log:\n%s", s.Log())
+	}
+	addr, _, _ := strings.Cut(rest, "\n")
+	out, err = libnfs(t, "curl", "-sf", "-X", "POST", "http://"+addr+"/reset?node=aabbccdd")
+	if err != nil {
+		t.Fatalf("POST /reset: %v\n%s", err, out)
+	}
+	if out, err := libnfs(t, "nfs-ls", s.url("/nodes/aabbccdd/tmp")); err != nil || strings.Contains(out, "blob") {
+		t.Errorf("after reset tmp lists %q (%v), want no blob", out, err)
+	}
+	if out, err := libnfs(t, "nfs-cat", s.url("/nodes/aabbccdd/etc/motd")); err != nil || out != "welcome to the node\n" {
+		t.Errorf("after reset etc/motd = %q, %v", out, err)
+	}
 }
 
 // TestLibnfsRefusedAndUnknown: an address outside ExportTo that is no
