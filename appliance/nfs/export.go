@@ -329,6 +329,26 @@ func (e *export) cleanCopies() {
 
 func (e *export) close() { unix.Close(e.rootFd) }
 
+// commitMeta makes a change to rel's metadata (a directory's entries, a
+// file's attributes) durable before the reply, as RFC 1813 asks of CREATE,
+// REMOVE, RENAME, SETATTR and the like: a client told "done" must not lose
+// the change when the head node loses power. A symlink's own attributes
+// are committed through its directory.
+func (e *export) commitMeta(rel string, st *unix.Stat_t) error {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR, unix.S_IFREG:
+	default:
+		dir, _ := path.Split(rel)
+		rel = strings.TrimSuffix(dir, "/")
+	}
+	fd, err := e.open(rel, unix.O_RDONLY|unix.O_NOATIME)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fsync(fd)
+}
+
 func randName() string {
 	var b [6]byte
 	rand.Read(b[:])

@@ -157,6 +157,9 @@ func (s *Server) setattr(c *call, w *writer) bool {
 		return true
 	}
 	err := s.applySattr(o, c.cred, sa, false)
+	if err == nil {
+		err = o.e.commitMeta(o.rel, &o.st)
+	}
 	w.uint32(status(err))
 	o.e.wcc(w, pre)
 	return true
@@ -725,6 +728,12 @@ func (s *Server) create(c *call, w *writer) bool {
 		cst, _ = e.lstat(rel)
 	}
 	e.remember(id, rel)
+	if err := e.commitMeta(d.rel, &d.st); err != nil {
+		w.uint32(status(err))
+		w.bool(false)
+		e.wcc(w, pre)
+		return true
+	}
 	w.uint32(nfsOK)
 	w.bool(true)
 	w.opaque(s.key.handle(e, id))
@@ -809,7 +818,7 @@ func (s *Server) remove(c *call, w *writer) bool {
 		if isDir || cst.Nlink <= 1 || e.shared(&cst) {
 			e.forget(id)
 		}
-		return nil
+		return e.commitMeta(d.rel, &d.st)
 	}()
 	w.uint32(status(err))
 	e.wcc(w, pre)
@@ -901,6 +910,12 @@ func (s *Server) rename(c *call, w *writer) bool {
 			e.dropCopy(&dstSt)
 		}
 		e.renamed(src, dst)
+		if err := e.commitMeta(from.rel, &from.st); err != nil {
+			return err
+		}
+		if to.rel != from.rel {
+			return e.commitMeta(to.rel, &to.st)
+		}
 		return nil
 	}()
 	w.uint32(status(err))
@@ -968,7 +983,10 @@ func (s *Server) link(c *call, w *writer) bool {
 			return err
 		}
 		defer unix.Close(dfd)
-		return unix.Linkat(sfd, sbase, dfd, name, 0)
+		if err := unix.Linkat(sfd, sbase, dfd, name, 0); err != nil {
+			return err
+		}
+		return e.commitMeta(d.rel, &d.st)
 	}()
 	w.uint32(status(err))
 	e.postOp(w, f.rel)
