@@ -90,28 +90,11 @@ func (e *export) breakLink(rel string) (unix.Stat_t, error) {
 // namesOf finds every name in the view of inode ino.
 func (e *export) namesOf(ino uint64) []string {
 	var out []string
-	var visit func(dirRel string)
-	visit = func(dirRel string) {
-		fd, err := e.open(dirRel, unix.O_RDONLY|unix.O_DIRECTORY)
-		if err != nil {
-			return
+	e.eachEntry(func(dirfd int, name, rel string, st *unix.Stat_t) {
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Ino == ino && st.Dev == e.dev {
+			out = append(out, rel)
 		}
-		f := os.NewFile(uintptr(fd), dirRel)
-		defer f.Close()
-		ents, _ := f.ReadDir(-1)
-		for _, d := range ents {
-			rel := path.Join(dirRel, d.Name())
-			if d.IsDir() {
-				visit(rel)
-				continue
-			}
-			var st unix.Stat_t
-			if unix.Fstatat(fd, d.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Ino == ino && st.Dev == e.dev {
-				out = append(out, rel)
-			}
-		}
-	}
-	visit("")
+	})
 	return out
 }
 

@@ -456,6 +456,34 @@ func (e *export) renamed(from, to string) {
 
 var errStale = errors.New("stale file handle")
 
+// eachEntry calls fn for every entry below the view's root, with the
+// directory it is in (an fd), its name, its path and its attributes. It
+// never follows a symlink.
+func (e *export) eachEntry(fn func(dirfd int, name, rel string, st *unix.Stat_t)) {
+	var visit func(dirRel string)
+	visit = func(dirRel string) {
+		fd, err := e.open(dirRel, unix.O_RDONLY|unix.O_DIRECTORY)
+		if err != nil {
+			return
+		}
+		f := os.NewFile(uintptr(fd), dirRel)
+		defer f.Close()
+		ents, _ := f.ReadDir(-1)
+		for _, d := range ents {
+			rel := path.Join(dirRel, d.Name())
+			var st unix.Stat_t
+			if unix.Fstatat(fd, d.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+				continue
+			}
+			fn(fd, d.Name(), rel, &st)
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				visit(rel)
+			}
+		}
+	}
+	visit("")
+}
+
 // path finds the file with id: the remembered path if it still holds it,
 // else a walk of the whole view (after a restart, or a change made behind
 // nfsd's back).
@@ -495,35 +523,16 @@ func (e *export) walk() bool {
 	e.pmu.Unlock()
 	found := map[uint64]string{e.rootID: ""}
 	copies := map[uint64]uint64{}
-	var visit func(dirRel string)
-	visit = func(dirRel string) {
-		fd, err := e.open(dirRel, unix.O_RDONLY|unix.O_DIRECTORY)
-		if err != nil {
-			return
-		}
-		f := os.NewFile(uintptr(fd), dirRel)
-		defer f.Close()
-		ents, _ := f.ReadDir(-1)
-		for _, d := range ents {
-			rel := path.Join(dirRel, d.Name())
-			var st unix.Stat_t
-			if unix.Fstatat(fd, d.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
-				continue
-			}
-			id := st.Ino
-			if st.Mode&unix.S_IFMT == unix.S_IFREG && !e.shared(&st) {
-				if x, ok := e.xattrID(fd, d.Name()); ok {
-					id = x
-					copies[st.Ino] = x
-				}
-			}
-			found[id] = rel
-			if d.IsDir() {
-				visit(rel)
+	e.eachEntry(func(dirfd int, name, rel string, st *unix.Stat_t) {
+		id := st.Ino
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && !e.shared(st) {
+			if x, ok := e.xattrID(dirfd, name); ok {
+				id = x
+				copies[st.Ino] = x
 			}
 		}
-	}
-	visit("")
+		found[id] = rel
+	})
 	e.pmu.Lock()
 	for id, p := range found {
 		e.paths[id] = p
