@@ -140,12 +140,8 @@ func TestApplianceServesANodeThroughUpdate(t *testing.T) {
 	registry := lab.Addr(2) + ":5001"
 	ref := StartRegistry(t, lab, lab.Head, registry)
 
-	netboot := map[string]any{
-		"Interface": "eth0", "Mode": "full", "ServerIP": head,
-		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
-		"KernelArgs":   []string{"console=ttyS0", "panic=-1"},
-		"DefaultImage": ref, "Platform": "linux/amd64", "InsecureRegistries": []string{registry},
-	}
+	netboot := FullMode(lab)
+	netboot["DefaultImage"], netboot["Platform"], netboot["InsecureRegistries"] = ref, "linux/amd64", []string{registry}
 	parent := t.TempDir()
 	inst := vmInstance(t, parent, "ociboot-vm", head, netboot, "first")
 	img := filepath.Join(parent, "disk.img")

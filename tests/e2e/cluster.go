@@ -114,6 +114,17 @@ func (h *Head) PushImage(t testing.TB, img v1.Image, repoTag string) string {
 	return ref
 }
 
+// FullMode is the Netboot section of a head node that is the segment's
+// only DHCP server: it is 10.8.n.1 and leases .100 to .150; nodes' kernels
+// log to the serial console and reboot on panic (QEMU exits).
+func FullMode(lab *Lab) map[string]any {
+	return map[string]any{
+		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
+		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
+		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
+	}
+}
+
 // StartService starts one service in the head namespace.
 func (h *Head) StartService(t testing.TB, name string) *Proc {
 	t.Helper()

@@ -20,11 +20,7 @@ func TestDemo(t *testing.T) {
 		t.Skip("run with `make demo`")
 	}
 	lab := NewLab(t)
-	h := NewHead(t, lab, map[string]any{
-		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
-		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
-		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
-	})
+	h := NewHead(t, lab, FullMode(lab))
 	h.Start(t)
 	fmt.Printf("\nociboot demo: head node in network namespace %s (eth0 %s)\n", lab.Head, lab.Addr(1))
 	fmt.Printf("  store:   %s\n  config:  %s\n", h.Store, h.Config)

@@ -117,11 +117,7 @@ func TestFullModeFiveNodes(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	lab := NewLab(t)
-	h := NewHead(t, lab, map[string]any{
-		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
-		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
-		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
-	})
+	h := NewHead(t, lab, FullMode(lab))
 	h.Start(t)
 	h.WaitImage(t, 2*time.Minute)
 	nodes := bootNodes(t, lab, 5)
@@ -155,11 +151,7 @@ func TestFaultsDuringFiveNodeBoot(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	lab := NewLab(t)
-	h := NewHead(t, lab, map[string]any{
-		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
-		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
-		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
-	})
+	h := NewHead(t, lab, FullMode(lab))
 	h.Start(t)
 	h.WaitImage(t, 2*time.Minute)
 	_, slow := guest.Accel()
@@ -298,11 +290,7 @@ func TestKillDuringBoot(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	lab := NewLab(t)
-	h := NewHead(t, lab, map[string]any{
-		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
-		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
-		"KernelArgs": []string{"console=ttyS0", "panic=-1"},
-	})
+	h := NewHead(t, lab, FullMode(lab))
 	h.Start(t)
 	h.WaitImage(t, 2*time.Minute)
 	_, slow := guest.Accel()

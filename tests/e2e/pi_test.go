@@ -24,12 +24,9 @@ func TestPiBoot(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	lab := NewLab(t)
-	h := NewHead(t, lab, map[string]any{
-		"Interface": "eth0", "Mode": "full", "ServerIP": lab.Addr(1),
-		"Subnet": lab.Addr(0) + "/24", "Range": lab.Addr(100) + "-" + lab.Addr(150),
-		// The QEMU arm64 machine's serial port; a Pi has serial0.
-		"KernelArgs": []string{"console=ttyAMA0", "panic=-1"},
-	})
+	netboot := FullMode(lab)
+	netboot["KernelArgs"] = []string{"console=ttyAMA0", "panic=-1"} // the QEMU arm64 machine's serial port; a Pi has serial0
+	h := NewHead(t, lab, netboot)
 	var arm *guest.Kernel
 	if k, err := guest.Arm64Kernel(); err == nil {
 		arm = &k
