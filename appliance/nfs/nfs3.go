@@ -30,6 +30,15 @@ type obj struct {
 
 func (o *obj) isDir() bool { return o.st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
+// attrs writes post_op_attr for o, or "none" if its handle did not resolve.
+func (o *obj) attrs(w *writer) {
+	if o == nil {
+		w.bool(false)
+		return
+	}
+	o.e.postOpStat(w, &o.st, o.id)
+}
+
 // handle reads a file handle argument and resolves it.
 func (s *Server) handle(c *call) (*obj, uint32) {
 	h := c.args.opaque(fhSize)
@@ -284,11 +293,7 @@ func (s *Server) lookup(c *call, w *writer) bool {
 	}
 	if st != nfsOK {
 		w.uint32(st)
-		if d != nil {
-			d.e.postOpStat(w, &d.st, d.id)
-		} else {
-			w.bool(false)
-		}
+		d.attrs(w)
 		return true
 	}
 	var rel string
@@ -306,7 +311,7 @@ func (s *Server) lookup(c *call, w *writer) bool {
 	cst, err := d.e.lstat(rel)
 	if err != nil {
 		w.uint32(status(err))
-		d.e.postOpStat(w, &d.st, d.id)
+		d.attrs(w)
 		return true
 	}
 	id := d.e.fileID(rel, &cst)
@@ -314,7 +319,7 @@ func (s *Server) lookup(c *call, w *writer) bool {
 	w.uint32(nfsOK)
 	w.opaque(s.key.handle(d.e, id))
 	d.e.postOpStat(w, &cst, id)
-	d.e.postOpStat(w, &d.st, d.id)
+	d.attrs(w)
 	return true
 }
 
@@ -329,7 +334,7 @@ func (s *Server) access(c *call, w *writer) bool {
 		w.bool(false)
 		return true
 	}
-	o.e.postOpStat(w, &o.st, o.id)
+	o.attrs(w)
 	w.uint32(accessBits(&o.st, c.cred, asked))
 	return true
 }
@@ -349,11 +354,7 @@ func (s *Server) readlinkProc(c *call, w *writer) bool {
 		st = status(err)
 	}
 	w.uint32(st)
-	if o == nil {
-		w.bool(false)
-		return true
-	}
-	o.e.postOpStat(w, &o.st, o.id)
+	o.attrs(w)
 	if st == nfsOK {
 		w.string(target)
 	}
@@ -381,11 +382,7 @@ func (s *Server) read(c *call, w *writer) bool {
 	}
 	if st != nfsOK {
 		w.uint32(st)
-		if o != nil {
-			o.e.postOpStat(w, &o.st, o.id)
-		} else {
-			w.bool(false)
-		}
+		o.attrs(w)
 		return true
 	}
 	if count > maxIO {
@@ -401,7 +398,7 @@ func (s *Server) read(c *call, w *writer) bool {
 	fd, err := o.e.open(o.rel, unix.O_RDONLY|unix.O_NOATIME)
 	if err != nil {
 		w.uint32(status(err))
-		o.e.postOpStat(w, &o.st, o.id)
+		o.attrs(w)
 		return true
 	}
 	defer unix.Close(fd)
@@ -409,7 +406,7 @@ func (s *Server) read(c *call, w *writer) bool {
 	// the opaque length go first, so the data lands where it is sent from.
 	head := len(w.b)
 	w.uint32(nfsOK)
-	o.e.postOpStat(w, &o.st, o.id)
+	o.attrs(w)
 	countAt := len(w.b)
 	w.uint32(0)
 	w.bool(false)
@@ -425,7 +422,7 @@ func (s *Server) read(c *call, w *writer) bool {
 		if err != nil {
 			w.b = w.b[:head]
 			w.uint32(status(err))
-			o.e.postOpStat(w, &o.st, o.id)
+			o.attrs(w)
 			return true
 		}
 		if m == 0 {
@@ -606,11 +603,7 @@ func (s *Server) create(c *call, w *writer) bool {
 	if st != nfsOK {
 		w.uint32(st)
 		w.bool(false)
-		if d != nil {
-			d.e.postOpStat(w, &d.st, d.id)
-		} else {
-			w.bool(false)
-		}
+		d.attrs(w)
 		return true
 	}
 	e := d.e
@@ -772,13 +765,8 @@ func (s *Server) remove(c *call, w *writer) bool {
 	}
 	if st != nfsOK {
 		w.uint32(st)
-		if d != nil {
-			w.bool(false)
-			d.e.postOpStat(w, &d.st, d.id)
-		} else {
-			w.bool(false)
-			w.bool(false)
-		}
+		w.bool(false) // wcc_data without pre-op attributes
+		d.attrs(w)
 		return true
 	}
 	e := d.e
@@ -860,11 +848,7 @@ func (s *Server) rename(c *call, w *writer) bool {
 		w.uint32(st)
 		for _, o := range []*obj{from, to} {
 			w.bool(false)
-			if o != nil {
-				o.e.postOpStat(w, &o.st, o.id)
-			} else {
-				w.bool(false)
-			}
+			o.attrs(w)
 		}
 		return true
 	}
@@ -955,11 +939,7 @@ func (s *Server) link(c *call, w *writer) bool {
 		w.uint32(st)
 		w.bool(false)
 		w.bool(false)
-		if d != nil {
-			d.e.postOpStat(w, &d.st, d.id)
-		} else {
-			w.bool(false)
-		}
+		d.attrs(w)
 		return true
 	}
 	e := f.e
@@ -1031,11 +1011,7 @@ func (s *Server) readdir(c *call, w *writer, plus bool) bool {
 	}
 	if st != nfsOK {
 		w.uint32(st)
-		if d != nil {
-			d.e.postOpStat(w, &d.st, d.id)
-		} else {
-			w.bool(false)
-		}
+		d.attrs(w)
 		return true
 	}
 	e := d.e
@@ -1162,11 +1138,7 @@ func (s *Server) fsinfo(c *call, w *writer) bool {
 		st = status(unix.Fstatfs(o.e.rootFd, &sf))
 	}
 	w.uint32(st)
-	if o == nil {
-		w.bool(false)
-		return true
-	}
-	o.e.postOpStat(w, &o.st, o.id)
+	o.attrs(w)
 	if st != nfsOK {
 		return true
 	}
