@@ -389,7 +389,7 @@ func (s *Server) dispatch(msg []byte, remote, local netip.AddrPort, proto string
 		return replyHeader(c.xid, acceptGarbageArgs).b
 	}
 	c.remote, c.local, c.proto = remote, local, proto
-	progName := map[uint32]string{progPortmap: "portmap", progMount: "mount", progNFS: "nfs"}[c.prog]
+	progName := programName(c.prog)
 	if progName == "" {
 		return replyHeader(c.xid, acceptProgUnavail).b
 	}
@@ -441,6 +441,18 @@ func (s *Server) dispatch(msg []byte, remote, local netip.AddrPort, proto string
 		}
 	}
 	return w.b
+}
+
+func programName(prog uint32) string {
+	switch prog {
+	case progPortmap:
+		return "portmap"
+	case progMount:
+		return "mount"
+	case progNFS:
+		return "nfs"
+	}
+	return ""
 }
 
 // ServeTCP answers RPC calls on ln until it is closed. Calls on one
