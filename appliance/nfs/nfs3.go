@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"path"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -974,6 +975,9 @@ func (s *Server) link(c *call, w *writer) bool {
 	return true
 }
 
+// direntBufs hold getdents results; a listing asks for one per call.
+var direntBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // cookieVerf ties READDIR cookies to a directory of a view generation.
 func (e *export) cookieVerf(dirID uint64) [8]byte {
 	var v [8]byte
@@ -1037,7 +1041,9 @@ func (s *Server) readdir(c *call, w *writer, plus bool) bool {
 	e.postOpStat(w, &d.st, d.id)
 	w.fixed(want[:])
 	limit := start + int(count) - 8 // room for the list end and eof
-	buf := make([]byte, 32<<10)
+	bp := direntBufs.Get().(*[]byte)
+	defer direntBufs.Put(bp)
+	buf := *bp
 	entries := 0
 	eof := false
 	full := false
