@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/ociboot/ociboot/appliance/nodes"
 )
 
 // PXEOption43 is the vendor-encapsulated option dnsmasq sends for
@@ -125,10 +127,5 @@ func (c Client) NodeKey() string {
 	if c.Serial != "" {
 		return c.Serial
 	}
-	return MACKey(c.MAC)
-}
-
-// MACKey is the dash form of a MAC used as a node name.
-func MACKey(mac net.HardwareAddr) string {
-	return strings.ReplaceAll(mac.String(), ":", "-")
+	return nodes.MACKey(c.MAC)
 }

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ociboot/ociboot/appliance/tftpd"
+	"github.com/ociboot/ociboot/appliance/nodes"
 )
 
 var mountProcNames = [...]string{"NULL", "MNT", "DUMP", "UMNT", "UMNTALL", "EXPORT"}
@@ -65,7 +65,7 @@ func (s *Server) mount(c *call, w *writer) bool {
 			if e, err = s.export(key); err != nil {
 				s.log.Error("mount failed", "client", client, "path", p, "err", err)
 				st = mntIO
-				if errors.Is(err, tftpd.ErrNotFound) {
+				if errors.Is(err, nodes.ErrNoImage) {
 					st = mntNoEnt
 				}
 			}

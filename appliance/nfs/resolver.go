@@ -8,11 +8,10 @@ import (
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
-	"github.com/ociboot/ociboot/appliance/tftpd"
 )
 
 // NodeResolver answers for the nodes of a config and store: a node's image
-// is found as tftpd finds it (config, dhcpd's record, DefaultImage), and
+// is nodes.ImageOf (config, dhcpd's record, DefaultImage), and
 // its export is open to its own address (reserved in the config or leased
 // and recorded by dhcpd) and to Netboot.ExportTo.
 type NodeResolver struct {
@@ -22,12 +21,11 @@ type NodeResolver struct {
 
 // Image returns the digest of the cached image of node key.
 func (r NodeResolver) Image(key string) (string, error) {
-	tr := tftpd.Resolver{Config: r.Config, Store: r.Store}
-	n, err := tr.Image(tftpd.Request{Key: key}, netip.Addr{})
+	img, err := nodes.ImageOf(r.Config, r.Store, key)
 	if err != nil {
 		return "", err
 	}
-	return n.Entry.Digest, nil
+	return img.Entry.Digest, nil
 }
 
 // Allowed reports whether client may use node key's export.
@@ -38,7 +36,7 @@ func (r NodeResolver) Allowed(key string, client netip.Addr) bool {
 		}
 	}
 	for _, n := range r.Config.Nodes {
-		if n.IP == client && (n.Serial == key || n.MAC != nil && tftpd.MACKey(n.MAC) == key) {
+		if n.IP == client && (n.Serial == key || n.MAC != nil && nodes.MACKey(n.MAC) == key) {
 			return true
 		}
 	}
@@ -53,7 +51,7 @@ func (r NodeResolver) Keys() []string {
 		if n.Serial != "" {
 			seen[n.Serial] = true
 		} else if n.MAC != nil {
-			seen[tftpd.MACKey(n.MAC)] = true
+			seen[nodes.MACKey(n.MAC)] = true
 		}
 	}
 	ents, _ := os.ReadDir(r.Store.Path(store.NodesDir))

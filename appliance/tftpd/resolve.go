@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path"
@@ -93,9 +92,6 @@ func nodeKey(s string) (string, bool) {
 
 func isHex(s string) bool { return strings.Trim(s, "0123456789abcdef") == "" }
 
-// MACKey is a MAC in the dash form used as node key.
-func MACKey(mac net.HardwareAddr) string { return strings.ReplaceAll(mac.String(), ":", "-") }
-
 // Node is what tftpd knows about the node behind a request.
 type Node struct {
 	Key      string
@@ -109,26 +105,6 @@ type Node struct {
 type Resolver struct {
 	Config *config.Config
 	Store  *store.Store
-}
-
-// keyByIP finds the node whose address is ip: a reservation in the config
-// or the address dhcpd recorded.
-func (r *Resolver) keyByIP(ip netip.Addr) (string, bool) {
-	for _, n := range r.Config.Nodes {
-		if n.IP == ip {
-			if n.Serial != "" {
-				return n.Serial, true
-			}
-			return MACKey(n.MAC), true
-		}
-	}
-	recs, _ := nodes.List(r.Store)
-	for _, rec := range recs {
-		if rec.IP == ip.String() {
-			return rec.Serial, true
-		}
-	}
-	return "", false
 }
 
 // Node resolves a request from remote to its node, image and boot dir.
@@ -147,52 +123,24 @@ func (r *Resolver) Node(req Request, remote netip.Addr) (Node, error) {
 	return n, nil
 }
 
-// Image resolves a request from remote to its node and cached image,
-// without looking for a boot directory (nfsd serves the whole tree).
+// Image resolves a request from remote to its node and cached image.
 func (r *Resolver) Image(req Request, remote netip.Addr) (Node, error) {
 	key := req.Key
 	if key == "" {
-		k, ok := r.keyByIP(remote)
+		k, ok := nodes.KeyByIP(r.Config, r.Store, remote)
 		if !ok {
 			return Node{}, fmt.Errorf("%w: %s asked for %q without a node prefix and is no known node's address", ErrNotFound, remote, req.File)
 		}
 		key = k
 	}
-	n := Node{Key: key}
-	var nc config.NodeConfig
-	var configured bool
-	if len(key) == 8 {
-		nc, configured = r.Config.NodeBySerial(key)
-	} else if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil {
-		nc, configured = r.Config.NodeByMAC(mac)
+	img, err := nodes.ImageOf(r.Config, r.Store, key)
+	if errors.Is(err, nodes.ErrNoImage) {
+		return Node{}, fmt.Errorf("%w: %v", ErrNotFound, err)
 	}
-	rec, recErr := nodes.Load(r.Store, key)
-	switch {
-	case configured:
-		n.Image, n.Platform = nc.Image, nc.Platform
-	case recErr == nil && rec.Image != "":
-		n.Image, n.Platform = rec.Image, rec.Platform
-	case r.Config.Enroll == config.EnrollAuto:
-		n.Image = r.Config.DefaultImage
-	default:
-		return Node{}, fmt.Errorf("%w: node %s is not in Netboot.Nodes and Enroll is known-only", ErrNotFound, key)
-	}
-	if n.Platform == "" {
-		n.Platform = r.Config.Platform
-	}
-	if n.Image == "" {
-		return Node{}, fmt.Errorf("%w: node %s has no image; set Netboot.DefaultImage or its Nodes[].Image", ErrNotFound, key)
-	}
-	ix, err := images.LoadIndex(r.Store)
 	if err != nil {
 		return Node{}, err
 	}
-	e, ok := ix.Lookup(n.Image, n.Platform)
-	if !ok {
-		return Node{}, fmt.Errorf("%w: image %s (%s) for node %s is not in the cache yet; see ocicache's status", ErrNotFound, n.Image, n.Platform, key)
-	}
-	n.Entry = e
-	return n, nil
+	return Node{Key: key, Image: img.Ref, Platform: img.Platform, Entry: img.Entry}, nil
 }
 
 // Open opens file inside the node's boot directory without following any

@@ -168,7 +168,7 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 	// The root boot.ipxe is the same for every iPXE client: it only
 	// redirects to the client's own directory.
 	if req.Key == "" && req.File == "boot.ipxe" {
-		if _, ok := s.res.keyByIP(remote); !ok {
+		if _, ok := nodes.KeyByIP(s.res.Config, s.res.Store, remote); !ok {
 			return content{r: strings.NewReader(IPXEChain)}, req, nil
 		}
 	}
