@@ -44,6 +44,13 @@ func (r fakeResolver) Allowed(key string, client netip.Addr) bool {
 
 func (r fakeResolver) Keys() []string { return []string{"node1", "node2"} }
 
+func (r fakeResolver) Clients(key string) []string {
+	if a, ok := r.allow[key]; ok {
+		return []string{a.String()}
+	}
+	return nil
+}
+
 type testEnv struct {
 	t     *testing.T
 	st    *store.Store

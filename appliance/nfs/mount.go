@@ -132,7 +132,11 @@ func (s *Server) mount(c *call, w *writer) bool {
 		for _, key := range s.opts.Resolver.Keys() {
 			w.bool(true)
 			w.string(exportPrefix + key)
-			w.bool(false) // no group list: access is decided per address
+			for _, g := range s.opts.Resolver.Clients(key) {
+				w.bool(true)
+				w.string(g)
+			}
+			w.bool(false)
 		}
 		w.bool(false)
 	}

@@ -2,10 +2,12 @@ package nfs
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"sort"
 )
 
-// portmap answers portmap v2 and the GETADDR call of rpcbind v3/v4 for the
+// portmap answers portmap v2 and rpcbind v3/v4 (GETADDR, DUMP) for the
 // programs this server runs. Registrations from others are refused: nfsd
 // owns port 111 on the head node only for the NFS clients of its nodes.
 func (s *Server) portmap(c *call, w *writer) bool {
@@ -38,23 +40,13 @@ func (s *Server) portmap(c *call, w *writer) bool {
 		w.uint32(s.ports[portKey{prog, vers, proto}])
 		s.mu.Unlock()
 	case c.vers == 2 && c.proc == 4: // DUMP
-		s.mu.Lock()
-		keys := make([]portKey, 0, len(s.ports))
-		for k := range s.ports {
-			keys = append(keys, k)
-		}
-		sort.Slice(keys, func(i, j int) bool {
-			a, b := keys[i], keys[j]
-			return a.prog < b.prog || a.prog == b.prog && (a.vers < b.vers || a.vers == b.vers && a.proto < b.proto)
-		})
-		for _, k := range keys {
+		for _, m := range s.mappings() {
 			w.bool(true)
-			w.uint32(k.prog)
-			w.uint32(k.vers)
-			w.uint32(k.proto)
-			w.uint32(s.ports[k])
+			w.uint32(m.prog)
+			w.uint32(m.vers)
+			w.uint32(m.proto)
+			w.uint32(m.port)
 		}
-		s.mu.Unlock()
 		w.bool(false)
 	case c.vers >= 3 && c.proc == 3: // GETADDR
 		prog, vers := c.args.uint32(), c.args.uint32()
@@ -64,25 +56,71 @@ func (s *Server) portmap(c *call, w *writer) bool {
 		if c.args.err != nil {
 			return false
 		}
-		var proto uint32
-		switch netid {
-		case "tcp":
-			proto = 6
-		case "udp":
-			proto = 17
-		}
+		proto := map[string]uint32{"tcp": 6, "udp": 17}[netid]
 		s.mu.Lock()
 		port := s.ports[portKey{prog, vers, proto}]
 		s.mu.Unlock()
-		a := c.local.Addr().Unmap()
-		if port == 0 || proto == 0 || !a.Is4() {
+		if port == 0 || proto == 0 {
 			w.string("")
 			break
 		}
-		b := a.As4()
-		w.string(fmt.Sprintf("%d.%d.%d.%d.%d.%d", b[0], b[1], b[2], b[3], port>>8, port&0xff))
+		w.string(uaddr(localFor(c), port))
+	case c.vers >= 3 && c.proc == 4: // DUMP (rpcinfo <host>)
+		local := localFor(c)
+		for _, m := range s.mappings() {
+			w.bool(true)
+			w.uint32(m.prog)
+			w.uint32(m.vers)
+			w.string(map[uint32]string{6: "tcp", 17: "udp"}[m.proto])
+			w.string(uaddr(local, m.port))
+			w.string("superuser")
+		}
+		w.bool(false)
 	default:
 		w.b = nil
 	}
 	return true
+}
+
+type mapping struct{ prog, vers, proto, port uint32 }
+
+// mappings lists the registered ports in program, version, protocol order.
+func (s *Server) mappings() []mapping {
+	s.mu.Lock()
+	out := make([]mapping, 0, len(s.ports))
+	for k, p := range s.ports {
+		out = append(out, mapping{k.prog, k.vers, k.proto, p})
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		return a.prog < b.prog || a.prog == b.prog && (a.vers < b.vers || a.vers == b.vers && a.proto < b.proto)
+	})
+	return out
+}
+
+// localFor is the address the client reached us on. A UDP socket bound to
+// all addresses does not know it; the route back to the client does (a UDP
+// "connect" sends nothing).
+func localFor(c *call) netip.Addr {
+	a := c.local.Addr().Unmap()
+	if !a.IsUnspecified() {
+		return a
+	}
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(c.remote))
+	if err != nil {
+		return a
+	}
+	defer conn.Close()
+	return conn.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+}
+
+// uaddr is an RPC universal address ("h1.h2.h3.h4.p1.p2"); "" for what
+// cannot be written as one here (IPv6).
+func uaddr(a netip.Addr, port uint32) string {
+	if !a.Is4() {
+		return ""
+	}
+	b := a.As4()
+	return fmt.Sprintf("%d.%d.%d.%d.%d.%d", b[0], b[1], b[2], b[3], port>>8, port&0xff)
 }

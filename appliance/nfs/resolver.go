@@ -28,20 +28,33 @@ func (r NodeResolver) Image(key string) (string, error) {
 	return img.Entry.Digest, nil
 }
 
-// Allowed reports whether client may use node key's export.
+// Allowed reports whether client may use node key's export: it is one of
+// Clients(key).
 func (r NodeResolver) Allowed(key string, client netip.Addr) bool {
-	for _, p := range r.Config.ExportTo {
-		if p.Contains(client) {
+	for _, c := range r.Clients(key) {
+		if p, err := netip.ParsePrefix(c); err == nil && p.Contains(client) || c == client.String() {
 			return true
 		}
 	}
+	return false
+}
+
+// Clients lists who may mount key: the node's own address (reserved or
+// recorded) and the ExportTo CIDRs.
+func (r NodeResolver) Clients(key string) []string {
+	var out []string
 	for _, n := range r.Config.Nodes {
-		if n.IP == client && (n.Serial == key || n.MAC != nil && nodes.MACKey(n.MAC) == key) {
-			return true
+		if n.IP.IsValid() && (n.Serial == key || n.MAC != nil && nodes.MACKey(n.MAC) == key) {
+			out = append(out, n.IP.String())
 		}
 	}
-	rec, err := nodes.Load(r.Store, key)
-	return err == nil && rec.IP != "" && rec.IP == client.String()
+	if rec, err := nodes.Load(r.Store, key); err == nil && rec.IP != "" && (len(out) == 0 || out[0] != rec.IP) {
+		out = append(out, rec.IP)
+	}
+	for _, p := range r.Config.ExportTo {
+		out = append(out, p.String())
+	}
+	return out
 }
 
 // Keys lists the nodes in the config and in the store.

@@ -40,6 +40,8 @@ type Resolver interface {
 	Allowed(key string, client netip.Addr) bool
 	// Keys lists the nodes announced by MOUNT's EXPORT procedure.
 	Keys() []string
+	// Clients lists, for EXPORT, who may mount key: addresses and CIDRs.
+	Clients(key string) []string
 }
 
 // Options configure a Server.

@@ -180,4 +180,29 @@ func TestLibnfsThroughPortmapper(t *testing.T) {
 	if err != nil || string(out) != "welcome to the node\n" {
 		t.Errorf("nfs-cat through the portmapper: %q, %v\n%s", out, err, p.Tail(3000))
 	}
+
+	// rpcbind's and nfs-common's own tools: the portmap v2 and rpcbind v4
+	// dumps, NULL calls over the UDP and TCP ports they name, and MOUNT's
+	// EXPORT with who may mount.
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"rpcinfo", "-p", "127.0.0.1"}, []string{"100003    3   tcp   2049  nfs", "100005    3   udp   2049  mountd"}},
+		{[]string{"rpcinfo", "127.0.0.1"}, []string{"100003    3    tcp       127.0.0.1.8.1"}},
+		{[]string{"rpcinfo", "-u", "127.0.0.1", "mountd", "3"}, []string{"program 100005 version 3 ready and waiting"}},
+		{[]string{"rpcinfo", "-t", "127.0.0.1", "nfs", "3"}, []string{"program 100003 version 3 ready and waiting"}},
+		{[]string{"showmount", "-e", "127.0.0.1"}, []string{"/nodes/aabbccdd 127.0.0.0/8"}},
+	} {
+		if _, err := exec.LookPath(tc.args[0]); err != nil {
+			t.Errorf("%s not installed (rpcbind, nfs-common; see .ci/run)", tc.args[0])
+			continue
+		}
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, tc.args...)...).CombinedOutput()
+		for _, want := range tc.want {
+			if err != nil || !strings.Contains(string(out), want) {
+				t.Errorf("%v: %v, want %q in:\n%s", tc.args, err, want, out)
+			}
+		}
+	}
 }
