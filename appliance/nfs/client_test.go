@@ -318,18 +318,23 @@ func (c *client) write(fh []byte, off uint64, data []byte, stable uint32) (uint3
 	return st, r.fixed(8)
 }
 
+// modeOnly writes a sattr3 that sets only the mode.
+func modeOnly(w *writer, mode uint32) {
+	w.bool(true)
+	w.uint32(mode)
+	w.bool(false) // uid
+	w.bool(false) // gid
+	w.bool(false) // size
+	w.uint32(0)   // atime: don't change
+	w.uint32(0)   // mtime: don't change
+}
+
 func (c *client) create(dir []byte, name string, mode uint32) ([]byte, uint32) {
 	r := c.raw(progNFS, 3, 8, args(func(w *writer) {
 		w.opaque(dir)
 		w.string(name)
 		w.uint32(createGuarded)
-		w.bool(true)
-		w.uint32(mode)
-		for i := 0; i < 3; i++ {
-			w.bool(false)
-		}
-		w.uint32(0)
-		w.uint32(0)
+		modeOnly(w, mode)
 	}))
 	st := r.uint32()
 	if st != 0 {
@@ -343,13 +348,7 @@ func (c *client) mkdir(dir []byte, name string, mode uint32) ([]byte, uint32) {
 	r := c.raw(progNFS, 3, 9, args(func(w *writer) {
 		w.opaque(dir)
 		w.string(name)
-		w.bool(true)
-		w.uint32(mode)
-		for i := 0; i < 3; i++ {
-			w.bool(false)
-		}
-		w.uint32(0)
-		w.uint32(0)
+		modeOnly(w, mode)
 	}))
 	st := r.uint32()
 	if st != 0 {

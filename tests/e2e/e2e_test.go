@@ -42,6 +42,16 @@ func TestHeadPullsNodeImage(t *testing.T) {
 	t.Logf("pulled %+v", e)
 }
 
+// fullModeHead is a lab whose head node runs every service in full mode
+// and has pulled the node image.
+func fullModeHead(t *testing.T) (*Lab, *Head) {
+	lab := NewLab(t)
+	h := NewHead(t, lab, FullMode(lab))
+	h.Start(t)
+	h.WaitImage(t, 2*time.Minute)
+	return lab, h
+}
+
 func macFor(i int) string { return fmt.Sprintf("52:54:00:0b:00:%02x", i) }
 
 // bootNodes starts n QEMU machines at once and waits for each node's init.
@@ -116,10 +126,7 @@ func TestFullModeFiveNodes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	lab := NewLab(t)
-	h := NewHead(t, lab, FullMode(lab))
-	h.Start(t)
-	h.WaitImage(t, 2*time.Minute)
+	lab, h := fullModeHead(t)
 	nodes := bootNodes(t, lab, 5)
 	for _, n := range nodes {
 		if !strings.Contains(n.Proc.Output(), "boots=1 ") {
@@ -150,10 +157,7 @@ func TestFaultsDuringFiveNodeBoot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	lab := NewLab(t)
-	h := NewHead(t, lab, FullMode(lab))
-	h.Start(t)
-	h.WaitImage(t, 2*time.Minute)
+	lab, h := fullModeHead(t)
 	_, slow := guest.Accel()
 	seed := time.Now().UnixNano()
 	rng := rand.New(rand.NewSource(seed))
@@ -289,10 +293,7 @@ func TestKillDuringBoot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	lab := NewLab(t)
-	h := NewHead(t, lab, FullMode(lab))
-	h.Start(t)
-	h.WaitImage(t, 2*time.Minute)
+	lab, h := fullModeHead(t)
 	_, slow := guest.Accel()
 	n := lab.BootNode(t, macFor(7))
 	key := strings.ReplaceAll(macFor(7), ":", "-")
