@@ -244,6 +244,10 @@ func openExport(dir, key, imageRoot, digest string, create bool, images func(dig
 	_, rootErr := os.Lstat(root)
 	switch {
 	case err == nil && rootErr == nil:
+	case err != nil && !errors.Is(err, fs.ErrNotExist) && rootErr == nil:
+		// An unreadable record in front of a node's root: the root holds
+		// the node's changes, so it is not replaced behind anyone's back.
+		return nil, fmt.Errorf("nfsd: node %s: %v; repair it, or reset the node to drop its root", key, err)
 	case !create:
 		return nil, fmt.Errorf("nfsd: node %s has no view yet", key)
 	default:

@@ -579,3 +579,24 @@ func TestCrashWhileMakingRoot(t *testing.T) {
 		t.Errorf("leftovers of the crash: %v", ents)
 	}
 }
+
+// A damaged view.json never makes nfsd replace the node's root (and its
+// changes) with a fresh one; MNT fails and says what to do.
+func TestDamagedViewRecordKeepsRoot(t *testing.T) {
+	env := newEnv(t)
+	c := env.dial(0, 0)
+	root, _ := c.mnt("/nodes/node1")
+	fh, _ := c.create(c.walk(root, "tmp"), "precious", 0o644)
+	c.write(fh, 0, []byte("keep me"), fileSync)
+	env.stop()
+	dir := env.st.Path("nodes", "node1")
+	os.WriteFile(filepath.Join(dir, "view.json"), []byte("{garbage"), 0o644)
+	env.start()
+	c = env.dial(0, 0)
+	if _, st := c.mnt("/nodes/node1"); st == 0 {
+		t.Error("MNT succeeded over an unreadable view.json")
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "root", "tmp", "precious")); err != nil || string(got) != "keep me" {
+		t.Errorf("the node's file after a damaged view.json: %q, %v", got, err)
+	}
+}
