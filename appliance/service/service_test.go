@@ -49,6 +49,15 @@ func TestSetupServesStatusAndMetrics(t *testing.T) {
 	if !strings.Contains(string(b), "go_goroutines") {
 		t.Errorf("/metrics lacks go_goroutines:\n%.300s", b)
 	}
+	resp, err = http.Get(base + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "goroutine profile") {
+		t.Errorf("/debug/pprof/goroutine: %s\n%.300s", resp.Status, b)
+	}
 }
 
 func TestSetupReportsBadConfig(t *testing.T) {
