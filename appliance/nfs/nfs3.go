@@ -74,6 +74,20 @@ func checkName(name string) uint32 {
 	return nfsOK
 }
 
+// inDir checks a call that uses a name in directory d: d is a directory,
+// the name is acceptable (nameSt) and the caller has want on d.
+func inDir(d *obj, c cred, want uint32, nameSt uint32) uint32 {
+	switch {
+	case !d.isDir():
+		return errNotDir
+	case nameSt != nfsOK:
+		return nameSt
+	case !permitted(&d.st, c, want):
+		return errAcces
+	}
+	return nfsOK
+}
+
 func createName(name string) uint32 {
 	if name == "." || name == ".." {
 		return errExist
@@ -282,15 +296,11 @@ func (s *Server) lookup(c *call, w *writer) bool {
 		return false
 	}
 	if st == nfsOK {
-		switch {
-		case !d.isDir():
-			st = errNotDir
-		case name != "." && name != "..":
-			st = checkName(name)
+		var nameSt uint32
+		if name != "." && name != ".." {
+			nameSt = checkName(name)
 		}
-		if st == nfsOK && !permitted(&d.st, c.cred, mayExec) {
-			st = errAcces
-		}
+		st = inDir(d, c.cred, mayExec, nameSt)
 	}
 	if st != nfsOK {
 		w.uint32(st)
@@ -589,16 +599,9 @@ func (s *Server) create(c *call, w *writer) bool {
 		return false
 	}
 	if st == nfsOK {
-		switch {
-		case !d.isDir():
-			st = errNotDir
-		case c.proc == 11 && (ntype < typeBlk || ntype > typeFifo || ntype == typeLnk):
+		st = inDir(d, c.cred, mayWrite|mayExec, createName(name))
+		if st == nfsOK && c.proc == 11 && (ntype < typeBlk || ntype > typeFifo || ntype == typeLnk) {
 			st = errBadType
-		default:
-			st = createName(name)
-		}
-		if st == nfsOK && !permitted(&d.st, c.cred, mayWrite|mayExec) {
-			st = errAcces
 		}
 	}
 	if st != nfsOK {
@@ -750,19 +753,14 @@ func (s *Server) remove(c *call, w *writer) bool {
 		return false
 	}
 	if st == nfsOK {
-		switch {
-		case !d.isDir():
-			st = errNotDir
-		case name == ".":
-			st = errInval
-		case name == "..":
-			st = errNotEmpty
-		default:
-			st = checkName(name)
+		nameSt := checkName(name)
+		switch name {
+		case ".":
+			nameSt = errInval
+		case "..":
+			nameSt = errNotEmpty
 		}
-		if st == nfsOK && !permitted(&d.st, c.cred, mayWrite|mayExec) {
-			st = errAcces
-		}
+		st = inDir(d, c.cred, mayWrite|mayExec, nameSt)
 	}
 	if st != nfsOK {
 		w.uint32(st)
@@ -829,21 +827,17 @@ func (s *Server) rename(c *call, w *writer) bool {
 	if st == nfsOK && from.e != to.e {
 		st = errXDev
 	}
-	if st == nfsOK {
-		switch {
-		case !from.isDir() || !to.isDir():
-			st = errNotDir
-		case fromName == "." || fromName == ".." || toName == "." || toName == "..":
-			st = errInval
+	renameName := func(n string) uint32 {
+		if n == "." || n == ".." {
+			return errInval
 		}
+		return checkName(n)
 	}
 	if st == nfsOK {
-		if st = checkName(fromName); st == nfsOK {
-			st = checkName(toName)
-		}
+		st = inDir(from, c.cred, mayWrite|mayExec, renameName(fromName))
 	}
-	if st == nfsOK && (!permitted(&from.st, c.cred, mayWrite|mayExec) || !permitted(&to.st, c.cred, mayWrite|mayExec)) {
-		st = errAcces
+	if st == nfsOK {
+		st = inDir(to, c.cred, mayWrite|mayExec, renameName(toName))
 	}
 	if st != nfsOK {
 		w.uint32(st)
@@ -923,18 +917,11 @@ func (s *Server) link(c *call, w *writer) bool {
 	if st == nfsOK && f.e != d.e {
 		st = errXDev
 	}
-	if st == nfsOK {
-		switch {
-		case !d.isDir():
-			st = errNotDir
-		case f.isDir():
-			st = errIsDir
-		default:
-			st = createName(name)
-		}
+	if st == nfsOK && f.isDir() {
+		st = errIsDir
 	}
-	if st == nfsOK && !permitted(&d.st, c.cred, mayWrite|mayExec) {
-		st = errAcces
+	if st == nfsOK {
+		st = inDir(d, c.cred, mayWrite|mayExec, createName(name))
 	}
 	if st != nfsOK {
 		w.uint32(st)
