@@ -152,31 +152,42 @@ type client struct {
 	xid      atomic.Uint32
 }
 
-// raw sends one call and returns the reply after the accept status, which
-// must be SUCCESS.
-func (c *client) raw(prog, vers, proc uint32, args []byte) *reader {
-	c.t.Helper()
-	w := &writer{b: make([]byte, 4)}
-	xid := c.xid.Add(1)
+// callHeader writes an RPC call header with an AUTH_SYS credential, or
+// AUTH_NONE if cr is nil.
+func callHeader(w *writer, xid, prog, vers, proc uint32, cr *cred) {
 	w.uint32(xid)
 	w.uint32(msgCall)
 	w.uint32(2)
 	w.uint32(prog)
 	w.uint32(vers)
 	w.uint32(proc)
-	cw := &writer{}
-	cw.uint32(1)
-	cw.string("test")
-	cw.uint32(c.uid)
-	cw.uint32(c.gid)
-	cw.uint32(uint32(len(c.gids)))
-	for _, g := range c.gids {
-		cw.uint32(g)
+	if cr == nil {
+		w.uint32(authNone)
+		w.uint32(0)
+	} else {
+		cw := &writer{}
+		cw.uint32(1) // stamp
+		cw.string("test")
+		cw.uint32(cr.uid)
+		cw.uint32(cr.gid)
+		cw.uint32(uint32(len(cr.gids)))
+		for _, g := range cr.gids {
+			cw.uint32(g)
+		}
+		w.uint32(authSys)
+		w.opaque(cw.b)
 	}
-	w.uint32(authSys)
-	w.opaque(cw.b)
-	w.uint32(authNone)
+	w.uint32(authNone) // verifier
 	w.uint32(0)
+}
+
+// raw sends one call and returns the reply after the accept status, which
+// must be SUCCESS.
+func (c *client) raw(prog, vers, proc uint32, args []byte) *reader {
+	c.t.Helper()
+	w := &writer{b: make([]byte, 4)}
+	xid := c.xid.Add(1)
+	callHeader(w, xid, prog, vers, proc, &cred{uid: c.uid, gid: c.gid, gids: c.gids})
 	w.b = append(w.b, args...)
 	if _, err := c.conn.Write(frame(w.b)); err != nil {
 		c.t.Fatal(err)

@@ -80,23 +80,7 @@ func seedCalls() [][]byte {
 	fh := handleKey(fuzzKey).handle(e, 1)
 	call := func(prog, vers, proc uint32, a func(w *writer)) []byte {
 		w := &writer{}
-		w.uint32(0x01020304)
-		w.uint32(msgCall)
-		w.uint32(2)
-		w.uint32(prog)
-		w.uint32(vers)
-		w.uint32(proc)
-		cw := &writer{}
-		cw.uint32(0)
-		cw.string("seed")
-		cw.uint32(1000)
-		cw.uint32(1000)
-		cw.uint32(1)
-		cw.uint32(27)
-		w.uint32(authSys)
-		w.opaque(cw.b)
-		w.uint32(authNone)
-		w.uint32(0)
+		callHeader(w, 0x01020304, prog, vers, proc, &cred{uid: 1000, gid: 1000, gids: []uint32{27}})
 		if a != nil {
 			a(w)
 		}
@@ -214,26 +198,11 @@ func FuzzNFS(f *testing.F) {
 	local := netip.MustParseAddrPort("127.0.0.1:2049")
 	f.Fuzz(func(t *testing.T, proc uint8, a []byte) {
 		w := &writer{}
-		w.uint32(99)
-		w.uint32(msgCall)
-		w.uint32(2)
-		w.uint32(progNFS)
-		w.uint32(3)
-		w.uint32(uint32(proc) % 22)
-		cw := &writer{}
-		cw.uint32(0)
-		cw.string("fuzz")
 		uid := uint32(0)
 		if proc >= 128 {
 			uid = 1000
 		}
-		cw.uint32(uid)
-		cw.uint32(uid)
-		cw.uint32(0)
-		w.uint32(authSys)
-		w.opaque(cw.b)
-		w.uint32(authNone)
-		w.uint32(0)
+		callHeader(w, 99, progNFS, 3, uint32(proc)%22, &cred{uid: uid, gid: uid})
 		w.opaque(root)
 		w.b = append(w.b, a...)
 		reply := srv.dispatch(w.b, remote, local, "tcp")

@@ -460,16 +460,7 @@ func TestPipelinedCalls(t *testing.T) {
 	w := &writer{}
 	for i := uint32(0); i < n; i++ {
 		m := &writer{b: make([]byte, 4)}
-		m.uint32(1000 + i)
-		m.uint32(msgCall)
-		m.uint32(2)
-		m.uint32(progNFS)
-		m.uint32(3)
-		m.uint32(6)
-		m.uint32(authNone)
-		m.uint32(0)
-		m.uint32(authNone)
-		m.uint32(0)
+		callHeader(m, 1000+i, progNFS, 3, 6, nil)
 		m.opaque(big)
 		m.uint64(uint64(i) * 1000)
 		m.uint32(1000)
@@ -508,16 +499,7 @@ func TestPortmapAndMountOverUDP(t *testing.T) {
 	defer conn.Close()
 	call := func(prog, vers, proc uint32, a []byte) *reader {
 		m := &writer{}
-		m.uint32(7)
-		m.uint32(msgCall)
-		m.uint32(2)
-		m.uint32(prog)
-		m.uint32(vers)
-		m.uint32(proc)
-		m.uint32(authNone)
-		m.uint32(0)
-		m.uint32(authNone)
-		m.uint32(0)
+		callHeader(m, 7, prog, vers, proc, nil)
 		m.b = append(m.b, a...)
 		conn.Write(m.b)
 		buf := make([]byte, 9000)
