@@ -26,9 +26,13 @@ func dropped(arg string) bool {
 }
 
 // RootArgs are the arguments that make the kernel mount the node's export.
-// Ports are explicit so that no portmapper round trip is needed.
+// The NFS port is explicit; the MOUNT port is left to the portmapper
+// (nfsd serves one on 111) because the initramfs of Debian and Raspberry
+// Pi OS mounts with klibc's nfsmount, which refuses "mountport=" and
+// stops the boot ("bad option 'mountport'"), while the kernel's own
+// nfsroot and busybox ask the portmapper too when it is missing.
 func RootArgs(head netip.Addr, key string) string {
-	return fmt.Sprintf("root=/dev/nfs nfsroot=%s:/nodes/%s,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait", head, key)
+	return fmt.Sprintf("root=/dev/nfs nfsroot=%s:/nodes/%s,vers=3,tcp,port=2049 ip=dhcp rw rootwait", head, key)
 }
 
 // Cmdline generates a node's kernel command line from the image's

@@ -117,7 +117,7 @@ func TestPiBootSequence(t *testing.T) {
 		if got, want := rep.Sizes["kernel8.img"], "2000000"; got != want {
 			t.Errorf("tsize of kernel8.img: got %q, want %q", got, want)
 		}
-		wantCmd := "console=serial0,115200 console=tty1 fsck.repair=yes quiet root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory\n"
+		wantCmd := "console=serial0,115200 console=tty1 fsck.repair=yes quiet root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049 ip=dhcp rw rootwait cgroup_enable=memory\n"
 		if got := string(rep.Files["cmdline.txt"]); got != wantCmd {
 			t.Errorf("cmdline.txt:\ngot  %q\nwant %q", got, wantCmd)
 		}
@@ -253,7 +253,7 @@ func TestIPXE(t *testing.T) {
 	}
 	data, err = get(t, f, "52-54-00-ab-cd-ef/boot.ipxe")
 	want := "#!ipxe\n:fetch\nkernel kernel8.img console=serial0,115200 console=tty1 fsck.repair=yes quiet " +
-		"root=/dev/nfs nfsroot=127.0.0.1:/nodes/52-54-00-ab-cd-ef,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory || goto retry\n" +
+		"root=/dev/nfs nfsroot=127.0.0.1:/nodes/52-54-00-ab-cd-ef,vers=3,tcp,port=2049 ip=dhcp rw rootwait cgroup_enable=memory || goto retry\n" +
 		"boot || goto retry\n:retry\necho ociboot: boot files not fetched, trying again in 3 s\nimgfree\nsleep 3\ngoto fetch\n"
 	if err != nil || string(data) != want {
 		t.Errorf("node boot.ipxe:\ngot  %q (%v)\nwant %q", data, err, want)
@@ -287,7 +287,7 @@ func TestParseRequest(t *testing.T) {
 func TestCmdline(t *testing.T) {
 	head := netipMust("10.42.0.1")
 	got := Cmdline([]byte("console=ttyAMA0 root=/dev/mmcblk0p2 ro init=/sbin/init quiet"), head, "abcd1234", nil)
-	want := "console=ttyAMA0 quiet root=/dev/nfs nfsroot=10.42.0.1:/nodes/abcd1234,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait"
+	want := "console=ttyAMA0 quiet root=/dev/nfs nfsroot=10.42.0.1:/nodes/abcd1234,vers=3,tcp,port=2049 ip=dhcp rw rootwait"
 	if got != want {
 		t.Errorf("Cmdline:\ngot  %q\nwant %q", got, want)
 	}

@@ -89,7 +89,7 @@ func TestPiBoot(t *testing.T) {
 			t.Errorf("%s: got %d bytes that differ from the image's %d", f, len(rep.Files[f]), len(files[f]))
 		}
 	}
-	want := "console=serial0,115200 console=tty1 fsck.repair=yes root=/dev/nfs nfsroot=" + lab.Addr(1) + ":/nodes/5b154510,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait console=ttyAMA0 panic=-1\n"
+	want := "console=serial0,115200 console=tty1 fsck.repair=yes root=/dev/nfs nfsroot=" + lab.Addr(1) + ":/nodes/5b154510,vers=3,tcp,port=2049 ip=dhcp rw rootwait console=ttyAMA0 panic=-1\n"
 	if got := string(rep.Files["cmdline.txt"]); got != want {
 		t.Errorf("cmdline.txt:\ngot  %q\nwant %q", got, want)
 	}

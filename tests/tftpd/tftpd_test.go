@@ -67,7 +67,7 @@ func TestClients(t *testing.T) {
 				t.Fatalf("%v: %v\n%s", args, err, out)
 			}
 			got, _ := os.ReadFile(local)
-			if want := "console=serial0,115200 root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait\n"; string(got) != want {
+			if want := "console=serial0,115200 root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049 ip=dhcp rw rootwait\n"; string(got) != want {
 				t.Errorf("cmdline.txt via %s:\ngot  %q\nwant %q", c.name, got, want)
 			}
 			// Traversal and missing files are refused to real clients too.
