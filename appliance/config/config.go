@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"golang.org/x/crypto/ssh"
 )
 
 // DefaultPath is where gokrazy places config.json inside the image
@@ -112,6 +113,10 @@ type Netboot struct {
 	Upstreams []string
 	// InsecureRegistries are pulled over plain HTTP (local registries).
 	InsecureRegistries []string
+	// SSHAuthorizedKeys are OpenSSH public keys ("ssh-ed25519 AAAA... me@laptop")
+	// that may log in as root on every node: nfsd writes them into each
+	// node's root (and its cloud-init seed) when it makes the root.
+	SSHAuthorizedKeys []string
 }
 
 // NodeConfig is a validated Node.
@@ -148,6 +153,8 @@ type Config struct {
 	ExportTo     []netip.Prefix
 	Upstreams    []string
 	Insecure     []string
+	// AuthorizedKeys are the validated SSHAuthorizedKeys.
+	AuthorizedKeys []string
 }
 
 // Errors collects every problem found in the section; Error prints one per
@@ -427,6 +434,14 @@ func validate(raw Netboot, errs *Errors) *Config {
 		if _, err := name.NewRegistry(s); err != nil || strings.Contains(s, "/") {
 			add("Netboot.InsecureRegistries[%d]: %q is not a registry host such as \"localhost:5000\"", i, s)
 		}
+	}
+
+	for i, k := range raw.SSHAuthorizedKeys {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil || strings.ContainsAny(strings.TrimSpace(k), "\n\r") {
+			add("Netboot.SSHAuthorizedKeys[%d]: %q is not one OpenSSH public key line such as \"ssh-ed25519 AAAA... me@laptop\" (the contents of ~/.ssh/id_ed25519.pub)", i, short(json.RawMessage(k)))
+			continue
+		}
+		cfg.AuthorizedKeys = append(cfg.AuthorizedKeys, strings.TrimSpace(k))
 	}
 
 	seen := map[string]string{}

@@ -172,6 +172,10 @@ func TestErrors(t *testing.T) {
 			[]string{`Netboot.Nodes[0].IP: 10.9.0.1 is outside Netboot.Subnet 10.0.0.0/24`}},
 		{"bad node image", `{"Nodes": [{"Serial": "abcd1234", "Image": "a b"}]}`,
 			[]string{`Netboot.Nodes[0].Image: "a b" is not an image reference`}},
+		{"bad ssh key", `{"SSHAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFxuY3y0p1mY0h2kM1hQm0d7c0xXeW0pQ2g0YlQvZ2Zs ok", "my key"]}`,
+			[]string{`Netboot.SSHAuthorizedKeys[1]: "my key" is not one OpenSSH public key line`}},
+		{"two ssh keys in one line", `{"SSHAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFxuY3y0p1mY0h2kM1hQm0d7c0xXeW0pQ2g0YlQvZ2Zs a\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFxuY3y0p1mY0h2kM1hQm0d7c0xXeW0pQ2g0YlQvZ2Zs b"]}`,
+			[]string{`Netboot.SSHAuthorizedKeys[0]: `}},
 		{"several problems at once", `{"Mode": "x", "Enroll": "y", "Nodes": [{"MAC": "q"}]}`,
 			[]string{`Netboot.Mode: "x"`, `Netboot.Enroll: "y"`, `Netboot.Nodes[0].MAC: "q"`}},
 	} {

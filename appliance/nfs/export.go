@@ -237,7 +237,7 @@ func getXattr(p, name string, follow bool) ([]byte, error) {
 // openExport loads (or, with create, makes) the view of key in dir.
 // imageRoot and digest name the image the view is made from when it does
 // not exist yet; an existing view keeps its image until it is reset.
-func openExport(dir, key, imageRoot, digest string, create bool, images func(digest string) (*imageSet, error)) (*export, error) {
+func openExport(dir, key, imageRoot, digest string, create bool, images func(digest string) (*imageSet, error), personalize func(root string) error) (*export, error) {
 	var vi viewInfo
 	err := store.ReadJSON(filepath.Join(dir, viewFile), &vi)
 	root := filepath.Join(dir, viewRoot)
@@ -274,6 +274,12 @@ func openExport(dir, key, imageRoot, digest string, create bool, images func(dig
 		if err := fixDirTimes(imageRoot, tmp); err != nil {
 			os.RemoveAll(tmp)
 			return nil, fmt.Errorf("nfsd: making the root of node %s: %v", key, err)
+		}
+		if personalize != nil {
+			if err := personalize(tmp); err != nil {
+				os.RemoveAll(tmp)
+				return nil, fmt.Errorf("nfsd: writing the identity of node %s: %v", key, err)
+			}
 		}
 		// The tree's links are durable once the file system commits its
 		// journal; syncfs makes that happen before the view is announced.

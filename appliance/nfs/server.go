@@ -51,6 +51,10 @@ type Options struct {
 	Log      *slog.Logger
 	// Metrics, if set, receives the server's counters.
 	Metrics prometheus.Registerer
+	// Personalize, if set, is called with a node's new root tree before
+	// the root is served (and before it is recorded, so a crash makes it
+	// again): it writes what makes the node its own machine (identity.Write).
+	Personalize func(key, root string) error
 	// OnMount is called after a successful MNT (to record the boot stage).
 	OnMount func(key string, client netip.Addr)
 	// MaxInFlight bounds concurrent requests per connection (default 64).
@@ -201,7 +205,7 @@ func (s *Server) scan() {
 		if _, err := os.Stat(filepath.Join(s.opts.Store.Path(store.NodesDir, key), viewFile)); err != nil {
 			continue
 		}
-		e, err := openExport(s.opts.Store.Path(store.NodesDir, key), key, "", "", false, s.imageSet)
+		e, err := openExport(s.opts.Store.Path(store.NodesDir, key), key, "", "", false, s.imageSet, nil)
 		if err != nil {
 			s.log.Warn("view not served", "node", key, "err", err)
 			continue
@@ -269,7 +273,11 @@ func (s *Server) export(key string) (*export, error) {
 		}
 	}
 	start := time.Now()
-	e, err = openExport(dir, key, root, digest, true, s.imageSet)
+	var personalize func(string) error
+	if s.opts.Personalize != nil {
+		personalize = func(root string) error { return s.opts.Personalize(key, root) }
+	}
+	e, err = openExport(dir, key, root, digest, true, s.imageSet, personalize)
 	if err != nil {
 		return nil, err
 	}

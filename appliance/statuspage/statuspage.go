@@ -55,13 +55,17 @@ type Node struct {
 	// RootDigest is the image the node's NFS root was made from; it stays
 	// until the node is reset, even when Digest moves on.
 	RootDigest string
-	Stage      string
-	StageTime  time.Time
-	Detail     string
-	LastSeen   time.Time
-	LastError  string
-	Known      bool // listed in config.json
-	Seen       bool // has asked for something
+	// Hostname and HostKeys are the identity nfsd wrote into the node's
+	// root (host name, SSH host key fingerprints).
+	Hostname  string   `json:",omitempty"`
+	HostKeys  []string `json:",omitempty"`
+	Stage     string
+	StageTime time.Time
+	Detail    string
+	LastSeen  time.Time
+	LastError string
+	Known     bool // listed in config.json
+	Seen      bool // has asked for something
 }
 
 // ServiceState is what the page learned from one service.
@@ -143,6 +147,10 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 			continue
 		}
 		n.RootDigest = nodes.ViewImage(p.Store, n.Serial)
+		if n.RootDigest != "" {
+			id := nodes.LoadIdentity(p.Store, n.Serial)
+			n.Hostname, n.HostKeys = id.Hostname, id.HostKeys
+		}
 		if pr, err := nodes.Progress(p.Store, n.Serial); err == nil {
 			n.Stage, n.StageTime, n.Detail, n.LastError = pr.Stage, pr.Time, pr.Detail, pr.LastError
 		}
@@ -291,7 +299,7 @@ pre { background: #f7f7f7; padding: .5em; max-height: 16em; overflow: auto; font
 <h2>Nodes</h2>
 <table id="nodes"><tr><th>Name</th><th>Serial</th><th>MAC</th><th>IP</th><th>Image</th><th>Digest</th><th>Stage</th><th>Last seen</th><th>Last error</th></tr>
 {{$now := .Generated}}{{range .Nodes}}<tr>
-<td>{{.Name}}{{if not .Known}} <small>(enrolled)</small>{{end}}</td><td><code>{{.Serial}}</code></td><td><code>{{.MAC}}</code></td><td>{{.IP}}</td>
+<td>{{.Name}}{{if not .Known}} <small>(enrolled)</small>{{end}}{{if .Hostname}}<br><small class="ident">host <code>{{.Hostname}}</code>{{range .HostKeys}}<br><code>{{.}}</code>{{end}}</small>{{end}}</td><td><code>{{.Serial}}</code></td><td><code>{{.MAC}}</code></td><td>{{.IP}}</td>
 <td>{{.Image}}</td><td><code>{{short .Digest}}</code>{{if and .RootDigest (ne .RootDigest .Digest)}}<br><small class="err">root made from <code>{{short .RootDigest}}</code>; reset the node (nfsd /reset) to boot the new image</small>{{end}}</td>
 <td><span class="stage {{stageClass .Stage}}">{{if .Stage}}{{.Stage}}{{else}}not seen{{end}}</span>{{if .Detail}} <small>{{.Detail}}</small>{{end}}</td>
 <td>{{ago $now .LastSeen}}</td><td class="err">{{.LastError}}</td></tr>

@@ -30,6 +30,9 @@ func main() {
 			Resolver: nfs.NodeResolver{Config: env.Config, Store: env.Store},
 			Log:      env.Log,
 			Metrics:  env.Metrics,
+			Personalize: func(key, root string) error {
+				return nodes.Personalize(env.Config, env.Store, key, root)
+			},
 			OnMount: func(key string, client netip.Addr) {
 				err := nodes.SaveStage(env.Store, key, "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: time.Now().UTC(), Detail: "mounted by " + client.String()})
 				if err != nil {
