@@ -58,6 +58,8 @@ type testEnv struct {
 	res   fakeResolver
 	srv   *Server
 	ln    net.Listener
+	// personalize is Options.Personalize for the next start.
+	personalize func(key, root string) error
 }
 
 func needRoot(t *testing.T) {
@@ -110,7 +112,7 @@ func newEnv(t *testing.T) *testEnv {
 }
 
 func (e *testEnv) start() {
-	srv, err := New(Options{Store: e.st, Resolver: e.res})
+	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize})
 	if err != nil {
 		e.t.Fatal(err)
 	}
