@@ -20,7 +20,12 @@ BIN    := $(CURDIR)/.build/bin
 
 SERVICES := dhcpd tftpd ocicache nfsd status
 
-.PHONY: image update root run test unit bench demo builddir-sync
+# `make node-image` writes the node image (an OCI layout) here; push it to
+# the registry the head node pulls from with skopeo (see README).
+NODE_IMAGE       ?= $(CURDIR)/.build/node-image
+NODE_IMAGE_FLAGS ?=
+
+.PHONY: image update root run test unit bench demo builddir-sync node-image
 
 ## image: build a full Raspberry Pi image (boot, root, and an ext4 /perm)
 image:
@@ -33,6 +38,10 @@ image:
 	  [ -n "$$args" ] || { echo "make image: gok did not report the perm partition; is TARGET_STORAGE_BYTES large enough?" >&2; exit 1; }; \
 	  set -- $$args; mkfs.ext4 -q -F -L perm -E offset=$$1 $(IMAGE) $$2; \
 	  echo "$(IMAGE): ready to flash (perm partition formatted at offset $$1)"
+
+## node-image: build the Debian node image (systemd, raspi-firmware, arm64 kernel) as an OCI layout in $(NODE_IMAGE); as root
+node-image:
+	go run ./appliance/nodeimage/cmd/nodeimage build -o $(NODE_IMAGE) $(NODE_IMAGE_FLAGS)
 
 ## root: build only the root file system (what `make test` inspects)
 root:

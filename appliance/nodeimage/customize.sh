@@ -1,0 +1,71 @@
+#!/bin/sh
+# mmdebstrap customize hook: runs on the build machine with $1 = the new
+# node root, after every package is installed. It makes the root a
+# netbooting node's: root on NFS, the network left as the initramfs set it
+# up, no per-machine secrets. (nodeimage.Sanitize enforces the last part
+# for every image, built or imported.)
+set -eu
+root=$1
+
+# The initramfs mounts / over NFS; there is no SD card to mount.
+cat >"$root/etc/fstab" <<'END'
+# The root file system is mounted over NFS by the initramfs (ociboot);
+# add local disks here by label or UUID if a node has any.
+END
+
+# raspi-firmware writes config.txt and cmdline.txt into /boot/firmware
+# from this file; ociboot replaces root=, ip= and friends in cmdline.txt
+# for each node and appends Netboot.ConfigTxt after an [all] line.
+sed -i \
+	-e 's|^#\?CONSOLES=.*|CONSOLES="serial0,115200 tty1"|' \
+	-e 's|^#\?ROOTPART=.*|ROOTPART=/dev/nfs|' \
+	"$root/etc/default/raspi-firmware"
+kver=$(basename "$(ls -d "$root"/lib/modules/* | sort -V | tail -n 1)")
+chroot "$root" /etc/kernel/postinst.d/z50-raspi-firmware "$kver"
+
+# The network carries the root file system. The initramfs configured the
+# interface (ip=dhcp); systemd-networkd adopts that configuration without
+# ever dropping it (KeepConfiguration), renews the lease with the same
+# client identity (the MAC, as the bootloader and the kernel used), and
+# systemd-resolved takes DNS from it. Nothing else manages interfaces.
+mkdir -p "$root/etc/systemd/network"
+cat >"$root/etc/systemd/network/10-ociboot-netboot.network" <<'END'
+[Match]
+Type=ether
+Kind=!*
+
+[Network]
+DHCP=ipv4
+KeepConfiguration=yes
+
+[DHCPv4]
+ClientIdentifier=mac
+END
+chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service
+ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
+
+# SSH host keys are per machine: ociboot writes each node its own when it
+# makes the node's root. Outside ociboot, this unit makes them at boot.
+rm -f "$root"/etc/ssh/ssh_host_*
+cat >"$root/etc/systemd/system/ssh-hostkeys.service" <<'END'
+[Unit]
+Description=Make SSH host keys if this machine has none
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+RequiredBy=ssh.service
+END
+chroot "$root" systemctl enable ssh-hostkeys.service
+
+# Per-machine state that must not be shared by every node of the image.
+: >"$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+ln -s /etc/machine-id "$root/var/lib/dbus/machine-id"
+echo debian >"$root/etc/hostname"
+rm -f "$root"/var/log/*.log "$root"/var/log/apt/* "$root/var/cache/ldconfig/aux-cache"
+rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
