@@ -148,6 +148,8 @@ type TFTPReport struct {
 	Sizes    map[string]string // tsize from each OACK
 	Missing  []string          // probes answered with "not found"
 	Requests int
+	// Kernel and Initramfs name the files config.txt chose (keys of Files).
+	Kernel, Initramfs string
 }
 
 // TFTPBoot replays the TFTP part of a Pi 4 network boot (PI-NETBOOT.md
@@ -199,21 +201,27 @@ func TFTPBoot(ctx context.Context, server, serial string, blksize int) (TFTPRepo
 		{"overlays/overlay_map.dtb", false, true},
 		{"cmdline.txt", false, false},
 		{"armstub8-gic.bin", false, true},
-		{"kernel8.img", true, false},
-		{"kernel8.img", false, false},
 	}
 	for _, s := range steps {
 		if err := get(s.file, s.probe, s.optional); err != nil {
 			return rep, err
 		}
 	}
-	// start4.elf loads the initramfs config.txt names (Raspberry Pi OS:
-	// "initramfs initramfs8 followkernel").
-	for _, line := range strings.Split(string(rep.Files["config.txt"]), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "initramfs" {
-			if err := get(f[1], false, false); err != nil {
-				return rep, err
-			}
+	// start4.elf loads the kernel and the initramfs config.txt names for
+	// its board (Raspberry Pi OS: kernel8.img and "initramfs initramfs8
+	// followkernel"; Debian's raspi-firmware: kernel=vmlinuz-<release>).
+	ct := ParseConfigTxt(rep.Files["config.txt"], "pi4")
+	rep.Kernel = ct.Kernel
+	if err := get(ct.Kernel, true, false); err != nil {
+		return rep, err
+	}
+	if err := get(ct.Kernel, false, false); err != nil {
+		return rep, err
+	}
+	if ct.Initramfs != "" {
+		rep.Initramfs = ct.Initramfs
+		if err := get(ct.Initramfs, false, false); err != nil {
+			return rep, err
 		}
 	}
 	return rep, nil
