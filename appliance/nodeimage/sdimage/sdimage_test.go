@@ -6,15 +6,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -313,6 +312,12 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("read image in %v: %d bytes of tar", time.Since(start), buf.Len())
+	if f := inodeFlags(t, img, "/usr/share/many"); f&0x1000 == 0 {
+		t.Errorf("usr/share/many: inode flags %#x lack EXT4_INDEX_FL: the fixture has no htree directory", f)
+	}
+	if f := inodeFlags(t, img, "/usr/share/blob"); f&0x80000 == 0 {
+		t.Errorf("usr/share/blob: inode flags %#x lack EXT4_EXTENTS_FL", f)
+	}
 	raw := buf.Bytes()
 	got, order := readTar(t, bytes.NewReader(raw))
 	want := hostTree(t, tree)
@@ -435,41 +440,115 @@ func TestMountPointMadeWhenMissing(t *testing.T) {
 	}
 }
 
-func TestInlineData(t *testing.T) {
+// TestExt4Variants reads root filesystems made with other ext4 feature
+// sets: inline data, ext3-style block maps (with double indirect blocks),
+// 32-bit group descriptors, no checksums, no htree.
+func TestExt4Variants(t *testing.T) {
 	sdtest.Need(t, false)
-	dir := t.TempDir()
-	tree := filepath.Join(dir, "tree")
-	for i := 0; i < 20; i++ {
-		p := filepath.Join(tree, "small", fmt.Sprintf("f%02d", i))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(strings.Repeat("x", i*7)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Lsetxattr(p, "user.i", []byte{byte(i)}, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	img := filepath.Join(dir, "sd.img")
-	if err := (sdtest.Options{Ext4Features: "inline_data"}).Build(tree, img); err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := sdimage.WriteTar(context.Background(), img, &buf); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := readTar(t, &buf)
-	want := hostTree(t, tree)
-	for n, w := range want {
-		if n == "./" || n == "etc/" {
-			continue
-		}
-		if g := got[n]; g.sum != w.sum || g.xattrs["user.i"] != w.xattrs["user.i"] {
-			t.Errorf("%s: got %v, want %v", n, g, w)
-		}
+	for _, tc := range []struct {
+		features string
+		flags    map[string]uint32 // inode flags the fixture must have
+	}{
+		{"inline_data", map[string]uint32{"/small/f05": 0x10000000, "/small/f12": 0x10000000, "/tiny": 0x10000000}},
+		{"^extent,^64bit,^flex_bg", map[string]uint32{}},
+		{"^metadata_csum,^dir_index,^huge_file", map[string]uint32{"/big": 0x80000}},
+	} {
+		t.Run(tc.features, func(t *testing.T) {
+			dir := t.TempDir()
+			tree := filepath.Join(dir, "tree")
+			write := func(rel string, data []byte) {
+				p := filepath.Join(tree, rel)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := 0; i < 20; i++ {
+				n := fmt.Sprintf("small/f%02d", i)
+				write(n, []byte(strings.Repeat("x", i*7)))
+				if err := unix.Lsetxattr(filepath.Join(tree, n), "user.i", []byte{byte(i)}, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write("tiny/a", []byte("a"))
+			write("tiny/bb", []byte("bb"))
+			big := make([]byte, 6<<20+17)
+			for i := range big {
+				big[i] = byte(i>>12 + i)
+			}
+			write("big", big)
+			for i := 0; i < 300; i++ {
+				write(fmt.Sprintf("wide/%s-%03d", strings.Repeat("w", 40), i), nil)
+			}
+			if err := os.Symlink(strings.Repeat("t", 200), filepath.Join(tree, "slow-link")); err != nil {
+				t.Fatal(err)
+			}
+			img := filepath.Join(dir, "sd.img")
+			if err := (sdtest.Options{Ext4Features: tc.features}).Build(tree, img); err != nil {
+				t.Fatal(err)
+			}
+			for n, want := range tc.flags {
+				if f := inodeFlags(t, img, n); f&want != want {
+					t.Errorf("%s: inode flags %#x lack %#x", n, f, want)
+				}
+			}
+			if f := inodeFlags(t, img, "/big"); f&0x80000 != 0 && strings.Contains(tc.features, "^extent") {
+				t.Errorf("/big: inode flags %#x: extents despite ^extent", f)
+			}
+			var buf bytes.Buffer
+			if err := sdimage.WriteTar(context.Background(), img, &buf); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := readTar(t, &buf)
+			want := hostTree(t, tree)
+			delete(got, "lost+found/")
+			for _, n := range []string{"./", "etc/", "etc/fstab", "boot/", "boot/firmware/", "boot/firmware/cmdline.txt"} {
+				delete(got, n)
+				delete(want, n)
+			}
+			compareTrees(t, got, want)
+		})
 	}
 }
 
-var _ = syscall.Stat_t{}
-var _ = errors.Is
+// inodeFlags returns the ext4 inode flags of path in the image's root
+// partition, as debugfs reads them: the test's proof that the fixture has
+// the on-disk shape it is meant to exercise.
+func inodeFlags(t *testing.T, img, path string) uint32 {
+	t.Helper()
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mbr := make([]byte, 512)
+	if _, err := f.ReadAt(mbr, 0); err != nil {
+		t.Fatal(err)
+	}
+	e := mbr[446+16:]
+	start, n := int64(binary.LittleEndian.Uint32(e[8:]))*512, int64(binary.LittleEndian.Uint32(e[12:]))*512
+	part := filepath.Join(t.TempDir(), "root.img")
+	out, err := os.Create(part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, io.NewSectionReader(f, start, n)); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	b, err := exec.Command("debugfs", "-R", "stat "+path, part).Output()
+	if err != nil {
+		t.Fatalf("debugfs stat %s: %v", path, err)
+	}
+	var flags uint32
+	for _, l := range strings.Split(string(b), "\n") {
+		if i := strings.Index(l, "Flags: 0x"); i >= 0 {
+			fmt.Sscanf(l[i+len("Flags: 0x"):], "%x", &flags)
+			return flags
+		}
+	}
+	t.Fatalf("debugfs stat %s: no Flags line in %s", path, b)
+	return 0
+}
