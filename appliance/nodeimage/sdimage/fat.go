@@ -53,7 +53,7 @@ func openFAT(r io.ReaderAt, size int64) (*fatFS, error) {
 	}
 	if bs[510] != 0x55 || bs[511] != 0xAA || bps < 512 || bps > 4096 || bps&(bps-1) != 0 ||
 		spc == 0 || spc&(spc-1) != 0 || reserved == 0 || nfats == 0 || fatSz == 0 || total == 0 {
-		return nil, fmt.Errorf("%w: no FAT boot sector", ErrNoFAT)
+		return nil, fmt.Errorf("%w: no FAT boot sector at its start", ErrNoFAT)
 	}
 	if total*bps > size {
 		return nil, fmt.Errorf("%w: the FAT filesystem has %d bytes but its partition only %d", ErrTruncated, total*bps, size)

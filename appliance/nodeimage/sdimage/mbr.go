@@ -1,6 +1,8 @@
 package sdimage
 
 import (
+	"bytes"
+	"errors"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -26,8 +28,14 @@ func readMBR(r io.ReaderAt, size int64) ([]partition, error) {
 	if _, err := r.ReadAt(s[:], 0); err != nil {
 		return nil, fmt.Errorf("%w: reading the first sector: %v", ErrNotDiskImage, err)
 	}
+	if isExt(r) {
+		return nil, fmt.Errorf("%w: it is a bare ext4 filesystem (one partition's image); import the whole SD-card image", ErrNotDiskImage)
+	}
 	if s[510] != 0x55 || s[511] != 0xAA {
 		return nil, fmt.Errorf("%w: the first sector has no 55 AA boot signature (want a raw SD-card .img or .img.xz)", ErrNotDiskImage)
+	}
+	if _, err := openFAT(bytesReaderAt(s[:]), sectorSize); err == nil || errors.Is(err, ErrTruncated) {
+		return nil, fmt.Errorf("%w: the first sector is a FAT boot sector: this is a bare FAT filesystem (one partition's image); import the whole SD-card image", ErrNoMBR)
 	}
 	var parts []partition
 	for i := 0; i < 4; i++ {
@@ -68,3 +76,7 @@ func isFATType(t byte) bool {
 	}
 	return false
 }
+
+// bytesReaderAt reads the first sector again for openFAT's check, which
+// only needs the boot sector to tell a FAT filesystem.
+func bytesReaderAt(b []byte) io.ReaderAt { return bytes.NewReader(b) }

@@ -103,6 +103,10 @@ func (im *Importer) unxz(ctx context.Context, src string) (*os.File, error) {
 		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
 			msg = msg[i+1:]
 		}
+		// "xz: <file>: <what>": the file is named already.
+		if i := strings.LastIndex(msg, ": "); i >= 0 {
+			msg = msg[i+2:]
+		}
 		if strings.Contains(msg, "Unexpected end of input") {
 			return nil, fmt.Errorf("%w (xz: %s): download it again", ErrTruncatedXZ, msg)
 		}
@@ -169,12 +173,16 @@ func (im *Importer) WriteTarFrom(ctx context.Context, img io.ReaderAt, size int6
 	var boot *fatFS
 	var root *ext4FS
 	var bootPart, rootPart partition
+	noFAT := fmt.Sprintf("none of the %d partitions holds a FAT filesystem (a Raspberry Pi image has a FAT32 boot partition first)", len(parts))
 	for _, p := range parts {
 		r := io.NewSectionReader(img, p.offset, p.size)
 		switch {
 		case boot == nil && (isFATType(p.typ) || p.typ == 0x83) && !isExt(r):
 			fs, err := openFAT(r, p.size)
-			if errors.Is(err, ErrNoFAT) && !isFATType(p.typ) {
+			if errors.Is(err, ErrNoFAT) {
+				if isFATType(p.typ) {
+					noFAT = fmt.Sprintf("partition %d has FAT type %#02x but %s", p.index, p.typ, strings.TrimPrefix(err.Error(), ErrNoFAT.Error()+": "))
+				}
 				continue
 			}
 			if err != nil {
@@ -190,7 +198,7 @@ func (im *Importer) WriteTarFrom(ctx context.Context, img io.ReaderAt, size int6
 		}
 	}
 	if boot == nil {
-		return fmt.Errorf("%w: none of the %d partitions holds a FAT filesystem (a Raspberry Pi image has a FAT32 boot partition first)", ErrNoFAT, len(parts))
+		return fmt.Errorf("%w: %s", ErrNoFAT, noFAT)
 	}
 	if root == nil {
 		return fmt.Errorf("%w: none of the %d partitions holds an ext4 filesystem (a Raspberry Pi image has its root in partition 2)", ErrNoExt4, len(parts))
