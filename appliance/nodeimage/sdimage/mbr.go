@@ -2,8 +2,8 @@ package sdimage
 
 import (
 	"bytes"
-	"errors"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 )
