@@ -482,14 +482,18 @@ func (fs *ext4FS) copyData(ctx context.Context, in *inode, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	return fs.copyExtents(ctx, in, exts, w)
+}
+
+func (fs *ext4FS) copyExtents(ctx context.Context, in *inode, exts []extent, w io.Writer) error {
 	const chunk = 1 << 20
-	buf := make([]byte, chunk)
+	buf := make([]byte, min(chunk, max(in.size, 1)))
 	bs := uint64(fs.blockSize)
 	var pos uint64 // bytes written
 	zeros := func(n uint64) error {
 		clear(buf)
 		for n > 0 {
-			k := min(n, chunk)
+			k := min(n, uint64(len(buf)))
 			if _, err := w.Write(buf[:k]); err != nil {
 				return err
 			}
@@ -518,7 +522,7 @@ func (fs *ext4FS) copyData(ctx context.Context, in *inode, w io.Writer) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			k := min(n, chunk)
+			k := min(n, uint64(len(buf)))
 			if _, err := fs.r.ReadAt(buf[:k], off); err != nil {
 				return fmt.Errorf("%w: inode %d: reading at byte %d of the root partition: %v", ErrTruncated, in.num, off, err)
 			}
@@ -567,69 +571,118 @@ type dirent struct {
 	ino  uint32
 }
 
-// maxDirBytes bounds a directory: 2^32 blocks of largedir would be legal
-// but no root filesystem has a directory of more than this.
-const maxDirBytes = 1 << 30
+// maxDirEntries bounds one directory's entries; a million-entry
+// directory is already far beyond any root filesystem's.
+const maxDirEntries = 1 << 24
 
 // readDir returns the directory's entries except "." and "..". Linear
 // reading covers htree directories too: their index blocks look like one
-// empty entry spanning the block.
+// empty entry spanning the block. Blocks are parsed as they are read.
 func (fs *ext4FS) readDir(in *inode) ([]dirent, error) {
-	data, err := fs.readSmall(in, maxDirBytes, "directory")
-	if err != nil {
+	p := &dirParser{fs: fs, in: in}
+	if data, ok, err := fs.inline(in); err != nil {
 		return nil, err
-	}
-	le := binary.LittleEndian
-	var out []dirent
-	parse := func(b []byte) error {
-		for len(b) > 0 {
-			if len(b) < 8 {
-				return corrupt("directory inode %d: %d stray bytes at a block end", in.num, len(b))
-			}
-			ino := le.Uint32(b)
-			rec := int(le.Uint16(b[4:]))
-			if fs.blockSize == 65536 && (rec == 0 || rec == 65535) {
-				rec = 65536
-			}
-			nameLen := int(b[6])
-			if fs.incompat&0x2 == 0 { // no filetype feature: 16-bit name length
-				nameLen |= int(b[7]) << 8
-			}
-			if rec < 8 || rec%4 != 0 || rec > len(b) || 8+nameLen > rec {
-				return corrupt("directory inode %d: entry length %d (name %d) in %d bytes left", in.num, rec, nameLen, len(b))
-			}
-			name := string(b[8 : 8+nameLen])
-			if ino != 0 && name != "." && name != ".." {
-				if !validName(name) {
-					return corrupt("directory inode %d: entry name %q", in.num, name)
-				}
-				out = append(out, dirent{name: name, ino: ino})
-			}
-			b = b[rec:]
+	} else if ok {
+		if in.flags&flagInlineData == 0 {
+			return nil, corrupt("directory inode %d has no data blocks", in.num)
 		}
-		return nil
-	}
-	if in.flags&flagInlineData != 0 {
 		// 4 bytes of parent inode number, then entries to the end of
 		// i_block, then more in system.data.
 		if len(data) < 4 {
 			return nil, corrupt("directory inode %d: inline directory of %d bytes", in.num, len(data))
 		}
 		first := min(len(data), 60)
-		if err := parse(data[4:first]); err != nil {
+		if err := p.parse(data[4:first]); err != nil {
 			return nil, err
 		}
-		return out, parse(data[first:])
+		return p.out, p.parse(data[first:])
 	}
-	if uint64(len(data))%uint64(fs.blockSize) != 0 {
-		return nil, corrupt("directory inode %d: size %d is not whole blocks", in.num, len(data))
+	exts, err := fs.extents(in)
+	if err != nil {
+		return nil, err
 	}
-	for off := int64(0); off < int64(len(data)); off += fs.blockSize {
-		if err := parse(data[off : off+fs.blockSize]); err != nil {
-			return nil, err
+	// A directory is whole blocks with neither holes nor blocks shared
+	// with itself: which also bounds what a hostile one makes us read.
+	bs := uint64(fs.blockSize)
+	if in.size%bs != 0 {
+		return nil, corrupt("directory inode %d: size %d is not whole blocks", in.num, in.size)
+	}
+	var mapped uint64
+	for i, e := range exts {
+		if e.zero || e.logical != mapped/bs && e.logical*bs < in.size {
+			return nil, corrupt("directory inode %d has a hole at block %d", in.num, mapped/bs)
+		}
+		mapped += e.n * bs
+		for _, o := range exts[:i] {
+			if e.phys < o.phys+o.n && o.phys < e.phys+e.n {
+				return nil, corrupt("directory inode %d maps block %d twice", in.num, max(e.phys, o.phys))
+			}
 		}
 	}
-	return out, nil
+	if mapped < in.size {
+		return nil, corrupt("directory inode %d: %d bytes but %d mapped", in.num, in.size, mapped)
+	}
+	if err := fs.copyExtents(context.Background(), in, exts, p); err != nil {
+		return nil, err
+	}
+	return p.out, nil
+}
+
+// dirParser takes a directory's blocks as an io.Writer.
+type dirParser struct {
+	fs  *ext4FS
+	in  *inode
+	blk []byte
+	out []dirent
+}
+
+func (p *dirParser) Write(b []byte) (int, error) {
+	n := len(b)
+	for len(b) > 0 {
+		k := min(len(b), int(p.fs.blockSize)-len(p.blk))
+		p.blk = append(p.blk, b[:k]...)
+		b = b[k:]
+		if len(p.blk) == int(p.fs.blockSize) {
+			if err := p.parse(p.blk); err != nil {
+				return 0, err
+			}
+			p.blk = p.blk[:0]
+		}
+	}
+	return n, nil
+}
+
+func (p *dirParser) parse(b []byte) error {
+	le := binary.LittleEndian
+	for len(b) > 0 {
+		if len(b) < 8 {
+			return corrupt("directory inode %d: %d stray bytes at a block end", p.in.num, len(b))
+		}
+		ino := le.Uint32(b)
+		rec := int(le.Uint16(b[4:]))
+		if p.fs.blockSize == 65536 && (rec == 0 || rec == 65535) {
+			rec = 65536
+		}
+		nameLen := int(b[6])
+		if p.fs.incompat&0x2 == 0 { // no filetype feature: 16-bit name length
+			nameLen |= int(b[7]) << 8
+		}
+		if rec < 8 || rec%4 != 0 || rec > len(b) || 8+nameLen > rec {
+			return corrupt("directory inode %d: entry length %d (name %d) in %d bytes left", p.in.num, rec, nameLen, len(b))
+		}
+		name := string(b[8 : 8+nameLen])
+		if ino != 0 && name != "." && name != ".." {
+			if !validName(name) {
+				return corrupt("directory inode %d: entry name %q", p.in.num, name)
+			}
+			if len(p.out) >= maxDirEntries {
+				return corrupt("directory inode %d has more than %d entries", p.in.num, maxDirEntries)
+			}
+			p.out = append(p.out, dirent{name: name, ino: ino})
+		}
+		b = b[rec:]
+	}
+	return nil
 }
 
 func validName(n string) bool {

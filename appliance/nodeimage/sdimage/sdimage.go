@@ -327,7 +327,7 @@ func (t *tarWalk) synthDir(rel string, depth int) error {
 	}
 	t.entries++
 	if depth == len(bootDir) {
-		return t.fatDir(rel, t.boot.rootCluster, true, 0)
+		return t.bootFiles(rel)
 	}
 	return t.synthDir(rel+"/"+bootDir[depth], depth+1)
 }
@@ -392,6 +392,15 @@ func (t *tarWalk) mountPoint(rel string, in *inode) error {
 		return fmt.Errorf("%s: %w", rel, err)
 	} else if len(ents) > 0 {
 		t.log.Warn("leaving out files of the root partition hidden below the boot partition's mount point", "path", rel, "entries", len(ents))
+	}
+	return t.bootFiles(rel)
+}
+
+// bootFiles writes the boot partition's files below rel; a walk without
+// a boot partition (the fuzz target's) writes none.
+func (t *tarWalk) bootFiles(rel string) error {
+	if t.boot == nil {
+		return nil
 	}
 	return t.fatDir(rel, t.boot.rootCluster, true, 0)
 }
