@@ -126,6 +126,12 @@ func openExt4(r io.ReaderAt, size int64) (*ext4FS, error) {
 	case fs.incompat&incompatDirData != 0:
 		return nil, fmt.Errorf("%w: ext4 dirdata feature (Lustre) is not supported", ErrNoExt4)
 	}
+	// Like the kernel, refuse features we do not know: they may change
+	// what the bytes mean.
+	const known = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x1000 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x20000
+	if unknown := fs.incompat &^ known; unknown != 0 {
+		return nil, fmt.Errorf("%w: the ext4 filesystem uses incompatible features %#x this importer does not know", ErrNoExt4, unknown)
+	}
 	fs.needsRecovery = fs.incompat&incompatRecover != 0
 	fs.clusterSize = fs.blockSize
 	if fs.roCompat&roCompatBigalloc != 0 {

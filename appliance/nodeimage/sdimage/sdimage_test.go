@@ -446,14 +446,19 @@ func TestMountPointMadeWhenMissing(t *testing.T) {
 func TestExt4Variants(t *testing.T) {
 	sdtest.Need(t, false)
 	for _, tc := range []struct {
-		features string
-		flags    map[string]uint32 // inode flags the fixture must have
+		name  string
+		opts  sdtest.Options
+		flags map[string]uint32 // inode flags the fixture must have
 	}{
-		{"inline_data", map[string]uint32{"/small/f05": 0x10000000, "/small/f12": 0x10000000, "/tiny": 0x10000000}},
-		{"^extent,^64bit,^flex_bg", map[string]uint32{}},
-		{"^metadata_csum,^dir_index,^huge_file", map[string]uint32{"/big": 0x80000}},
+		{"inline_data", sdtest.Options{Ext4Features: "inline_data"}, map[string]uint32{"/small/f05": 0x10000000, "/small/f12": 0x10000000, "/tiny": 0x10000000}},
+		{"block maps", sdtest.Options{Ext4Features: "^extent,^64bit,^flex_bg"}, map[string]uint32{}},
+		{"no checksums or htree", sdtest.Options{Ext4Features: "^metadata_csum,^dir_index,^huge_file"}, map[string]uint32{"/big": 0x80000}},
+		// 1 KiB blocks: 16 descriptors a block, so 40 groups span three
+		// meta block groups.
+		{"meta_bg", sdtest.Options{Ext4Features: "meta_bg,^resize_inode", Ext4BlockSize: 1024, MinRootSize: 320 << 20}, map[string]uint32{}},
+		{"bigalloc", sdtest.Options{Ext4Features: "bigalloc", Ext4ClusterSize: 65536, MinRootSize: 128 << 20}, map[string]uint32{}},
 	} {
-		t.Run(tc.features, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			tree := filepath.Join(dir, "tree")
 			write := func(rel string, data []byte) {
@@ -486,7 +491,7 @@ func TestExt4Variants(t *testing.T) {
 				t.Fatal(err)
 			}
 			img := filepath.Join(dir, "sd.img")
-			if err := (sdtest.Options{Ext4Features: tc.features}).Build(tree, img); err != nil {
+			if err := tc.opts.Build(tree, img); err != nil {
 				t.Fatal(err)
 			}
 			for n, want := range tc.flags {
@@ -494,7 +499,7 @@ func TestExt4Variants(t *testing.T) {
 					t.Errorf("%s: inode flags %#x lack %#x", n, f, want)
 				}
 			}
-			if f := inodeFlags(t, img, "/big"); f&0x80000 != 0 && strings.Contains(tc.features, "^extent") {
+			if f := inodeFlags(t, img, "/big"); f&0x80000 != 0 && strings.Contains(tc.opts.Ext4Features, "^extent") {
 				t.Errorf("/big: inode flags %#x: extents despite ^extent", f)
 			}
 			var buf bytes.Buffer

@@ -38,6 +38,12 @@ type Options struct {
 	// Ext4Features is passed to mkfs.ext4 -O (e.g. "inline_data" or
 	// "^metadata_csum") on top of Debian's ext4 defaults.
 	Ext4Features string
+	// Ext4BlockSize is the root filesystem's block size; 0 means 4096.
+	Ext4BlockSize int
+	// Ext4ClusterSize, when set, is passed as mkfs.ext4 -C (bigalloc).
+	Ext4ClusterSize int
+	// MinRootSize is the least size of the root partition in bytes.
+	MinRootSize int64
 }
 
 // Build is Options{}.Build.
@@ -80,7 +86,7 @@ func (o Options) Build(rootDir, out string) error {
 	}
 	// FAT32 needs 65525 clusters; 64 MiB of 512-byte clusters has room.
 	bootSize := roundMiB(max(64*mib, bootUse+bootUse/4+8*mib))
-	rootSize := roundMiB(max(32*mib, rootUse+rootUse/4+rootInodes*512+16*mib))
+	rootSize := roundMiB(max(32*mib, o.MinRootSize, rootUse+rootUse/4+rootInodes*512+16*mib))
 	bootStart := int64(4 * mib)
 	rootStart := bootStart + bootSize
 
@@ -114,10 +120,17 @@ func (o Options) Build(rootDir, out string) error {
 	}
 
 	extImg := filepath.Join(work, "root.img")
-	mkfs := []string{"-q", "-F", "-t", "ext4", "-L", "rootfs", "-b", "4096", "-d", rootDir,
+	bs := o.Ext4BlockSize
+	if bs == 0 {
+		bs = 4096
+	}
+	mkfs := []string{"-q", "-F", "-t", "ext4", "-L", "rootfs", "-b", fmt.Sprint(bs), "-d", rootDir,
 		"-N", fmt.Sprint(rootInodes + rootInodes/4 + 1024)}
 	if o.Ext4Features != "" {
 		mkfs = append(mkfs, "-O", o.Ext4Features)
+	}
+	if o.Ext4ClusterSize != 0 {
+		mkfs = append(mkfs, "-C", fmt.Sprint(o.Ext4ClusterSize))
 	}
 	if err := run(nil, "mkfs.ext4", append(mkfs, extImg, fmt.Sprint(rootSize/1024)+"k")...); err != nil {
 		return err
