@@ -3,6 +3,7 @@ package sdimage
 import (
 	"encoding/binary"
 	"sort"
+	"strings"
 )
 
 const xattrMagic = 0xEA020000
@@ -103,6 +104,9 @@ func (fs *ext4FS) xattrEntries(in *inode, ents, base []byte, xs *xattrSet) error
 			return corrupt("inode %d: xattr %q with unknown name index %d", in.num, suffix, idx)
 		}
 		name := prefix + suffix
+		if strings.ContainsAny(suffix, "=\x00") {
+			return corrupt("inode %d: xattr name %q", in.num, name)
+		}
 		if idx == 7 && suffix == "data" {
 			xs.systemData = append([]byte{}, value...)
 			continue

@@ -80,13 +80,14 @@ func (o Options) Build(rootDir, out string) error {
 	if err != nil {
 		return fmt.Errorf("sdtest: %v", err)
 	}
-	bootUse, _, err := usage(bootSrc, "")
+	bootUse, bootInodes, err := usage(bootSrc, "")
 	if err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("sdtest: %v", err)
 	}
 	// FAT32 needs 65525 clusters; 64 MiB of 512-byte clusters has room.
 	bootSize := roundMiB(max(64*mib, bootUse+bootUse/4+8*mib))
-	rootSize := roundMiB(max(32*mib, o.MinRootSize, rootUse+rootUse/4+rootInodes*512+16*mib))
+	// mkfs.ext4 -d copies boot/firmware in too before it is emptied.
+	rootSize := roundMiB(max(32*mib, o.MinRootSize, rootUse+bootUse+(rootUse+bootUse)/4+rootInodes*512+16*mib))
 	bootStart := int64(4 * mib)
 	rootStart := bootStart + bootSize
 
@@ -125,7 +126,7 @@ func (o Options) Build(rootDir, out string) error {
 		bs = 4096
 	}
 	mkfs := []string{"-q", "-F", "-t", "ext4", "-L", "rootfs", "-b", fmt.Sprint(bs), "-d", rootDir,
-		"-N", fmt.Sprint(rootInodes + rootInodes/4 + 1024)}
+		"-N", fmt.Sprint(rootInodes + bootInodes + rootInodes/4 + 1024)}
 	if o.Ext4Features != "" {
 		mkfs = append(mkfs, "-O", o.Ext4Features)
 	}
