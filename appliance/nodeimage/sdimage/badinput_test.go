@@ -18,7 +18,7 @@ import (
 )
 
 // baseImage builds a small good image for the bad-input tests to spoil.
-func baseImage(t *testing.T) []byte {
+func baseImage(t *testing.T, opts sdtest.Options) []byte {
 	t.Helper()
 	sdtest.Need(t, false)
 	dir := t.TempDir()
@@ -33,7 +33,7 @@ func baseImage(t *testing.T) []byte {
 		}
 	}
 	img := filepath.Join(dir, "sd.img")
-	if err := sdtest.Build(tree, img); err != nil {
+	if err := opts.Build(tree, img); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(img)
@@ -63,6 +63,21 @@ func debugfsOut(t *testing.T, img []byte, req string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// inodeOffset returns where in the image debugfs says path's inode is.
+func inodeOffset(t *testing.T, img []byte, path string) int64 {
+	t.Helper()
+	var blk, off int64
+	imap := debugfsOut(t, img, "imap "+path)
+	i := strings.Index(imap, "located at block ")
+	if i < 0 {
+		t.Fatalf("debugfs imap: %q", imap)
+	}
+	if _, err := fmt.Sscanf(imap[i:], "located at block %d, offset 0x%x", &blk, &off); err != nil {
+		t.Fatalf("debugfs imap %q: %v", imap, err)
+	}
+	return partOffset(img, 2) + blk*4096 + off
+}
+
 func xzFile(t *testing.T, b []byte) []byte {
 	t.Helper()
 	if _, err := exec.LookPath("xz"); err != nil {
@@ -81,7 +96,7 @@ func xzFile(t *testing.T, b []byte) []byte {
 }
 
 func TestXZ(t *testing.T) {
-	img := baseImage(t)
+	img := baseImage(t, sdtest.Options{})
 	dir := t.TempDir()
 	plain, packed := filepath.Join(dir, "sd.img"), filepath.Join(dir, "sd.img.xz")
 	if err := os.WriteFile(plain, img, 0o644); err != nil {
@@ -107,8 +122,10 @@ func TestXZ(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	img := baseImage(t)
+	img := baseImage(t, sdtest.Options{})
 	root := partOffset(img, 2)
+	// Without metadata_csum a damaged inode gets as far as its extents.
+	plain := baseImage(t, sdtest.Options{Ext4Features: "^metadata_csum"})
 	spoil := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(img)) }
 
 	// Where debugfs says /etc's directory block and /etc/passwd's inode are.
@@ -116,14 +133,7 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var inoBlock, inoOff int64
-	imap := debugfsOut(t, img, "imap /etc/passwd")
-	if i := strings.Index(imap, "located at block "); i < 0 {
-		t.Fatalf("debugfs imap: %q", imap)
-	} else if _, err := fmtSscanf(imap[i:], "located at block %d, offset 0x%x", &inoBlock, &inoOff); err != nil {
-		t.Fatalf("debugfs imap %q: %v", imap, err)
-	}
-	passwdInode := root + inoBlock*4096 + inoOff
+	passwdInode, plainPasswdInode := inodeOffset(t, img, "/etc/passwd"), inodeOffset(t, plain, "/etc/passwd")
 
 	gpt := func() []byte {
 		p := filepath.Join(t.TempDir(), "gpt.img")
@@ -172,7 +182,12 @@ func TestBadInput(t *testing.T) {
 			binary.LittleEndian.PutUint16(d[4:], 3) // first entry's rec_len
 			return b
 		}), false, sdimage.ErrCorrupt, "entry length 3"},
-		{"corrupt inode", spoil(func(b []byte) []byte { clear(b[passwdInode+0x28 : passwdInode+0x30]); return b }), false, sdimage.ErrCorrupt, "bad extent header"},
+		{"corrupt inode", spoil(func(b []byte) []byte { b[passwdInode+2] ^= 1; return b }), false, sdimage.ErrCorrupt, "inode 16: checksum"},
+		{"corrupt extent tree", func() []byte {
+			b := bytes.Clone(plain)
+			clear(b[plainPasswdInode+0x28 : plainPasswdInode+0x30])
+			return b
+		}(), false, sdimage.ErrCorrupt, "bad extent header"},
 		{"inode beyond the filesystem", spoil(func(b []byte) []byte {
 			d := b[root+etcBlock*4096:]
 			binary.LittleEndian.PutUint32(d[24:], 0x7FFFFFFF) // third entry's inode
@@ -210,5 +225,3 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
-
-func fmtSscanf(s, format string, args ...any) (int, error) { return fmt.Sscanf(s, format, args...) }
