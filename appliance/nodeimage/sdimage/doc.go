@@ -27,9 +27,12 @@
 //     has no dependencies, walks the tree by inode number, and is fuzzed
 //     (FuzzExt4, FuzzFAT, FuzzImage; seed corpus in testdata/fuzz).
 //
-// We chose the last. It does not replay the journal (images are written by
+// We chose the last. It verifies inode checksums (metadata_csum), so a
+// damaged inode is an error rather than a wrong owner or mode; it does not
+// check directory and extent block checksums (their contents are checked
+// for sense instead), does not replay the journal (images are written by
 // tools that leave a clean filesystem; a journal that needs recovery is
-// logged), does not verify metadata checksums, and refuses encrypted files.
+// logged), and refuses encrypted files and unknown incompatible features.
 //
 // .img.xz files are decompressed with Debian's xz(1) (xz-utils), which
 // decodes multi-threaded and is faster than the pure-Go decoders, into a

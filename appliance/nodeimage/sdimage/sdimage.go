@@ -29,8 +29,8 @@ func WriteTar(ctx context.Context, src string, w io.Writer) error {
 	return (&Importer{}).WriteTar(ctx, src, w)
 }
 
-// WriteTar reads the SD-card image at src, an .img or an xz-compressed
-// .img (told apart by content, not name), and writes one complete tar
+// WriteTar reads the SD-card image at src, an .img, an xz-compressed .img
+// (told apart by content, not name) or an SD card's block device, and writes one complete tar
 // stream (see the package comment) to w. Errors for bad input wrap one of
 // the Err* values and start with src.
 func (im *Importer) WriteTar(ctx context.Context, src string, w io.Writer) error {
@@ -55,11 +55,13 @@ func (im *Importer) WriteTar(ctx context.Context, src string, w io.Writer) error
 	case bytes.HasPrefix(m, []byte("PK\x03\x04")):
 		return fmt.Errorf("%s: %w: it is a zip archive; unzip it and import the .img inside", src, ErrNotDiskImage)
 	}
-	st, err := f.Stat()
+	// Seek rather than Stat: an SD card read straight from its block
+	// device has no size in stat.
+	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %v", src, err)
 	}
-	if err := im.WriteTarFrom(ctx, f, st.Size(), w); err != nil {
+	if err := im.WriteTarFrom(ctx, f, size, w); err != nil {
 		return fmt.Errorf("%s: %w", src, err)
 	}
 	return nil
