@@ -15,6 +15,11 @@
             go
             gnumake
             e2fsprogs
+            # SD-card images: sfdisk, mkfs.vfat, mcopy, xz
+            util-linux
+            dosfstools
+            mtools
+            xz
             squashfsTools
             iproute2
             qemu
