@@ -25,7 +25,7 @@ SERVICES := dhcpd tftpd ocicache nfsd status
 NODE_IMAGE       ?= $(CURDIR)/.build/node-image
 NODE_IMAGE_FLAGS ?=
 
-.PHONY: image update root run test unit bench demo builddir-sync node-image
+.PHONY: image update root run test unit bench demo builddir-sync node-image node-import
 
 ## image: build a full Raspberry Pi image (boot, root, and an ext4 /perm)
 image:
@@ -42,6 +42,11 @@ image:
 ## node-image: build the Debian node image (systemd, raspi-firmware, arm64 kernel) as an OCI layout in $(NODE_IMAGE); as root
 node-image:
 	go run ./appliance/nodeimage/cmd/nodeimage build -o $(NODE_IMAGE) $(NODE_IMAGE_FLAGS)
+
+## node-import: turn an SD-card image (IMG=raspios.img.xz) into an OCI layout in $(NODE_IMAGE)
+node-import:
+	@[ -n "$(IMG)" ] || { echo "make node-import: name the SD-card image: make node-import IMG=file.img.xz" >&2; exit 2; }
+	go run ./appliance/nodeimage/cmd/nodeimage import -o $(NODE_IMAGE) $(IMG)
 
 ## root: build only the root file system (what `make test` inspects)
 root:

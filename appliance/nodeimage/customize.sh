@@ -20,8 +20,28 @@ sed -i \
 	-e 's|^#\?CONSOLES=.*|CONSOLES="serial0,115200 tty1"|' \
 	-e 's|^#\?ROOTPART=.*|ROOTPART=/dev/nfs|' \
 	"$root/etc/default/raspi-firmware"
+# A CM4's firmware loads bcm2711-rpi-cm4.dtb; Debian's kernel names the
+# CM4's device tree bcm2711-rpi-cm4-io.dtb. This hook runs after
+# raspi-firmware's on every kernel install, so an upgraded kernel keeps it.
+cat >"$root/etc/kernel/postinst.d/z51-ociboot-cm4-dtb" <<'END'
+#!/bin/sh
+# ociboot: a CM4's firmware loads bcm2711-rpi-cm4.dtb.
+if [ -f /boot/firmware/bcm2711-rpi-cm4-io.dtb ]; then
+	cp /boot/firmware/bcm2711-rpi-cm4-io.dtb /boot/firmware/bcm2711-rpi-cm4.dtb
+fi
+exit 0
+END
+chmod 0755 "$root/etc/kernel/postinst.d/z51-ociboot-cm4-dtb"
 kver=$(basename "$(ls -d "$root"/lib/modules/* | sort -V | tail -n 1)")
+
+# The build held update-initramfs back (see the essential hook); make the
+# initramfs once now. Its post-update hook (raspi-firmware's) copies it to
+# /boot/firmware.
+rm -f "$root/usr/sbin/update-initramfs"
+chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+chroot "$root" update-initramfs -c -k "$kver"
 chroot "$root" /etc/kernel/postinst.d/z50-raspi-firmware "$kver"
+chroot "$root" /etc/kernel/postinst.d/z51-ociboot-cm4-dtb "$kver"
 
 # The network carries the root file system. The initramfs configured the
 # interface (ip=dhcp); systemd-networkd adopts that configuration without

@@ -3,6 +3,9 @@
 //	nodeimage build [-o dir] [-suite bookworm] [-mirror uri] ...
 //	    builds Debian with systemd, raspi-firmware and Debian's arm64
 //	    kernel (mmdebstrap) as an OCI layout in dir.
+//	nodeimage import [-o dir] [-arch arm64] file.img[.xz]
+//	    turns a Raspberry Pi OS / Ubuntu raspi SD-card image into an OCI
+//	    layout in dir.
 //
 // Push the layout to the registry the head node pulls from with skopeo:
 //
@@ -22,10 +25,11 @@ import (
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/nodeimage"
+	"github.com/ociboot/ociboot/appliance/nodeimage/sdimage"
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: nodeimage build [flags]   (nodeimage build -h lists them)\n")
+	fmt.Fprintf(os.Stderr, "usage: nodeimage build [flags]\n       nodeimage import [flags] file.img[.xz]\n(nodeimage <command> -h lists the flags)\n")
 	os.Exit(2)
 }
 
@@ -39,6 +43,8 @@ func main() {
 	switch os.Args[1] {
 	case "build":
 		err = build(ctx, os.Args[2:])
+	case "import":
+		err = importImage(ctx, os.Args[2:])
 	default:
 		usage()
 	}
@@ -126,4 +132,54 @@ func replaceLayout(tmp, out string) error {
 		return err
 	}
 	return os.Rename(tmp, out)
+}
+
+func importImage(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("import", flag.ExitOnError)
+	out := fs.String("o", ".build/imported-image", "output directory (an OCI image layout)")
+	arch := fs.String("arch", "arm64", "architecture of the image's programs (arm64 for Raspberry Pi OS 64-bit and Ubuntu arm64)")
+	fs.Parse(args)
+	if fs.NArg() != 1 {
+		return fmt.Errorf("nodeimage import: name one SD-card image (.img or .img.xz)")
+	}
+	src := fs.Arg(0)
+	start := time.Now()
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".new-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	fi, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("nodeimage import: %v", err)
+	}
+	pr, pw := io.Pipe()
+	readErr := make(chan error, 1)
+	go func() {
+		im := sdimage.Importer{TempDir: filepath.Dir(*out)}
+		err := im.WriteTar(ctx, src, pw)
+		readErr <- err
+		pw.CloseWithError(err)
+	}()
+	d, err := nodeimage.WriteLayout(tmp, pr, nodeimage.ImageOptions{
+		OS: "linux", Arch: *arch, Created: fi.ModTime().UTC(),
+		Labels: map[string]string{"org.opencontainers.image.title": "ociboot node imported from " + filepath.Base(src)},
+		Logf:   func(f string, a ...any) { fmt.Fprintf(os.Stderr, "nodeimage: "+f+"\n", a...) },
+	})
+	pr.CloseWithError(err) // stop the reader if the writer failed first
+	if rerr := <-readErr; rerr != nil {
+		return fmt.Errorf("nodeimage import: %v", rerr) // the image's own problem, in its words
+	}
+	if err != nil {
+		return fmt.Errorf("nodeimage import: %v", err)
+	}
+	if err := replaceLayout(tmp, *out); err != nil {
+		return err
+	}
+	fmt.Printf("%s: node image %s imported from %s in %v\npush it: skopeo copy oci:%s docker://<registry>/rpi/<name>:<tag>\n",
+		*out, d, src, time.Since(start).Round(time.Second), *out)
+	return nil
 }
