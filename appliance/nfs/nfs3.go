@@ -618,7 +618,6 @@ func (s *Server) create(c *call, w *writer) bool {
 	dfd, err := e.open(d.rel, unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
 		w.uint32(status(err))
-		w.bool(false)
 		e.wcc(w, pre)
 		return true
 	}
@@ -693,14 +692,12 @@ func (s *Server) create(c *call, w *writer) bool {
 	}
 	if err != nil {
 		w.uint32(status(err))
-		w.bool(false)
 		e.wcc(w, pre)
 		return true
 	}
 	cst, err := e.lstat(rel)
 	if err != nil {
 		w.uint32(status(err))
-		w.bool(false)
 		e.wcc(w, pre)
 		return true
 	}
@@ -714,7 +711,6 @@ func (s *Server) create(c *call, w *writer) bool {
 		sa.uid, sa.gid = nil, nil
 		if err := s.applySattr(&obj{e: e, rel: rel, st: cst, id: id}, c.cred, sa, false); err != nil {
 			w.uint32(status(err))
-			w.bool(false)
 			e.wcc(w, pre)
 			return true
 		}
@@ -727,7 +723,6 @@ func (s *Server) create(c *call, w *writer) bool {
 	e.remember(id, rel)
 	if err := e.commitMeta(d.rel, &d.st); err != nil {
 		w.uint32(status(err))
-		w.bool(false)
 		e.wcc(w, pre)
 		return true
 	}
@@ -858,6 +853,11 @@ func (s *Server) rename(c *call, w *writer) bool {
 			return err
 		}
 		if stickyDenied(&from.st, &sst, c.cred) {
+			return unix.EACCES
+		}
+		// A directory that changes parent has its ".." rewritten: like
+		// vfs_rename, ask for write permission on the directory itself.
+		if sst.Mode&unix.S_IFMT == unix.S_IFDIR && from.rel != to.rel && !permitted(&sst, c.cred, mayWrite) {
 			return unix.EACCES
 		}
 		var overwritten uint64
