@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -112,7 +113,7 @@ func newEnv(t *testing.T) *testEnv {
 }
 
 func (e *testEnv) start() {
-	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize})
+	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -122,6 +123,16 @@ func (e *testEnv) start() {
 	}
 	e.srv, e.ln = srv, ln
 	go srv.ServeTCP(ln)
+}
+
+// checkReply fails t for every malformed reply the server sends, whoever
+// the client.
+func checkReply(t testing.TB) func(call, reply []byte) {
+	return func(call, reply []byte) {
+		if err := nfscheck.Reply(call, reply); err != nil {
+			t.Error(err)
+		}
+	}
 }
 
 func (e *testEnv) stop() {
@@ -198,6 +209,9 @@ func (c *client) raw(prog, vers, proc uint32, args []byte) *reader {
 	msg, err := readRecord(c.conn, make([]byte, 4))
 	if err != nil {
 		c.t.Fatalf("reading reply: %v", err)
+	}
+	if err := nfscheck.Reply(w.b[4:], msg); err != nil {
+		c.t.Fatal(err)
 	}
 	r := &reader{b: msg}
 	if got := r.uint32(); got != xid {

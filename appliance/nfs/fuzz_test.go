@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -47,8 +48,8 @@ func fuzzServer(t testing.TB) *Server {
 }
 
 // FuzzRPC feeds whole RPC messages (as read from a TCP record) to the
-// dispatcher: nothing may panic, and every answer is a reply to the call's
-// xid.
+// dispatcher: nothing may panic, and every answer is a well-formed reply
+// to the call (nfscheck).
 func FuzzRPC(f *testing.F) {
 	for _, s := range seedCalls() {
 		f.Add(s)
@@ -67,6 +68,9 @@ func FuzzRPC(f *testing.F) {
 			}
 			if binary.BigEndian.Uint32(reply[8:]) != msgReply {
 				t.Fatalf("reply is not a REPLY: %x", reply)
+			}
+			if err := nfscheck.Reply(msg, reply[4:]); err != nil {
+				t.Fatalf("over %s: %v", proto, err)
 			}
 		}
 	})
@@ -177,13 +181,18 @@ func TestTruncatedCalls(t *testing.T) {
 			if n >= 8 && reply == nil && binary.BigEndian.Uint32(s[4:]) == msgCall {
 				t.Errorf("no reply to a call truncated to %d bytes", n)
 			}
+			if reply != nil {
+				if err := nfscheck.Reply(s[:n], reply[4:]); err != nil {
+					t.Errorf("call truncated to %d bytes: %v", n, err)
+				}
+			}
 		}
 	}
 }
 
 // FuzzNFS reaches inside the procedures: the call carries a valid handle of
-// the export root (or, by the first byte, of a file in it) followed by the
-// fuzzed arguments, as an authenticated root or user caller.
+// the export root followed by the fuzzed arguments, as an authenticated
+// root or user caller. Every reply must decode cleanly (nfscheck).
 func FuzzNFS(f *testing.F) {
 	for _, s := range nfsSeeds() {
 		f.Add(s.proc, s.args)
@@ -208,6 +217,9 @@ func FuzzNFS(f *testing.F) {
 		reply := srv.dispatch(w.b, remote, local, "tcp")
 		if len(reply) < 28 || binary.BigEndian.Uint32(reply[4:]) != 99 {
 			t.Fatalf("bad reply %x", reply)
+		}
+		if err := nfscheck.Reply(w.b, reply[4:]); err != nil {
+			t.Fatal(err)
 		}
 		// Nothing the fuzzer does may reach the image tree.
 		if b, err := os.ReadFile(filepath.Join(srv.opts.Store.Path(store.ImagesDir), "sha256-"+testDigest[7:], "etc/hostname")); err != nil || string(b) != "node\n" {
@@ -253,7 +265,11 @@ func nfsSeeds() []nfsSeed {
 		a(7, func(w *writer) { w.uint64(0); w.uint32(5); w.uint32(2); w.opaque([]byte("hello")) }),
 		a(8, func(w *writer) { w.string("f"); w.uint32(0); sattr(w) }),
 		a(8, func(w *writer) { w.string("f"); w.uint32(2); w.fixed([]byte("12345678")) }),
+		a(8, func(w *writer) { w.string("etc"); w.uint32(1); sattr(w) }), // exists: a failure after the checks
 		a(9, func(w *writer) { w.string("d"); sattr(w) }),
+		a(9, func(w *writer) { w.string("etc"); sattr(w) }),
+		a(10, func(w *writer) { w.string("etc"); sattr(w); w.string("x") }),
+		a(11, func(w *writer) { w.string("etc"); w.uint32(typeSock); sattr(w) }),
 		a(10, func(w *writer) { w.string("s"); sattr(w); w.string("../../x") }),
 		a(11, func(w *writer) { w.string("n"); w.uint32(typeFifo); sattr(w) }),
 		a(12, func(w *writer) { w.string("f") }),

@@ -59,6 +59,10 @@ type Options struct {
 	OnMount func(key string, client netip.Addr)
 	// MaxInFlight bounds concurrent requests per connection (default 64).
 	MaxInFlight int
+	// OnReply, if set, sees every call and its reply (one RPC message,
+	// without record mark) before the reply is sent; both are only valid
+	// during the call. nfsd's -reply_log writes them for nfscheck.
+	OnReply func(call, reply []byte)
 }
 
 // Server serves NFSv3, MOUNT v3 and portmap on any number of listeners.
@@ -387,6 +391,14 @@ func (s *Server) Status() Status {
 
 // dispatch answers one call; nil means no answer.
 func (s *Server) dispatch(msg []byte, remote, local netip.AddrPort, proto string) []byte {
+	reply := s.answer(msg, remote, local, proto)
+	if s.opts.OnReply != nil && reply != nil {
+		s.opts.OnReply(msg, reply[4:])
+	}
+	return reply
+}
+
+func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) []byte {
 	c, err := parseCall(msg)
 	switch {
 	case c == nil:
