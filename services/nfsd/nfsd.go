@@ -10,10 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/nfs"
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/service"
 )
@@ -21,11 +24,28 @@ import (
 var (
 	nfsAddr     = flag.String("nfs_addr", ":2049", "address for NFSv3 and MOUNT v3 (TCP; MOUNT also on UDP)")
 	portmapAddr = flag.String("portmap_addr", ":111", "address for the portmapper (TCP and UDP; empty: none)")
+	replyLog    = flag.String("reply_log", "", "debugging: append every call's header and its reply to this file, for nfscheck.CheckLog (tests use it; it slows nfsd down)")
 )
 
 func main() {
 	service.Main("nfsd", ":9049", func(ctx context.Context, env *service.Env) error {
+		var onReply func(call, reply []byte)
+		if *replyLog != "" {
+			f, err := os.OpenFile(*replyLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+			if err != nil {
+				return fmt.Errorf("nfsd: -reply_log: %v", err)
+			}
+			defer f.Close()
+			l := nfscheck.NewLog(f)
+			var once sync.Once
+			onReply = func(call, reply []byte) {
+				if err := l.Record(call, reply); err != nil {
+					once.Do(func() { env.Log.Error("reply log: no more replies recorded", "file", *replyLog, "err", err) })
+				}
+			}
+		}
 		srv, err := nfs.New(nfs.Options{
+			OnReply:  onReply,
 			Store:    env.Store,
 			Resolver: nfs.NodeResolver{Config: env.Config, Store: env.Store},
 			Log:      env.Log,

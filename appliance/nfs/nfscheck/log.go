@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -65,7 +66,11 @@ func (s Summary) String() string {
 		procs = append(procs, fmt.Sprintf("%s %d", p, n))
 	}
 	sort.Strings(procs)
-	return fmt.Sprintf("%d replies, %d malformed (%s)", s.Replies, s.Bad, strings.Join(procs, ", "))
+	cut := ""
+	if s.Truncated {
+		cut = "; the last record of a log is short (its server was killed while writing it)"
+	}
+	return fmt.Sprintf("%d replies, %d malformed (%s)%s", s.Replies, s.Bad, strings.Join(procs, ", "), cut)
 }
 
 // CheckLog decodes every reply in a reply log. The error is for a log
@@ -115,4 +120,47 @@ func CheckLog(r io.Reader) (Summary, error) {
 			}
 		}
 	}
+}
+
+// CheckFiles checks the reply logs at paths (one per run of a server:
+// a run killed while writing leaves its last record short, which must
+// not shift the next run's records). The error lists the malformed
+// replies; no reply at all is an error too (nothing was checked).
+func CheckFiles(paths ...string) (Summary, error) {
+	all := Summary{ByProc: map[string]int{}}
+	var errs []error
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reply log: %v", err))
+			continue
+		}
+		s, err := CheckLog(f)
+		f.Close()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reply log %s: %v", p, err))
+		}
+		all.Replies += s.Replies
+		all.Bad += s.Bad
+		all.Truncated = all.Truncated || s.Truncated
+		for k, n := range s.ByProc {
+			all.ByProc[k] += n
+		}
+		for _, e := range s.Malformed {
+			if len(all.Malformed) < 20 {
+				all.Malformed = append(all.Malformed, fmt.Errorf("%s: %w", p, e))
+			}
+		}
+	}
+	if all.Replies == 0 {
+		errs = append(errs, fmt.Errorf("reply logs %v hold no replies: was nfsd started with -reply_log?", paths))
+	}
+	if all.Bad > 0 {
+		errs = append(errs, fmt.Errorf("%d of %d replies malformed", all.Bad, all.Replies))
+		errs = append(errs, all.Malformed...)
+		if all.Bad > len(all.Malformed) {
+			errs = append(errs, fmt.Errorf("(%d more)", all.Bad-len(all.Malformed)))
+		}
+	}
+	return all, errors.Join(errs...)
 }
