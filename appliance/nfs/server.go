@@ -11,13 +11,10 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
@@ -190,37 +187,6 @@ func (s *Server) imageSet(digest string) (*imageSet, error) {
 	return set, nil
 }
 
-// scan loads every view in the store, so handles from before a restart
-// resolve without a new MNT.
-func (s *Server) scan() {
-	dirs, _ := os.ReadDir(s.opts.Store.Path(store.NodesDir))
-	for _, d := range dirs {
-		key := d.Name()
-		if !d.IsDir() || !store.ValidName(key) {
-			continue
-		}
-		id := exportID(key)
-		s.mu.Lock()
-		_, ok := s.exports[id]
-		s.mu.Unlock()
-		if ok {
-			continue
-		}
-		if _, err := os.Stat(filepath.Join(s.opts.Store.Path(store.NodesDir, key), viewFile)); err != nil {
-			continue
-		}
-		e, err := openExport(s.opts.Store.Path(store.NodesDir, key), key, "", "", false, s.imageSet, nil)
-		if err != nil {
-			s.log.Warn("view not served", "node", key, "err", err)
-			continue
-		}
-		e.onCopy = s.metrics.copyUps.Inc
-		s.mu.Lock()
-		s.exports[id] = e
-		s.mu.Unlock()
-	}
-}
-
 func (s *Server) exportByID(id [8]byte) *export {
 	s.mu.Lock()
 	e := s.exports[id]
@@ -236,98 +202,6 @@ func (s *Server) exportByID(id [8]byte) *export {
 		s.mu.Unlock()
 	}
 	return e
-}
-
-// export returns the view of key, making it from the node's image when
-// it does not exist.
-func (s *Server) export(key string) (*export, error) {
-	id := exportID(key)
-	s.mu.Lock()
-	e := s.exports[id]
-	s.mu.Unlock()
-	if e != nil {
-		return e, nil
-	}
-	dir, err := s.opts.Store.NodeDir(key)
-	if err != nil {
-		return nil, err
-	}
-	// One view is made at a time: two MNTs of a new node must not race
-	// to build it.
-	s.buildMu.Lock()
-	defer s.buildMu.Unlock()
-	s.mu.Lock()
-	e = s.exports[id]
-	s.mu.Unlock()
-	if e != nil {
-		return e, nil
-	}
-	var root, digest string
-	_, viewErr := os.Stat(filepath.Join(dir, viewFile))
-	_, rootErr := os.Stat(filepath.Join(dir, viewRoot))
-	if viewErr != nil || rootErr != nil {
-		// No root yet, or a crash between recording and renaming it into
-		// place: make it (again) from the node's current image.
-		digest, err = s.opts.Resolver.Image(key)
-		if err != nil {
-			return nil, err
-		}
-		if root, err = images.Root(s.opts.Store, digest); err != nil {
-			return nil, err
-		}
-	}
-	start := time.Now()
-	var personalize func(string) error
-	if s.opts.Personalize != nil {
-		personalize = func(root string) error { return s.opts.Personalize(key, root) }
-	}
-	e, err = openExport(dir, key, root, digest, true, s.imageSet, personalize)
-	if err != nil {
-		return nil, err
-	}
-	e.onCopy = s.metrics.copyUps.Inc
-	if root != "" {
-		s.log.Info("made node root", "node", key, "image", digest, "took", time.Since(start).Round(time.Millisecond))
-	}
-	s.mu.Lock()
-	s.exports[id] = e
-	s.mu.Unlock()
-	return e, nil
-}
-
-// Reset drops a node's view; the next MNT makes a new one from its current
-// image and handles into the old one go stale.
-func (s *Server) Reset(key string) error {
-	dir, err := s.opts.Store.NodeDir(key)
-	if err != nil {
-		return err
-	}
-	id := exportID(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e := s.exports[id]; e != nil {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		e.close()
-		delete(s.exports, id)
-	}
-	for k := range s.acl {
-		if k.e.key == key {
-			delete(s.acl, k)
-		}
-	}
-	if err := os.Remove(filepath.Join(dir, viewFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
-	}
-	store.SyncDir(dir)
-	// The generation is gone with view.json; removing the tree can take
-	// a while and a crash in the middle leaves only garbage that the next
-	// openExport replaces.
-	if err := os.RemoveAll(filepath.Join(dir, viewRoot)); err != nil {
-		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
-	}
-	s.log.Info("node root reset", "node", key)
-	return nil
 }
 
 // allowed caches the resolver's answer for a few seconds: it reads node
