@@ -9,11 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NFSv3 procedures (RFC 1813 §3).
-var nfsProcNames = [...]string{"NULL", "GETATTR", "SETATTR", "LOOKUP", "ACCESS", "READLINK", "READ", "WRITE",
-	"CREATE", "MKDIR", "SYMLINK", "MKNOD", "REMOVE", "RMDIR", "RENAME", "LINK", "READDIR", "READDIRPLUS",
-	"FSSTAT", "FSINFO", "PATHCONF", "COMMIT"}
-
 const (
 	maxIO      = 1 << 20 // rtmax and wtmax
 	maxName    = 255
@@ -100,47 +95,6 @@ func join(dir, name string) string {
 		return name
 	}
 	return dir + "/" + name
-}
-
-// nfs3 runs one NFSv3 call. A nil return means the arguments were garbage.
-func (s *Server) nfs3(c *call, w *writer) bool {
-	if c.proc == 0 {
-		return true
-	}
-	if c.cred.flavor != authSys && c.cred.flavor != authNone {
-		return true // dispatch rejected it already
-	}
-	switch c.proc {
-	case 1:
-		return s.getattr(c, w)
-	case 2:
-		return s.setattr(c, w)
-	case 3:
-		return s.lookup(c, w)
-	case 4:
-		return s.access(c, w)
-	case 5:
-		return s.readlinkProc(c, w)
-	case 6:
-		return s.read(c, w)
-	case 7:
-		return s.write(c, w)
-	case 8, 9, 10, 11:
-		return s.create(c, w)
-	case 12, 13:
-		return s.remove(c, w)
-	case 14:
-		return s.rename(c, w)
-	case 15:
-		return s.link(c, w)
-	case 16, 17:
-		return s.readdir(c, w, c.proc == 17)
-	case 18, 19, 20:
-		return s.fsinfo(c, w)
-	case 21:
-		return s.commit(c, w)
-	}
-	return true
 }
 
 func (s *Server) getattr(c *call, w *writer) bool {
@@ -569,7 +523,7 @@ func (s *Server) create(c *call, w *writer) bool {
 		rdev   uint64
 	)
 	switch c.proc {
-	case 8:
+	case nfsCreate:
 		how = c.args.uint32()
 		switch how {
 		case createUnchecked, createGuarded:
@@ -579,12 +533,12 @@ func (s *Server) create(c *call, w *writer) bool {
 		default:
 			return false
 		}
-	case 9:
+	case nfsMkdir:
 		sa = readSattr(&c.args)
-	case 10:
+	case nfsSymlink:
 		sa = readSattr(&c.args)
 		target = c.args.string(maxPathLen)
-	case 11:
+	case nfsMknod:
 		ntype = c.args.uint32()
 		switch ntype {
 		case typeChr, typeBlk:
@@ -600,7 +554,7 @@ func (s *Server) create(c *call, w *writer) bool {
 	}
 	if st == nfsOK {
 		st = inDir(d, c.cred, mayWrite|mayExec, createName(name))
-		if st == nfsOK && c.proc == 11 && (ntype < typeBlk || ntype > typeFifo || ntype == typeLnk) {
+		if st == nfsOK && c.proc == nfsMknod && (ntype < typeBlk || ntype > typeFifo || ntype == typeLnk) {
 			st = errBadType
 		}
 	}
@@ -627,18 +581,18 @@ func (s *Server) create(c *call, w *writer) bool {
 		gid = d.st.Gid
 	}
 	mode := uint32(0o644)
-	if c.proc == 9 {
+	if c.proc == nfsMkdir {
 		mode = 0o755
 	}
 	if sa.mode != nil {
 		mode = *sa.mode & 0o7777
 	}
-	if c.proc == 9 && d.st.Mode&unix.S_ISGID != 0 {
+	if c.proc == nfsMkdir && d.st.Mode&unix.S_ISGID != 0 {
 		mode |= unix.S_ISGID
 	}
 	existed := false
 	switch c.proc {
-	case 8:
+	case nfsCreate:
 		var fd int
 		fd, err = unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err == unix.EEXIST {
@@ -672,17 +626,17 @@ func (s *Server) create(c *call, w *writer) bool {
 				{Sec: int64(binary.BigEndian.Uint32(verf[:4]))},
 				{Sec: int64(binary.BigEndian.Uint32(verf[4:]))}}, unix.AT_SYMLINK_NOFOLLOW)
 		}
-	case 9:
+	case nfsMkdir:
 		if err = unix.Mkdirat(dfd, name, mode&0o777); err == nil {
 			if err = unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err == nil {
 				err = unix.Fchmodat(dfd, name, mode, 0)
 			}
 		}
-	case 10:
+	case nfsSymlink:
 		if err = unix.Symlinkat(target, dfd, name); err == nil {
 			err = unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW)
 		}
-	case 11:
+	case nfsMknod:
 		fmtBits := map[uint32]uint32{typeChr: unix.S_IFCHR, typeBlk: unix.S_IFBLK, typeSock: unix.S_IFSOCK, typeFifo: unix.S_IFIFO}[ntype]
 		if err = unix.Mknodat(dfd, name, fmtBits|mode&0o777, int(rdev)); err == nil {
 			if err = unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err == nil {
@@ -705,7 +659,7 @@ func (s *Server) create(c *call, w *writer) bool {
 	if existed {
 		id = e.fileID(rel, &cst)
 	}
-	if c.proc == 8 && how != createExclusive && existed && sa.changesMetadata() {
+	if c.proc == nfsCreate && how != createExclusive && existed && sa.changesMetadata() {
 		// UNCHECKED on an existing file applies the attributes (usually
 		// size 0: the truncate of open(O_CREAT|O_TRUNC)).
 		sa.uid, sa.gid = nil, nil
@@ -777,10 +731,10 @@ func (s *Server) remove(c *call, w *writer) bool {
 			return unix.EACCES
 		}
 		isDir := cst.Mode&unix.S_IFMT == unix.S_IFDIR
-		if c.proc == 12 && isDir {
+		if c.proc == nfsRemove && isDir {
 			return unix.EISDIR
 		}
-		if c.proc == 13 && !isDir {
+		if c.proc == nfsRmdir && !isDir {
 			return unix.ENOTDIR
 		}
 		id := e.fileID(rel, &cst)
@@ -1127,7 +1081,7 @@ func (s *Server) fsinfo(c *call, w *writer) bool {
 		return false
 	}
 	var sf unix.Statfs_t
-	if st == nfsOK && c.proc == 18 {
+	if st == nfsOK && c.proc == nfsFsstat {
 		st = status(unix.Fstatfs(o.e.rootFd, &sf))
 	}
 	w.uint32(st)
@@ -1136,7 +1090,7 @@ func (s *Server) fsinfo(c *call, w *writer) bool {
 		return true
 	}
 	switch c.proc {
-	case 18:
+	case nfsFsstat:
 		bs := uint64(sf.Bsize)
 		w.uint64(sf.Blocks * bs)
 		w.uint64(sf.Bfree * bs)
@@ -1145,7 +1099,7 @@ func (s *Server) fsinfo(c *call, w *writer) bool {
 		w.uint64(sf.Ffree)
 		w.uint64(sf.Ffree)
 		w.uint32(0) // invarsec: the file system changes any time
-	case 19:
+	case nfsFsinfo:
 		w.uint32(maxIO) // rtmax
 		w.uint32(maxIO) // rtpref
 		w.uint32(4096)  // rtmult
@@ -1157,7 +1111,7 @@ func (s *Server) fsinfo(c *call, w *writer) bool {
 		w.uint32(0)
 		w.uint32(1)                         // time_delta: 1 ns
 		w.uint32(0x01 | 0x02 | 0x08 | 0x10) // LINK, SYMLINK, HOMOGENEOUS, CANSETTIME
-	case 20:
+	case nfsPathconf:
 		w.uint32(65000) // linkmax (ext4)
 		w.uint32(maxName)
 		w.bool(true)  // no_trunc

@@ -20,10 +20,10 @@ func TestCreateFailureReply(t *testing.T) {
 		proc uint32
 		args func(w *writer)
 	}{
-		{"CREATE", 8, func(w *writer) { w.uint32(createGuarded); modeOnly(w, 0o644) }},
-		{"MKDIR", 9, func(w *writer) { modeOnly(w, 0o755) }},
-		{"SYMLINK", 10, func(w *writer) { modeOnly(w, 0o777); w.string("target") }},
-		{"MKNOD", 11, func(w *writer) { w.uint32(typeFifo); modeOnly(w, 0o644) }},
+		{"CREATE", nfsCreate, func(w *writer) { w.uint32(createGuarded); modeOnly(w, 0o644) }},
+		{"MKDIR", nfsMkdir, func(w *writer) { modeOnly(w, 0o755) }},
+		{"SYMLINK", nfsSymlink, func(w *writer) { modeOnly(w, 0o777); w.string("target") }},
+		{"MKNOD", nfsMknod, func(w *writer) { w.uint32(typeFifo); modeOnly(w, 0o644) }},
 	} {
 		r := c.raw(progNFS, 3, tc.proc, args(func(w *writer) {
 			w.opaque(etc)

@@ -9,14 +9,12 @@ package nfs
 import (
 	"bufio"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -272,85 +270,6 @@ func (s *Server) dispatch(msg []byte, remote, local netip.AddrPort, proto string
 	return reply
 }
 
-func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) []byte {
-	c, err := parseCall(msg)
-	switch {
-	case c == nil:
-		return nil
-	case errors.Is(err, errRPCVersion):
-		return replyDeniedMsg(c.xid, rejectRPCMismatch, 2, 2)
-	case errors.Is(err, errBadCred):
-		return replyDeniedMsg(c.xid, rejectAuthError, authBadCred)
-	case err != nil:
-		return replyHeader(c.xid, acceptGarbageArgs).b
-	}
-	c.remote, c.local, c.proto = remote, local, proto
-	progName := programName(c.prog)
-	if progName == "" {
-		return replyHeader(c.xid, acceptProgUnavail).b
-	}
-	if c.prog != progPortmap && c.proc != 0 && c.cred.flavor != authSys && c.cred.flavor != authNone {
-		return replyDeniedMsg(c.xid, rejectAuthError, authTooWeak)
-	}
-	w := replyHeader(c.xid, acceptSuccess)
-	ok := true
-	var procName string
-	switch c.prog {
-	case progPortmap:
-		if c.vers < 2 || c.vers > 4 {
-			return replyMismatch(c.xid, acceptProgMismatch, 2, 4)
-		}
-		procName = strconv.Itoa(int(c.proc))
-		ok = s.portmap(c, w)
-	case progMount:
-		if c.vers != 3 {
-			return replyMismatch(c.xid, acceptProgMismatch, 3, 3)
-		}
-		if c.proc > 5 {
-			return replyHeader(c.xid, acceptProcUnavail).b
-		}
-		procName = mountProcNames[c.proc]
-		ok = s.mount(c, w)
-	case progNFS:
-		if proto != "tcp" {
-			return replyHeader(c.xid, acceptProgUnavail).b
-		}
-		if c.vers != 3 {
-			return replyMismatch(c.xid, acceptProgMismatch, 3, 3)
-		}
-		if c.proc >= uint32(len(nfsProcNames)) {
-			return replyHeader(c.xid, acceptProcUnavail).b
-		}
-		procName = nfsProcNames[c.proc]
-		ok = s.nfs3(c, w)
-	}
-	s.metrics.requests.WithLabelValues(progName, procName).Inc()
-	if !ok {
-		return replyHeader(c.xid, acceptGarbageArgs).b
-	}
-	if w.b == nil {
-		return replyHeader(c.xid, acceptProcUnavail).b
-	}
-	if c.prog == progNFS && c.proc != 0 && len(w.b) >= 32 {
-		if st := uint32(w.b[28])<<24 | uint32(w.b[29])<<16 | uint32(w.b[30])<<8 | uint32(w.b[31]); st != nfsOK {
-			s.metrics.errors.WithLabelValues(procName, strconv.Itoa(int(st))).Inc()
-		}
-	}
-	return w.b
-}
-
-func programName(prog uint32) string {
-	switch prog {
-	case progPortmap:
-		return "portmap"
-	case progMount:
-		return "mount"
-	case progNFS:
-		return "nfs"
-	}
-	return ""
-}
-
 // ServeTCP answers RPC calls on ln until it is closed. Calls on one
 // connection run concurrently; replies go out as they finish.
 func (s *Server) ServeTCP(ln net.Listener) error {
@@ -445,13 +364,6 @@ func (s *Server) serveConn(conn net.Conn) {
 		idle.Add(-1)
 		work <- msg
 	}
-}
-
-// quick reports whether msg is an NFS call short enough to answer on the
-// connection's reader: all but COMMIT, whose fsync can take long enough to
-// hold up calls that arrive meanwhile.
-func quick(msg []byte) bool {
-	return len(msg) >= 24 && binary.BigEndian.Uint32(msg[12:]) == progNFS && binary.BigEndian.Uint32(msg[20:]) != 21
 }
 
 // ServeUDP answers portmap and MOUNT calls on pc until it is closed.

@@ -80,38 +80,36 @@ func main() {
 				c()
 			}
 		}()
-		serve := func(addr, what string, progs [][2]uint32, udp bool) error {
+		serve := func(addr, what string, progs []nfs.Program) error {
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				return fmt.Errorf("nfsd: listen on TCP %s for %s: %v; is another NFS server or rpcbind running? (set -%s)", addr, what, err, map[string]string{"NFS": "nfs_addr", "portmap": "portmap_addr"}[what])
 			}
 			closers = append(closers, ln.Close)
 			port := ln.Addr().(*net.TCPAddr).Port
-			for _, p := range progs {
-				srv.SetPort(p[0], p[1], "tcp", port)
-			}
 			go func() { errc <- srv.ServeTCP(ln) }()
-			if udp {
-				pc, err := net.ListenPacket("udp", net.JoinHostPort(host(addr), strconv.Itoa(port)))
-				if err != nil {
-					return fmt.Errorf("nfsd: listen on UDP %s for %s: %v", addr, what, err)
-				}
-				closers = append(closers, pc.Close)
-				for _, p := range progs {
-					if p[0] != 100003 {
-						srv.SetPort(p[0], p[1], "udp", port)
+			pc, err := net.ListenPacket("udp", net.JoinHostPort(host(addr), strconv.Itoa(port)))
+			if err != nil {
+				return fmt.Errorf("nfsd: listen on UDP %s for %s: %v", addr, what, err)
+			}
+			closers = append(closers, pc.Close)
+			go func() { errc <- srv.ServeUDP(pc) }()
+			for _, p := range progs {
+				for _, v := range p.Versions {
+					srv.SetPort(p.Number, v, "tcp", port)
+					if p.UDP {
+						srv.SetPort(p.Number, v, "udp", port)
 					}
 				}
-				go func() { errc <- srv.ServeUDP(pc) }()
 			}
 			env.Log.Info("nfs listening", "what", what, "addr", ln.Addr().String())
 			return nil
 		}
-		if err := serve(*nfsAddr, "NFS", [][2]uint32{{100003, 3}, {100005, 3}}, true); err != nil {
+		if err := serve(*nfsAddr, "NFS", nfs.NFSPrograms); err != nil {
 			return err
 		}
 		if *portmapAddr != "" {
-			if err := serve(*portmapAddr, "portmap", [][2]uint32{{100000, 2}, {100000, 3}, {100000, 4}}, true); err != nil {
+			if err := serve(*portmapAddr, "portmap", nfs.PortmapPrograms); err != nil {
 				return err
 			}
 		}

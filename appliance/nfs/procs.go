@@ -1,0 +1,254 @@
+package nfs
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"strconv"
+)
+
+// The RPC programs this server answers and their procedures. This table
+// is the one place that knows program and procedure numbers: it drives
+// dispatch, the metrics' labels, which calls may be answered on a
+// connection's reader (the quick path) and which calls are idempotent.
+
+// Program numbers (RFC 1833 §3, RFC 1813 §1.2 and Appendix I).
+const (
+	progPortmap = 100000
+	progNFS     = 100003
+	progMount   = 100005
+)
+
+// Program is an RPC program of this server, for registering its ports
+// with the portmapper.
+type Program struct {
+	Number   uint32
+	Versions []uint32
+	UDP      bool // also answered over UDP
+}
+
+// NFSPrograms are the programs served on the NFS port; PortmapPrograms
+// the portmapper's.
+var (
+	NFSPrograms     = []Program{programOf(progNFS).public(), programOf(progMount).public()}
+	PortmapPrograms = []Program{programOf(progPortmap).public()}
+)
+
+// program is one RPC program: its versions low to high, each with its
+// procedures indexed by number.
+type program struct {
+	num       uint32
+	name      string // the metrics' "prog" label
+	low, high uint32
+	udp       bool // NFS is TCP only: its replies do not fit datagrams
+	// auth: calls other than NULL need AUTH_SYS or AUTH_NONE.
+	auth  bool
+	procs [][]proc // by version - low, then by procedure number
+}
+
+// proc is one procedure.
+type proc struct {
+	name string // the metrics' "proc" label
+	// run decodes the arguments, does the call and encodes the results;
+	// false means the arguments were garbage.
+	run func(s *Server, c *call, w *writer) bool
+	// slow calls (COMMIT's fsync) are never answered on the connection's
+	// reader, where they would hold up the calls that arrive meanwhile.
+	slow bool
+	// idempotent calls may run again when a client retransmits them; the
+	// others change the namespace or data (knfsd's RC_NOCACHE against
+	// RC_REPLSTAT/RC_REPLBUFF: what a duplicate request cache would keep).
+	idempotent bool
+}
+
+func (p *program) public() Program {
+	out := Program{Number: p.num, UDP: p.udp}
+	for v := p.low; v <= p.high; v++ {
+		out.Versions = append(out.Versions, v)
+	}
+	return out
+}
+
+// NFSv3 procedure numbers (RFC 1813 §3.3).
+const (
+	nfsNull = iota
+	nfsGetattr
+	nfsSetattr
+	nfsLookup
+	nfsAccess
+	nfsReadlink
+	nfsRead
+	nfsWrite
+	nfsCreate
+	nfsMkdir
+	nfsSymlink
+	nfsMknod
+	nfsRemove
+	nfsRmdir
+	nfsRename
+	nfsLink
+	nfsReaddir
+	nfsReaddirplus
+	nfsFsstat
+	nfsFsinfo
+	nfsPathconf
+	nfsCommit
+)
+
+// MOUNT v3 procedure numbers (RFC 1813 Appendix I).
+const (
+	mountNull = iota
+	mountMnt
+	mountDump
+	mountUmnt
+	mountUmntall
+	mountExport
+)
+
+// Portmap v2 and rpcbind v3/v4 procedure numbers (RFC 1833).
+const (
+	pmapNull = iota
+	pmapSet
+	pmapUnset
+	pmapGetport // rpcbind: GETADDR
+	pmapDump
+)
+
+func null(*Server, *call, *writer) bool { return true }
+
+var nfs3Procs = []proc{
+	nfsNull:        {name: "NULL", run: null, idempotent: true},
+	nfsGetattr:     {name: "GETATTR", run: (*Server).getattr, idempotent: true},
+	nfsSetattr:     {name: "SETATTR", run: (*Server).setattr, idempotent: true},
+	nfsLookup:      {name: "LOOKUP", run: (*Server).lookup, idempotent: true},
+	nfsAccess:      {name: "ACCESS", run: (*Server).access, idempotent: true},
+	nfsReadlink:    {name: "READLINK", run: (*Server).readlinkProc, idempotent: true},
+	nfsRead:        {name: "READ", run: (*Server).read, idempotent: true},
+	nfsWrite:       {name: "WRITE", run: (*Server).write, idempotent: true},
+	nfsCreate:      {name: "CREATE", run: (*Server).create},
+	nfsMkdir:       {name: "MKDIR", run: (*Server).create},
+	nfsSymlink:     {name: "SYMLINK", run: (*Server).create},
+	nfsMknod:       {name: "MKNOD", run: (*Server).create},
+	nfsRemove:      {name: "REMOVE", run: (*Server).remove},
+	nfsRmdir:       {name: "RMDIR", run: (*Server).remove},
+	nfsRename:      {name: "RENAME", run: (*Server).rename},
+	nfsLink:        {name: "LINK", run: (*Server).link},
+	nfsReaddir:     {name: "READDIR", run: func(s *Server, c *call, w *writer) bool { return s.readdir(c, w, false) }, idempotent: true},
+	nfsReaddirplus: {name: "READDIRPLUS", run: func(s *Server, c *call, w *writer) bool { return s.readdir(c, w, true) }, idempotent: true},
+	nfsFsstat:      {name: "FSSTAT", run: (*Server).fsinfo, idempotent: true},
+	nfsFsinfo:      {name: "FSINFO", run: (*Server).fsinfo, idempotent: true},
+	nfsPathconf:    {name: "PATHCONF", run: (*Server).fsinfo, idempotent: true},
+	nfsCommit:      {name: "COMMIT", run: (*Server).commit, slow: true, idempotent: true},
+}
+
+var mount3Procs = []proc{
+	mountNull:    {name: "NULL", run: null, idempotent: true},
+	mountMnt:     {name: "MNT", run: (*Server).mnt},
+	mountDump:    {name: "DUMP", run: (*Server).mountDump, idempotent: true},
+	mountUmnt:    {name: "UMNT", run: (*Server).umnt},
+	mountUmntall: {name: "UMNTALL", run: (*Server).umntall},
+	mountExport:  {name: "EXPORT", run: (*Server).mountExport, idempotent: true},
+}
+
+var pmap2Procs = []proc{
+	pmapNull:    {name: "NULL", run: null, idempotent: true},
+	pmapSet:     {name: "SET", run: (*Server).pmapSet},
+	pmapUnset:   {name: "UNSET", run: (*Server).pmapSet},
+	pmapGetport: {name: "GETPORT", run: (*Server).getport, idempotent: true},
+	pmapDump:    {name: "DUMP", run: (*Server).pmapDump, idempotent: true},
+}
+
+var rpcbProcs = []proc{
+	pmapNull:    {name: "NULL", run: null, idempotent: true},
+	pmapSet:     {name: "SET", run: (*Server).rpcbSet},
+	pmapUnset:   {name: "UNSET", run: (*Server).rpcbSet},
+	pmapGetport: {name: "GETADDR", run: (*Server).getaddr, idempotent: true},
+	pmapDump:    {name: "DUMP", run: (*Server).rpcbDump, idempotent: true},
+}
+
+var programs = []*program{
+	{num: progPortmap, name: "portmap", low: 2, high: 4, udp: true, procs: [][]proc{pmap2Procs, rpcbProcs, rpcbProcs}},
+	{num: progNFS, name: "nfs", low: 3, high: 3, auth: true, procs: [][]proc{nfs3Procs}},
+	{num: progMount, name: "mount", low: 3, high: 3, udp: true, auth: true, procs: [][]proc{mount3Procs}},
+}
+
+func programOf(num uint32) *program {
+	for _, p := range programs {
+		if p.num == num {
+			return p
+		}
+	}
+	return nil
+}
+
+// procOf finds the procedure a call header (xid to procedure, as read
+// from the wire) names; nil if this server has none by those numbers.
+func procOf(prog, vers, num uint32) *proc {
+	p := programOf(prog)
+	if p == nil || vers < p.low || vers > p.high {
+		return nil
+	}
+	procs := p.procs[vers-p.low]
+	if num >= uint32(len(procs)) {
+		return nil
+	}
+	return &procs[num]
+}
+
+// quick reports whether msg is an NFS call short enough to answer on the
+// connection's reader (see proc.slow).
+func quick(msg []byte) bool {
+	if len(msg) < 24 {
+		return false
+	}
+	prog, vers, num := binary.BigEndian.Uint32(msg[12:]), binary.BigEndian.Uint32(msg[16:]), binary.BigEndian.Uint32(msg[20:])
+	if prog != progNFS {
+		return false
+	}
+	p := procOf(prog, vers, num)
+	return p == nil || !p.slow
+}
+
+// answer decodes one call, runs it by the table and returns the reply; nil
+// means no answer (not a call).
+func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) []byte {
+	c, err := parseCall(msg)
+	switch {
+	case c == nil:
+		return nil
+	case errors.Is(err, errRPCVersion):
+		return replyDeniedMsg(c.xid, rejectRPCMismatch, 2, 2)
+	case errors.Is(err, errBadCred):
+		return replyDeniedMsg(c.xid, rejectAuthError, authBadCred)
+	case err != nil:
+		return replyHeader(c.xid, acceptGarbageArgs).b
+	}
+	c.remote, c.local, c.proto = remote, local, proto
+	prog := programOf(c.prog)
+	switch {
+	case prog == nil:
+		return replyHeader(c.xid, acceptProgUnavail).b
+	case prog.auth && c.proc != 0 && c.cred.flavor != authSys && c.cred.flavor != authNone:
+		return replyDeniedMsg(c.xid, rejectAuthError, authTooWeak)
+	case proto != "tcp" && !prog.udp:
+		return replyHeader(c.xid, acceptProgUnavail).b
+	case c.vers < prog.low || c.vers > prog.high:
+		return replyMismatch(c.xid, acceptProgMismatch, prog.low, prog.high)
+	}
+	p := procOf(c.prog, c.vers, c.proc)
+	if p == nil {
+		return replyHeader(c.xid, acceptProcUnavail).b
+	}
+	w := replyHeader(c.xid, acceptSuccess)
+	ok := p.run(s, c, w)
+	s.metrics.requests.WithLabelValues(prog.name, p.name).Inc()
+	if !ok {
+		return replyHeader(c.xid, acceptGarbageArgs).b
+	}
+	if c.prog == progNFS && c.proc != nfsNull && len(w.b) >= 32 {
+		if st := binary.BigEndian.Uint32(w.b[28:]); st != nfsOK {
+			s.metrics.errors.WithLabelValues(p.name, strconv.Itoa(int(st))).Inc()
+		}
+	}
+	return w.b
+}
