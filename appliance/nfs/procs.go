@@ -49,9 +49,10 @@ type program struct {
 // proc is one procedure.
 type proc struct {
 	name string // the metrics' "proc" label
-	// run decodes the arguments, does the call and encodes the results;
+	// run decodes the arguments, does the call and encodes the results,
+	// returning the NFS status for the metrics (MOUNT and portmap: 0);
 	// false means the arguments were garbage.
-	run func(s *Server, c *call, w *writer) bool
+	run func(s *Server, c *call, w *writer) (status uint32, ok bool)
 	// slow calls (COMMIT's fsync) are never answered on the connection's
 	// reader, where they would hold up the calls that arrive meanwhile.
 	slow bool
@@ -114,56 +115,87 @@ const (
 	pmapDump
 )
 
-func null(*Server, *call, *writer) bool { return true }
+func null(*Server, *call, *writer) (uint32, bool) { return nfsOK, true }
+
+// plain runs a MOUNT or portmap procedure, which decodes and encodes as
+// it goes.
+func plain(f func(s *Server, c *call, w *writer) bool) func(*Server, *call, *writer) (uint32, bool) {
+	return func(s *Server, c *call, w *writer) (uint32, bool) { return nfsOK, f(s, c, w) }
+}
+
+// NFSv3 procedures decode their arguments into a typed A (nfs3xdr.go), do
+// the call on it (nfs3proc.go) and encode the typed result R, whose
+// encoder writes the resok or the resfail arm by its status.
+type nfs3Args[A any] interface {
+	*A
+	decode(r *reader)
+}
+
+type nfs3Result[R any] interface {
+	*R
+	encode(w *writer) uint32
+}
+
+func nfs3[A, R any, PA nfs3Args[A], PR nfs3Result[R]](do func(s *Server, c *call, a *A) R) func(*Server, *call, *writer) (uint32, bool) {
+	return func(s *Server, c *call, w *writer) (uint32, bool) {
+		var a A
+		PA(&a).decode(&c.args)
+		if c.args.err != nil {
+			return 0, false
+		}
+		r := do(s, c, &a)
+		return PR(&r).encode(w), true
+	}
+}
 
 var nfs3Procs = []proc{
 	nfsNull:        {name: "NULL", run: null, idempotent: true},
-	nfsGetattr:     {name: "GETATTR", run: (*Server).getattr, idempotent: true},
-	nfsSetattr:     {name: "SETATTR", run: (*Server).setattr, idempotent: true},
-	nfsLookup:      {name: "LOOKUP", run: (*Server).lookup, idempotent: true},
-	nfsAccess:      {name: "ACCESS", run: (*Server).access, idempotent: true},
-	nfsReadlink:    {name: "READLINK", run: (*Server).readlinkProc, idempotent: true},
-	nfsRead:        {name: "READ", run: (*Server).read, idempotent: true},
-	nfsWrite:       {name: "WRITE", run: (*Server).write, idempotent: true},
-	nfsCreate:      {name: "CREATE", run: (*Server).create},
-	nfsMkdir:       {name: "MKDIR", run: (*Server).create},
-	nfsSymlink:     {name: "SYMLINK", run: (*Server).create},
-	nfsMknod:       {name: "MKNOD", run: (*Server).create},
-	nfsRemove:      {name: "REMOVE", run: (*Server).remove},
-	nfsRmdir:       {name: "RMDIR", run: (*Server).remove},
-	nfsRename:      {name: "RENAME", run: (*Server).rename},
-	nfsLink:        {name: "LINK", run: (*Server).link},
-	nfsReaddir:     {name: "READDIR", run: func(s *Server, c *call, w *writer) bool { return s.readdir(c, w, false) }, idempotent: true},
-	nfsReaddirplus: {name: "READDIRPLUS", run: func(s *Server, c *call, w *writer) bool { return s.readdir(c, w, true) }, idempotent: true},
-	nfsFsstat:      {name: "FSSTAT", run: (*Server).fsinfo, idempotent: true},
-	nfsFsinfo:      {name: "FSINFO", run: (*Server).fsinfo, idempotent: true},
-	nfsPathconf:    {name: "PATHCONF", run: (*Server).fsinfo, idempotent: true},
-	nfsCommit:      {name: "COMMIT", run: (*Server).commit, slow: true, idempotent: true},
+	nfsGetattr:     {name: "GETATTR", run: nfs3((*Server).getattr), idempotent: true},
+	nfsSetattr:     {name: "SETATTR", run: nfs3((*Server).setattr), idempotent: true},
+	nfsLookup:      {name: "LOOKUP", run: nfs3((*Server).lookup), idempotent: true},
+	nfsAccess:      {name: "ACCESS", run: nfs3((*Server).access), idempotent: true},
+	nfsReadlink:    {name: "READLINK", run: nfs3((*Server).readlink), idempotent: true},
+	nfsRead:        {name: "READ", run: nfs3((*Server).read), idempotent: true},
+	nfsWrite:       {name: "WRITE", run: nfs3((*Server).write), idempotent: true},
+	nfsCreate:      {name: "CREATE", run: nfs3((*Server).create)},
+	nfsMkdir:       {name: "MKDIR", run: nfs3((*Server).mkdir)},
+	nfsSymlink:     {name: "SYMLINK", run: nfs3((*Server).symlink)},
+	nfsMknod:       {name: "MKNOD", run: nfs3((*Server).mknod)},
+	nfsRemove:      {name: "REMOVE", run: nfs3((*Server).remove)},
+	nfsRmdir:       {name: "RMDIR", run: nfs3((*Server).rmdir)},
+	nfsRename:      {name: "RENAME", run: nfs3((*Server).rename)},
+	nfsLink:        {name: "LINK", run: nfs3((*Server).link)},
+	nfsReaddir:     {name: "READDIR", run: nfs3((*Server).readdir), idempotent: true},
+	nfsReaddirplus: {name: "READDIRPLUS", run: nfs3((*Server).readdirplus), idempotent: true},
+	nfsFsstat:      {name: "FSSTAT", run: nfs3((*Server).fsstat), idempotent: true},
+	nfsFsinfo:      {name: "FSINFO", run: nfs3((*Server).fsinfo), idempotent: true},
+	nfsPathconf:    {name: "PATHCONF", run: nfs3((*Server).pathconf), idempotent: true},
+	nfsCommit:      {name: "COMMIT", run: nfs3((*Server).commit), slow: true, idempotent: true},
 }
 
 var mount3Procs = []proc{
 	mountNull:    {name: "NULL", run: null, idempotent: true},
-	mountMnt:     {name: "MNT", run: (*Server).mnt},
-	mountDump:    {name: "DUMP", run: (*Server).mountDump, idempotent: true},
-	mountUmnt:    {name: "UMNT", run: (*Server).umnt},
-	mountUmntall: {name: "UMNTALL", run: (*Server).umntall},
-	mountExport:  {name: "EXPORT", run: (*Server).mountExport, idempotent: true},
+	mountMnt:     {name: "MNT", run: plain((*Server).mnt)},
+	mountDump:    {name: "DUMP", run: plain((*Server).mountDump), idempotent: true},
+	mountUmnt:    {name: "UMNT", run: plain((*Server).umnt)},
+	mountUmntall: {name: "UMNTALL", run: plain((*Server).umntall)},
+	mountExport:  {name: "EXPORT", run: plain((*Server).mountExport), idempotent: true},
 }
 
 var pmap2Procs = []proc{
 	pmapNull:    {name: "NULL", run: null, idempotent: true},
-	pmapSet:     {name: "SET", run: (*Server).pmapSet},
-	pmapUnset:   {name: "UNSET", run: (*Server).pmapSet},
-	pmapGetport: {name: "GETPORT", run: (*Server).getport, idempotent: true},
-	pmapDump:    {name: "DUMP", run: (*Server).pmapDump, idempotent: true},
+	pmapSet:     {name: "SET", run: plain((*Server).pmapSet)},
+	pmapUnset:   {name: "UNSET", run: plain((*Server).pmapSet)},
+	pmapGetport: {name: "GETPORT", run: plain((*Server).getport), idempotent: true},
+	pmapDump:    {name: "DUMP", run: plain((*Server).pmapDump), idempotent: true},
 }
 
 var rpcbProcs = []proc{
 	pmapNull:    {name: "NULL", run: null, idempotent: true},
-	pmapSet:     {name: "SET", run: (*Server).rpcbSet},
-	pmapUnset:   {name: "UNSET", run: (*Server).rpcbSet},
-	pmapGetport: {name: "GETADDR", run: (*Server).getaddr, idempotent: true},
-	pmapDump:    {name: "DUMP", run: (*Server).rpcbDump, idempotent: true},
+	pmapSet:     {name: "SET", run: plain((*Server).rpcbSet)},
+	pmapUnset:   {name: "UNSET", run: plain((*Server).rpcbSet)},
+	pmapGetport: {name: "GETADDR", run: plain((*Server).getaddr), idempotent: true},
+	pmapDump:    {name: "DUMP", run: plain((*Server).rpcbDump), idempotent: true},
 }
 
 var programs = []*program{
@@ -240,15 +272,13 @@ func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) 
 		return replyHeader(c.xid, acceptProcUnavail).b
 	}
 	w := replyHeader(c.xid, acceptSuccess)
-	ok := p.run(s, c, w)
+	st, ok := p.run(s, c, w)
 	s.metrics.requests.WithLabelValues(prog.name, p.name).Inc()
 	if !ok {
 		return replyHeader(c.xid, acceptGarbageArgs).b
 	}
-	if c.prog == progNFS && c.proc != nfsNull && len(w.b) >= 32 {
-		if st := binary.BigEndian.Uint32(w.b[28:]); st != nfsOK {
-			s.metrics.errors.WithLabelValues(p.name, strconv.Itoa(int(st))).Inc()
-		}
+	if st != nfsOK {
+		s.metrics.errors.WithLabelValues(p.name, strconv.Itoa(int(st))).Inc()
 	}
 	return w.b
 }
