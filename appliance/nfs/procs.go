@@ -57,8 +57,9 @@ type proc struct {
 	// reader, where they would hold up the calls that arrive meanwhile.
 	slow bool
 	// idempotent calls may run again when a client retransmits them; the
-	// others change the namespace or data (knfsd's RC_NOCACHE against
-	// RC_REPLSTAT/RC_REPLBUFF: what a duplicate request cache would keep).
+	// others change the namespace, attributes or data, and a duplicate
+	// request cache would keep their replies (knfsd's RC_NOCACHE against
+	// RC_REPLBUFF, same split as nfsd_procedures3).
 	idempotent bool
 }
 
@@ -151,12 +152,12 @@ func nfs3[A, R any, PA nfs3Args[A], PR nfs3Result[R]](do func(s *Server, c *call
 var nfs3Procs = []proc{
 	nfsNull:        {name: "NULL", run: null, idempotent: true},
 	nfsGetattr:     {name: "GETATTR", run: nfs3((*Server).getattr), idempotent: true},
-	nfsSetattr:     {name: "SETATTR", run: nfs3((*Server).setattr), idempotent: true},
+	nfsSetattr:     {name: "SETATTR", run: nfs3((*Server).setattr)},
 	nfsLookup:      {name: "LOOKUP", run: nfs3((*Server).lookup), idempotent: true},
 	nfsAccess:      {name: "ACCESS", run: nfs3((*Server).access), idempotent: true},
 	nfsReadlink:    {name: "READLINK", run: nfs3((*Server).readlink), idempotent: true},
 	nfsRead:        {name: "READ", run: nfs3((*Server).read), idempotent: true},
-	nfsWrite:       {name: "WRITE", run: nfs3((*Server).write), idempotent: true},
+	nfsWrite:       {name: "WRITE", run: nfs3((*Server).write)},
 	nfsCreate:      {name: "CREATE", run: nfs3((*Server).create)},
 	nfsMkdir:       {name: "MKDIR", run: nfs3((*Server).mkdir)},
 	nfsSymlink:     {name: "SYMLINK", run: nfs3((*Server).symlink)},

@@ -39,6 +39,17 @@ func TestProcedureTable(t *testing.T) {
 			t.Errorf("quick(%s): got %v, want %v", nfscheck.ProcName(tc.prog, tc.vers, tc.proc), got, tc.quick)
 		}
 	}
+	// The calls a retransmission must not run twice, as knfsd's duplicate
+	// request cache keeps them.
+	var changing []string
+	for _, p := range nfs3Procs {
+		if !p.idempotent {
+			changing = append(changing, p.name)
+		}
+	}
+	if got, want := strings.Join(changing, " "), "SETATTR WRITE CREATE MKDIR SYMLINK MKNOD REMOVE RMDIR RENAME LINK"; got != want {
+		t.Errorf("non-idempotent NFSv3 procedures: got %s, want %s", got, want)
+	}
 	if got, want := len(nfs3Procs), nfsCommit+1; got != want {
 		t.Errorf("NFSv3 table has %d procedures, want %d", got, want)
 	}
