@@ -53,8 +53,10 @@ type proc struct {
 	// returning the NFS status for the metrics (MOUNT and portmap: 0);
 	// false means the arguments were garbage.
 	run func(s *Server, c *call, w *writer) (status uint32, ok bool)
-	// slow calls (COMMIT's fsync) are never answered on the connection's
-	// reader, where they would hold up the calls that arrive meanwhile.
+	// slow calls are never answered on the connection's reader, where
+	// they would hold up the calls that arrive meanwhile: COMMIT's fsync,
+	// MNT (which may make a node's root) and with it the rest of MOUNT and
+	// the portmapper, which are no part of a node's steady traffic.
 	slow bool
 	// idempotent calls may run again when a client retransmits them; the
 	// others change the namespace, attributes or data, and a duplicate
@@ -175,28 +177,28 @@ var nfs3Procs = []proc{
 }
 
 var mount3Procs = []proc{
-	mountNull:    {name: "NULL", run: null, idempotent: true},
-	mountMnt:     {name: "MNT", run: plain((*Server).mnt)},
-	mountDump:    {name: "DUMP", run: plain((*Server).mountDump), idempotent: true},
-	mountUmnt:    {name: "UMNT", run: plain((*Server).umnt)},
-	mountUmntall: {name: "UMNTALL", run: plain((*Server).umntall)},
-	mountExport:  {name: "EXPORT", run: plain((*Server).mountExport), idempotent: true},
+	mountNull:    {name: "NULL", run: null, idempotent: true, slow: true},
+	mountMnt:     {name: "MNT", run: plain((*Server).mnt), slow: true},
+	mountDump:    {name: "DUMP", run: plain((*Server).mountDump), idempotent: true, slow: true},
+	mountUmnt:    {name: "UMNT", run: plain((*Server).umnt), slow: true},
+	mountUmntall: {name: "UMNTALL", run: plain((*Server).umntall), slow: true},
+	mountExport:  {name: "EXPORT", run: plain((*Server).mountExport), idempotent: true, slow: true},
 }
 
 var pmap2Procs = []proc{
-	pmapNull:    {name: "NULL", run: null, idempotent: true},
-	pmapSet:     {name: "SET", run: plain((*Server).pmapSet)},
-	pmapUnset:   {name: "UNSET", run: plain((*Server).pmapSet)},
-	pmapGetport: {name: "GETPORT", run: plain((*Server).getport), idempotent: true},
-	pmapDump:    {name: "DUMP", run: plain((*Server).pmapDump), idempotent: true},
+	pmapNull:    {name: "NULL", run: null, idempotent: true, slow: true},
+	pmapSet:     {name: "SET", run: plain((*Server).pmapSet), slow: true},
+	pmapUnset:   {name: "UNSET", run: plain((*Server).pmapSet), slow: true},
+	pmapGetport: {name: "GETPORT", run: plain((*Server).getport), idempotent: true, slow: true},
+	pmapDump:    {name: "DUMP", run: plain((*Server).pmapDump), idempotent: true, slow: true},
 }
 
 var rpcbProcs = []proc{
-	pmapNull:    {name: "NULL", run: null, idempotent: true},
-	pmapSet:     {name: "SET", run: plain((*Server).rpcbSet)},
-	pmapUnset:   {name: "UNSET", run: plain((*Server).rpcbSet)},
-	pmapGetport: {name: "GETADDR", run: plain((*Server).getaddr), idempotent: true},
-	pmapDump:    {name: "DUMP", run: plain((*Server).rpcbDump), idempotent: true},
+	pmapNull:    {name: "NULL", run: null, idempotent: true, slow: true},
+	pmapSet:     {name: "SET", run: plain((*Server).rpcbSet), slow: true},
+	pmapUnset:   {name: "UNSET", run: plain((*Server).rpcbSet), slow: true},
+	pmapGetport: {name: "GETADDR", run: plain((*Server).getaddr), idempotent: true, slow: true},
+	pmapDump:    {name: "DUMP", run: plain((*Server).rpcbDump), idempotent: true, slow: true},
 }
 
 var programs = []*program{
@@ -228,17 +230,14 @@ func procOf(prog, vers, num uint32) *proc {
 	return &procs[num]
 }
 
-// quick reports whether msg is an NFS call short enough to answer on the
-// connection's reader (see proc.slow).
+// quick reports whether msg is a call short enough to answer on the
+// connection's reader (see proc.slow); a call of no procedure here is
+// (its answer is a rejection).
 func quick(msg []byte) bool {
 	if len(msg) < 24 {
 		return false
 	}
-	prog, vers, num := binary.BigEndian.Uint32(msg[12:]), binary.BigEndian.Uint32(msg[16:]), binary.BigEndian.Uint32(msg[20:])
-	if prog != progNFS {
-		return false
-	}
-	p := procOf(prog, vers, num)
+	p := procOf(binary.BigEndian.Uint32(msg[12:]), binary.BigEndian.Uint32(msg[16:]), binary.BigEndian.Uint32(msg[20:]))
 	return p == nil || !p.slow
 }
 

@@ -32,6 +32,8 @@ func TestProcedureTable(t *testing.T) {
 		{progNFS, 3, nfsCommit, false},
 		{progNFS, 4, nfsCommit, true}, // no such procedure: answered at once
 		{progMount, 3, mountMnt, false},
+		{progPortmap, 4, pmapGetport, false},
+		{400000, 1, 0, true}, // no such program: rejected at once
 	} {
 		w := &writer{}
 		callHeader(w, 1, tc.prog, tc.vers, tc.proc, nil)
