@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -112,7 +113,7 @@ func newEnv(t *testing.T) *testEnv {
 }
 
 func (e *testEnv) start() {
-	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize})
+	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -122,6 +123,16 @@ func (e *testEnv) start() {
 	}
 	e.srv, e.ln = srv, ln
 	go srv.ServeTCP(ln)
+}
+
+// checkReply fails t for every malformed reply the server sends, whoever
+// the client.
+func checkReply(t testing.TB) func(call, reply []byte) {
+	return func(call, reply []byte) {
+		if err := nfscheck.Reply(call, reply); err != nil {
+			t.Error(err)
+		}
+	}
 }
 
 func (e *testEnv) stop() {
@@ -199,6 +210,9 @@ func (c *client) raw(prog, vers, proc uint32, args []byte) *reader {
 	if err != nil {
 		c.t.Fatalf("reading reply: %v", err)
 	}
+	if err := nfscheck.Reply(w.b[4:], msg); err != nil {
+		c.t.Fatal(err)
+	}
 	r := &reader{b: msg}
 	if got := r.uint32(); got != xid {
 		c.t.Fatalf("reply xid %d, want %d", got, xid)
@@ -222,7 +236,7 @@ func args(f func(w *writer)) []byte {
 }
 
 func (c *client) mnt(p string) ([]byte, uint32) {
-	r := c.raw(progMount, 3, 1, args(func(w *writer) { w.string(p) }))
+	r := c.raw(progMount, 3, mountMnt, args(func(w *writer) { w.string(p) }))
 	st := r.uint32()
 	if st != 0 {
 		return nil, st
@@ -271,7 +285,7 @@ func skipWcc(r *reader) {
 }
 
 func (c *client) getattr(fh []byte) (attrs, uint32) {
-	r := c.raw(progNFS, 3, 1, args(func(w *writer) { w.opaque(fh) }))
+	r := c.raw(progNFS, 3, nfsGetattr, args(func(w *writer) { w.opaque(fh) }))
 	st := r.uint32()
 	if st != 0 {
 		return attrs{}, st
@@ -280,7 +294,7 @@ func (c *client) getattr(fh []byte) (attrs, uint32) {
 }
 
 func (c *client) lookup(dir []byte, name string) ([]byte, uint32) {
-	r := c.raw(progNFS, 3, 3, args(func(w *writer) { w.opaque(dir); w.string(name) }))
+	r := c.raw(progNFS, 3, nfsLookup, args(func(w *writer) { w.opaque(dir); w.string(name) }))
 	st := r.uint32()
 	if st != 0 {
 		return nil, st
@@ -302,7 +316,7 @@ func (c *client) walk(dir []byte, names ...string) []byte {
 }
 
 func (c *client) read(fh []byte, off uint64, n uint32) ([]byte, bool, uint32) {
-	r := c.raw(progNFS, 3, 6, args(func(w *writer) { w.opaque(fh); w.uint64(off); w.uint32(n) }))
+	r := c.raw(progNFS, 3, nfsRead, args(func(w *writer) { w.opaque(fh); w.uint64(off); w.uint32(n) }))
 	st := r.uint32()
 	readPostOp(r)
 	if st != 0 {
@@ -314,7 +328,7 @@ func (c *client) read(fh []byte, off uint64, n uint32) ([]byte, bool, uint32) {
 }
 
 func (c *client) write(fh []byte, off uint64, data []byte, stable uint32) (uint32, []byte) {
-	r := c.raw(progNFS, 3, 7, args(func(w *writer) {
+	r := c.raw(progNFS, 3, nfsWrite, args(func(w *writer) {
 		w.opaque(fh)
 		w.uint64(off)
 		w.uint32(uint32(len(data)))
@@ -343,7 +357,7 @@ func modeOnly(w *writer, mode uint32) {
 }
 
 func (c *client) create(dir []byte, name string, mode uint32) ([]byte, uint32) {
-	r := c.raw(progNFS, 3, 8, args(func(w *writer) {
+	r := c.raw(progNFS, 3, nfsCreate, args(func(w *writer) {
 		w.opaque(dir)
 		w.string(name)
 		w.uint32(createGuarded)
@@ -358,7 +372,7 @@ func (c *client) create(dir []byte, name string, mode uint32) ([]byte, uint32) {
 }
 
 func (c *client) mkdir(dir []byte, name string, mode uint32) ([]byte, uint32) {
-	r := c.raw(progNFS, 3, 9, args(func(w *writer) {
+	r := c.raw(progNFS, 3, nfsMkdir, args(func(w *writer) {
 		w.opaque(dir)
 		w.string(name)
 		modeOnly(w, mode)
@@ -374,7 +388,7 @@ func (c *client) mkdir(dir []byte, name string, mode uint32) ([]byte, uint32) {
 // setattr sets the mode (and, if uid >= 0, the owner), with an optional
 // ctime guard.
 func (c *client) setattr(fh []byte, mode uint32, uid int64, guard *[2]uint32) uint32 {
-	r := c.raw(progNFS, 3, 2, args(func(w *writer) {
+	r := c.raw(progNFS, 3, nfsSetattr, args(func(w *writer) {
 		w.opaque(fh)
 		w.bool(true)
 		w.uint32(mode)
@@ -400,7 +414,7 @@ func (c *client) nameOp(proc uint32, dir []byte, name string) uint32 {
 }
 
 func (c *client) rename(from []byte, fromName string, to []byte, toName string) uint32 {
-	return c.raw(progNFS, 3, 14, args(func(w *writer) {
+	return c.raw(progNFS, 3, nfsRename, args(func(w *writer) {
 		w.opaque(from)
 		w.string(fromName)
 		w.opaque(to)
@@ -409,11 +423,11 @@ func (c *client) rename(from []byte, fromName string, to []byte, toName string) 
 }
 
 func (c *client) link(file, dir []byte, name string) uint32 {
-	return c.raw(progNFS, 3, 15, args(func(w *writer) { w.opaque(file); w.opaque(dir); w.string(name) })).uint32()
+	return c.raw(progNFS, 3, nfsLink, args(func(w *writer) { w.opaque(file); w.opaque(dir); w.string(name) })).uint32()
 }
 
 func (c *client) commit(fh []byte) (uint32, []byte) {
-	r := c.raw(progNFS, 3, 21, args(func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(0) }))
+	r := c.raw(progNFS, 3, nfsCommit, args(func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(0) }))
 	st := r.uint32()
 	skipWcc(r)
 	if st != 0 {
@@ -423,7 +437,7 @@ func (c *client) commit(fh []byte) (uint32, []byte) {
 }
 
 func (c *client) access(fh []byte, bits uint32) (uint32, uint32) {
-	r := c.raw(progNFS, 3, 4, args(func(w *writer) { w.opaque(fh); w.uint32(bits) }))
+	r := c.raw(progNFS, 3, nfsAccess, args(func(w *writer) { w.opaque(fh); w.uint32(bits) }))
 	st := r.uint32()
 	readPostOp(r)
 	if st != 0 {
@@ -442,7 +456,7 @@ func (c *client) readdirplus(dir []byte, maxcount uint32) (map[string]uint64, ma
 	calls := 0
 	for {
 		calls++
-		r := c.raw(progNFS, 3, 17, args(func(w *writer) {
+		r := c.raw(progNFS, 3, nfsReaddirplus, args(func(w *writer) {
 			w.opaque(dir)
 			w.uint64(cookie)
 			w.fixed(verf)

@@ -2,6 +2,7 @@ package nfs
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -177,4 +178,70 @@ func (e *export) readlink(rel string) (string, error) {
 		return "", err
 	}
 	return string(buf[:n]), nil
+}
+
+// copyXattrs copies extended attributes; with follow the paths are
+// /proc/self/fd magic links, which the l* calls would not pass through.
+func copyXattrs(src, dst string, follow bool) error {
+	names, err := listXattrs(src, follow)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if n == idXattr {
+			continue
+		}
+		v, err := getXattr(src, n, follow)
+		if err != nil {
+			continue
+		}
+		set := unix.Lsetxattr
+		if follow {
+			set = unix.Setxattr
+		}
+		if err := set(dst, n, v, 0); err != nil && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.ENOTSUP) {
+			return fmt.Errorf("xattr %s on %s: %v", n, dst, err)
+		}
+	}
+	return nil
+}
+
+func listXattrs(p string, follow bool) ([]string, error) {
+	list := unix.Llistxattr
+	if follow {
+		list = unix.Listxattr
+	}
+	sz, err := list(p, nil)
+	if err != nil || sz == 0 {
+		if errors.Is(err, unix.ENOTSUP) {
+			err = nil
+		}
+		return nil, err
+	}
+	buf := make([]byte, sz)
+	sz, err = list(p, buf)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, n := range strings.Split(string(buf[:sz]), "\x00") {
+		if n != "" {
+			names = append(names, n)
+		}
+	}
+	return names, nil
+}
+
+func getXattr(p, name string, follow bool) ([]byte, error) {
+	get := unix.Lgetxattr
+	if follow {
+		get = unix.Getxattr
+	}
+	sz, err := get(p, name, nil)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, sz)
+	sz, err = get(p, name, buf)
+	return buf[:sz], err
 }

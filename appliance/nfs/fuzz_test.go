@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -47,8 +48,8 @@ func fuzzServer(t testing.TB) *Server {
 }
 
 // FuzzRPC feeds whole RPC messages (as read from a TCP record) to the
-// dispatcher: nothing may panic, and every answer is a reply to the call's
-// xid.
+// dispatcher: nothing may panic, and every answer is a well-formed reply
+// to the call (nfscheck).
 func FuzzRPC(f *testing.F) {
 	for _, s := range seedCalls() {
 		f.Add(s)
@@ -67,6 +68,9 @@ func FuzzRPC(f *testing.F) {
 			}
 			if binary.BigEndian.Uint32(reply[8:]) != msgReply {
 				t.Fatalf("reply is not a REPLY: %x", reply)
+			}
+			if err := nfscheck.Reply(msg, reply[4:]); err != nil {
+				t.Fatalf("over %s: %v", proto, err)
 			}
 		}
 	})
@@ -100,26 +104,26 @@ func seedCalls() [][]byte {
 		w.uint32(2)
 	}
 	seeds := [][]byte{
-		call(progNFS, 3, 0, nil),
-		call(progMount, 3, 1, func(w *writer) { w.string("/nodes/node1") }),
-		call(progMount, 3, 1, func(w *writer) { w.string("/nodes/node1/etc") }),
-		call(progMount, 3, 5, nil),
-		call(progMount, 3, 2, nil),
-		call(progPortmap, 2, 3, func(w *writer) { w.uint32(progNFS); w.uint32(3); w.uint32(6); w.uint32(0) }),
-		call(progPortmap, 4, 3, func(w *writer) { w.uint32(progNFS); w.uint32(3); w.string("tcp"); w.string(""); w.string("") }),
-		call(progPortmap, 2, 4, nil),
-		call(progNFS, 3, 1, func(w *writer) { w.opaque(fh) }),
-		call(progNFS, 3, 2, func(w *writer) { w.opaque(fh); sattr(w); w.bool(true); w.uint32(1); w.uint32(2) }),
-		call(progNFS, 3, 3, func(w *writer) { w.opaque(fh); w.string("etc") }),
-		call(progNFS, 3, 4, func(w *writer) { w.opaque(fh); w.uint32(0x3f) }),
-		call(progNFS, 3, 5, func(w *writer) { w.opaque(fh) }),
-		call(progNFS, 3, 6, func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(4096) }),
-		call(progNFS, 3, 7, func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(5); w.uint32(2); w.opaque([]byte("hello")) }),
-		call(progNFS, 3, 8, func(w *writer) { w.opaque(fh); w.string("f"); w.uint32(1); sattr(w) }),
-		call(progNFS, 3, 8, func(w *writer) { w.opaque(fh); w.string("f"); w.uint32(2); w.fixed([]byte("12345678")) }),
-		call(progNFS, 3, 9, func(w *writer) { w.opaque(fh); w.string("d"); sattr(w) }),
-		call(progNFS, 3, 10, func(w *writer) { w.opaque(fh); w.string("s"); sattr(w); w.string("../../x") }),
-		call(progNFS, 3, 11, func(w *writer) {
+		call(progNFS, 3, nfsNull, nil),
+		call(progMount, 3, mountMnt, func(w *writer) { w.string("/nodes/node1") }),
+		call(progMount, 3, mountMnt, func(w *writer) { w.string("/nodes/node1/etc") }),
+		call(progMount, 3, mountExport, nil),
+		call(progMount, 3, mountDump, nil),
+		call(progPortmap, 2, pmapGetport, func(w *writer) { w.uint32(progNFS); w.uint32(3); w.uint32(6); w.uint32(0) }),
+		call(progPortmap, 4, pmapGetport, func(w *writer) { w.uint32(progNFS); w.uint32(3); w.string("tcp"); w.string(""); w.string("") }),
+		call(progPortmap, 2, pmapDump, nil),
+		call(progNFS, 3, nfsGetattr, func(w *writer) { w.opaque(fh) }),
+		call(progNFS, 3, nfsSetattr, func(w *writer) { w.opaque(fh); sattr(w); w.bool(true); w.uint32(1); w.uint32(2) }),
+		call(progNFS, 3, nfsLookup, func(w *writer) { w.opaque(fh); w.string("etc") }),
+		call(progNFS, 3, nfsAccess, func(w *writer) { w.opaque(fh); w.uint32(0x3f) }),
+		call(progNFS, 3, nfsReadlink, func(w *writer) { w.opaque(fh) }),
+		call(progNFS, 3, nfsRead, func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(4096) }),
+		call(progNFS, 3, nfsWrite, func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(5); w.uint32(2); w.opaque([]byte("hello")) }),
+		call(progNFS, 3, nfsCreate, func(w *writer) { w.opaque(fh); w.string("f"); w.uint32(1); sattr(w) }),
+		call(progNFS, 3, nfsCreate, func(w *writer) { w.opaque(fh); w.string("f"); w.uint32(2); w.fixed([]byte("12345678")) }),
+		call(progNFS, 3, nfsMkdir, func(w *writer) { w.opaque(fh); w.string("d"); sattr(w) }),
+		call(progNFS, 3, nfsSymlink, func(w *writer) { w.opaque(fh); w.string("s"); sattr(w); w.string("../../x") }),
+		call(progNFS, 3, nfsMknod, func(w *writer) {
 			w.opaque(fh)
 			w.string("n")
 			w.uint32(typeChr)
@@ -127,16 +131,16 @@ func seedCalls() [][]byte {
 			w.uint32(1)
 			w.uint32(3)
 		}),
-		call(progNFS, 3, 12, func(w *writer) { w.opaque(fh); w.string("f") }),
-		call(progNFS, 3, 13, func(w *writer) { w.opaque(fh); w.string("d") }),
-		call(progNFS, 3, 14, func(w *writer) { w.opaque(fh); w.string("a"); w.opaque(fh); w.string("b") }),
-		call(progNFS, 3, 15, func(w *writer) { w.opaque(fh); w.opaque(fh); w.string("l") }),
-		call(progNFS, 3, 16, func(w *writer) { w.opaque(fh); w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(4096) }),
-		call(progNFS, 3, 17, func(w *writer) { w.opaque(fh); w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(1024); w.uint32(4096) }),
-		call(progNFS, 3, 18, func(w *writer) { w.opaque(fh) }),
-		call(progNFS, 3, 19, func(w *writer) { w.opaque(fh) }),
-		call(progNFS, 3, 20, func(w *writer) { w.opaque(fh) }),
-		call(progNFS, 3, 21, func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(0) }),
+		call(progNFS, 3, nfsRemove, func(w *writer) { w.opaque(fh); w.string("f") }),
+		call(progNFS, 3, nfsRmdir, func(w *writer) { w.opaque(fh); w.string("d") }),
+		call(progNFS, 3, nfsRename, func(w *writer) { w.opaque(fh); w.string("a"); w.opaque(fh); w.string("b") }),
+		call(progNFS, 3, nfsLink, func(w *writer) { w.opaque(fh); w.opaque(fh); w.string("l") }),
+		call(progNFS, 3, nfsReaddir, func(w *writer) { w.opaque(fh); w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(4096) }),
+		call(progNFS, 3, nfsReaddirplus, func(w *writer) { w.opaque(fh); w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(1024); w.uint32(4096) }),
+		call(progNFS, 3, nfsFsstat, func(w *writer) { w.opaque(fh) }),
+		call(progNFS, 3, nfsFsinfo, func(w *writer) { w.opaque(fh) }),
+		call(progNFS, 3, nfsPathconf, func(w *writer) { w.opaque(fh) }),
+		call(progNFS, 3, nfsCommit, func(w *writer) { w.opaque(fh); w.uint64(0); w.uint32(0) }),
 		call(progNFS, 2, 1, nil),
 		call(400000, 1, 0, nil),
 		{0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3},
@@ -177,13 +181,18 @@ func TestTruncatedCalls(t *testing.T) {
 			if n >= 8 && reply == nil && binary.BigEndian.Uint32(s[4:]) == msgCall {
 				t.Errorf("no reply to a call truncated to %d bytes", n)
 			}
+			if reply != nil {
+				if err := nfscheck.Reply(s[:n], reply[4:]); err != nil {
+					t.Errorf("call truncated to %d bytes: %v", n, err)
+				}
+			}
 		}
 	}
 }
 
 // FuzzNFS reaches inside the procedures: the call carries a valid handle of
-// the export root (or, by the first byte, of a file in it) followed by the
-// fuzzed arguments, as an authenticated root or user caller.
+// the export root followed by the fuzzed arguments, as an authenticated
+// root or user caller. Every reply must decode cleanly (nfscheck).
 func FuzzNFS(f *testing.F) {
 	for _, s := range nfsSeeds() {
 		f.Add(s.proc, s.args)
@@ -202,12 +211,15 @@ func FuzzNFS(f *testing.F) {
 		if proc >= 128 {
 			uid = 1000
 		}
-		callHeader(w, 99, progNFS, 3, uint32(proc)%22, &cred{uid: uid, gid: uid})
+		callHeader(w, 99, progNFS, 3, uint32(proc)%uint32(len(nfs3Procs)), &cred{uid: uid, gid: uid})
 		w.opaque(root)
 		w.b = append(w.b, a...)
 		reply := srv.dispatch(w.b, remote, local, "tcp")
 		if len(reply) < 28 || binary.BigEndian.Uint32(reply[4:]) != 99 {
 			t.Fatalf("bad reply %x", reply)
+		}
+		if err := nfscheck.Reply(w.b, reply[4:]); err != nil {
+			t.Fatal(err)
 		}
 		// Nothing the fuzzer does may reach the image tree.
 		if b, err := os.ReadFile(filepath.Join(srv.opts.Store.Path(store.ImagesDir), "sha256-"+testDigest[7:], "etc/hostname")); err != nil || string(b) != "node\n" {
@@ -242,29 +254,33 @@ func nfsSeeds() []nfsSeed {
 		w.uint32(0)
 	}
 	return []nfsSeed{
-		a(1, nil),
-		a(2, func(w *writer) { sattr(w); w.bool(false) }),
-		a(3, func(w *writer) { w.string("etc") }),
-		a(3, func(w *writer) { w.string("link") }),
-		a(3, func(w *writer) { w.string("..") }),
-		a(4, func(w *writer) { w.uint32(0x3f) }),
-		a(5, nil),
-		a(6, func(w *writer) { w.uint64(0); w.uint32(4096) }),
-		a(7, func(w *writer) { w.uint64(0); w.uint32(5); w.uint32(2); w.opaque([]byte("hello")) }),
-		a(8, func(w *writer) { w.string("f"); w.uint32(0); sattr(w) }),
-		a(8, func(w *writer) { w.string("f"); w.uint32(2); w.fixed([]byte("12345678")) }),
-		a(9, func(w *writer) { w.string("d"); sattr(w) }),
-		a(10, func(w *writer) { w.string("s"); sattr(w); w.string("../../x") }),
-		a(11, func(w *writer) { w.string("n"); w.uint32(typeFifo); sattr(w) }),
-		a(12, func(w *writer) { w.string("f") }),
-		a(13, func(w *writer) { w.string("d") }),
-		a(14, func(w *writer) { w.string("etc"); w.opaque(fh); w.string("b") }),
-		a(15, func(w *writer) { w.opaque(fh); w.string("l") }),
-		a(16, func(w *writer) { w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(4096) }),
-		a(17, func(w *writer) { w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(1024); w.uint32(4096) }),
-		a(18, nil),
-		a(19, nil),
-		a(20, nil),
-		a(21, func(w *writer) { w.uint64(0); w.uint32(0) }),
+		a(nfsGetattr, nil),
+		a(nfsSetattr, func(w *writer) { sattr(w); w.bool(false) }),
+		a(nfsLookup, func(w *writer) { w.string("etc") }),
+		a(nfsLookup, func(w *writer) { w.string("link") }),
+		a(nfsLookup, func(w *writer) { w.string("..") }),
+		a(nfsAccess, func(w *writer) { w.uint32(0x3f) }),
+		a(nfsReadlink, nil),
+		a(nfsRead, func(w *writer) { w.uint64(0); w.uint32(4096) }),
+		a(nfsWrite, func(w *writer) { w.uint64(0); w.uint32(5); w.uint32(2); w.opaque([]byte("hello")) }),
+		a(nfsCreate, func(w *writer) { w.string("f"); w.uint32(0); sattr(w) }),
+		a(nfsCreate, func(w *writer) { w.string("f"); w.uint32(2); w.fixed([]byte("12345678")) }),
+		a(nfsCreate, func(w *writer) { w.string("etc"); w.uint32(1); sattr(w) }), // exists: a failure after the checks
+		a(nfsMkdir, func(w *writer) { w.string("d"); sattr(w) }),
+		a(nfsMkdir, func(w *writer) { w.string("etc"); sattr(w) }),
+		a(nfsSymlink, func(w *writer) { w.string("etc"); sattr(w); w.string("x") }),
+		a(nfsMknod, func(w *writer) { w.string("etc"); w.uint32(typeSock); sattr(w) }),
+		a(nfsSymlink, func(w *writer) { w.string("s"); sattr(w); w.string("../../x") }),
+		a(nfsMknod, func(w *writer) { w.string("n"); w.uint32(typeFifo); sattr(w) }),
+		a(nfsRemove, func(w *writer) { w.string("f") }),
+		a(nfsRmdir, func(w *writer) { w.string("d") }),
+		a(nfsRename, func(w *writer) { w.string("etc"); w.opaque(fh); w.string("b") }),
+		a(nfsLink, func(w *writer) { w.opaque(fh); w.string("l") }),
+		a(nfsReaddir, func(w *writer) { w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(4096) }),
+		a(nfsReaddirplus, func(w *writer) { w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(1024); w.uint32(4096) }),
+		a(nfsFsstat, nil),
+		a(nfsFsinfo, nil),
+		a(nfsPathconf, nil),
+		a(nfsCommit, func(w *writer) { w.uint64(0); w.uint32(0) }),
 	}
 }

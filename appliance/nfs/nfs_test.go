@@ -244,7 +244,7 @@ func TestOwnersAndPermissions(t *testing.T) {
 		t.Errorf("READ of a 0640 file by a stranger: status %d, want ACCES", st)
 	}
 	// Sticky /tmp: strangers cannot remove others' files.
-	if st := other.nameOp(12, tmp, "mine"); st != errAcces {
+	if st := other.nameOp(nfsRemove, tmp, "mine"); st != errAcces {
 		t.Errorf("REMOVE of another user's file in sticky /tmp: status %d, want ACCES", st)
 	}
 	if _, st := other.lookup(rootc.walk(root, "home", "u"), "x"); st != errAcces {
@@ -261,7 +261,7 @@ func TestOwnersAndPermissions(t *testing.T) {
 	if st != 0 {
 		t.Fatal(st)
 	}
-	rootc.raw(progNFS, 3, 2, args(func(w *writer) {
+	rootc.raw(progNFS, 3, nfsSetattr, args(func(w *writer) {
 		w.opaque(sgdir)
 		w.bool(false)
 		w.bool(false)
@@ -310,7 +310,7 @@ func TestNoSymlinkFollowing(t *testing.T) {
 	if _, st := c.create(dl, "x", 0o644); st != errNotDir {
 		t.Errorf("CREATE through a symlink: status %d, want NOTDIR", st)
 	}
-	r := c.raw(progNFS, 3, 5, args(func(w *writer) { w.opaque(c.walk(root, "etc", "link")) }))
+	r := c.raw(progNFS, 3, nfsReadlink, args(func(w *writer) { w.opaque(c.walk(root, "etc", "link")) }))
 	if st := r.uint32(); st != 0 {
 		t.Fatalf("READLINK: %d", st)
 	}
@@ -360,7 +360,7 @@ func TestReaddirPlusPages(t *testing.T) {
 	if len(ids2) != 302 {
 		t.Errorf("after restart READDIRPLUS listed %d", len(ids2))
 	}
-	r := c.raw(progNFS, 3, 17, args(func(w *writer) { w.opaque(many); w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(10); w.uint32(40) }))
+	r := c.raw(progNFS, 3, nfsReaddirplus, args(func(w *writer) { w.opaque(many); w.uint64(0); w.fixed(make([]byte, 8)); w.uint32(10); w.uint32(40) }))
 	if st := r.uint32(); st != errTooSmall {
 		t.Errorf("READDIRPLUS with maxcount 40: status %d, want TOOSMALL", st)
 	}
@@ -395,13 +395,13 @@ func TestRenameRemoveKeepHandles(t *testing.T) {
 	if _, st := c.getattr(f); st != 0 {
 		t.Errorf("file in a renamed directory: status %d", st)
 	}
-	if st := c.nameOp(13, root, "moved"); st != errNotEmpty {
+	if st := c.nameOp(nfsRmdir, root, "moved"); st != errNotEmpty {
 		t.Errorf("RMDIR of a non-empty dir: status %d, want NOTEMPTY", st)
 	}
-	if st := c.nameOp(12, c.walk(root, "moved"), "f"); st != 0 {
+	if st := c.nameOp(nfsRemove, c.walk(root, "moved"), "f"); st != 0 {
 		t.Fatal(st)
 	}
-	if st := c.nameOp(13, root, "moved"); st != 0 {
+	if st := c.nameOp(nfsRmdir, root, "moved"); st != 0 {
 		t.Errorf("RMDIR: status %d", st)
 	}
 	if _, st := c.getattr(f); st != errStaleFH {
@@ -460,7 +460,7 @@ func TestPipelinedCalls(t *testing.T) {
 	w := &writer{}
 	for i := uint32(0); i < n; i++ {
 		m := &writer{b: make([]byte, 4)}
-		callHeader(m, 1000+i, progNFS, 3, 6, nil)
+		callHeader(m, 1000+i, progNFS, 3, nfsRead, nil)
 		m.opaque(big)
 		m.uint64(uint64(i) * 1000)
 		m.uint32(1000)
@@ -516,16 +516,16 @@ func TestPortmapAndMountOverUDP(t *testing.T) {
 	for _, tc := range []struct {
 		prog, vers, proto, want uint32
 	}{{progMount, 3, 17, 2049}, {progNFS, 3, 6, 2049}, {progNFS, 3, 17, 0}, {progMount, 1, 17, 0}} {
-		r := call(progPortmap, 2, 3, args(func(w *writer) { w.uint32(tc.prog); w.uint32(tc.vers); w.uint32(tc.proto); w.uint32(0) }))
+		r := call(progPortmap, 2, pmapGetport, args(func(w *writer) { w.uint32(tc.prog); w.uint32(tc.vers); w.uint32(tc.proto); w.uint32(0) }))
 		if got := r.uint32(); got != tc.want {
 			t.Errorf("GETPORT %d v%d proto %d = %d, want %d", tc.prog, tc.vers, tc.proto, got, tc.want)
 		}
 	}
-	r := call(progPortmap, 3, 3, args(func(w *writer) { w.uint32(progNFS); w.uint32(3); w.string("tcp"); w.string(""); w.string("") }))
+	r := call(progPortmap, 3, pmapGetport, args(func(w *writer) { w.uint32(progNFS); w.uint32(3); w.string("tcp"); w.string(""); w.string("") }))
 	if got := r.string(64); got != "127.0.0.1.8.1" {
 		t.Errorf("rpcbind GETADDR = %q, want 127.0.0.1.8.1", got)
 	}
-	r = call(progMount, 3, 1, args(func(w *writer) { w.string("/nodes/node1") }))
+	r = call(progMount, 3, mountMnt, args(func(w *writer) { w.string("/nodes/node1") }))
 	if st := r.uint32(); st != 0 || len(r.opaque(64)) != handleLen {
 		t.Errorf("MNT over UDP: status %d", st)
 	}

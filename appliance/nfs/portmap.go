@@ -7,78 +7,93 @@ import (
 	"sort"
 )
 
-// portmap answers portmap v2 and rpcbind v3/v4 (GETADDR, DUMP) for the
-// programs this server runs. Registrations from others are refused: nfsd
-// owns port 111 on the head node only for the NFS clients of its nodes.
-func (s *Server) portmap(c *call, w *writer) bool {
-	switch {
-	case c.proc == 0:
-	case c.proc == 1 || c.proc == 2: // SET, UNSET
-		if c.vers == 2 {
-			c.args.uint32()
-			c.args.uint32()
-			c.args.uint32()
-			c.args.uint32()
-		} else {
-			c.args.uint32()
-			c.args.uint32()
-			c.args.string(64)
-			c.args.string(128)
-			c.args.string(128)
-		}
-		if c.args.err != nil {
-			return false
-		}
-		w.bool(false)
-	case c.vers == 2 && c.proc == 3: // GETPORT
-		prog, vers, proto := c.args.uint32(), c.args.uint32(), c.args.uint32()
+// The portmapper answers portmap v2 and rpcbind v3/v4 (GETADDR, DUMP) for
+// the programs this server runs. Registrations from others are refused:
+// nfsd owns port 111 on the head node only for the NFS clients of its
+// nodes.
+
+// pmapSet answers portmap v2 SET and UNSET (a mapping) with FALSE.
+func (s *Server) pmapSet(c *call, w *writer) bool {
+	for i := 0; i < 4; i++ { // prog, vers, prot, port
 		c.args.uint32()
-		if c.args.err != nil {
-			return false
-		}
-		s.mu.Lock()
-		w.uint32(s.ports[portKey{prog, vers, proto}])
-		s.mu.Unlock()
-	case c.vers == 2 && c.proc == 4: // DUMP
-		for _, m := range s.mappings() {
-			w.bool(true)
-			w.uint32(m.prog)
-			w.uint32(m.vers)
-			w.uint32(m.proto)
-			w.uint32(m.port)
-		}
-		w.bool(false)
-	case c.vers >= 3 && c.proc == 3: // GETADDR
-		prog, vers := c.args.uint32(), c.args.uint32()
-		netid := c.args.string(64)
-		c.args.string(128)
-		c.args.string(128)
-		if c.args.err != nil {
-			return false
-		}
-		proto := map[string]uint32{"tcp": 6, "udp": 17}[netid]
-		s.mu.Lock()
-		port := s.ports[portKey{prog, vers, proto}]
-		s.mu.Unlock()
-		if port == 0 || proto == 0 {
-			w.string("")
-			break
-		}
-		w.string(uaddr(localFor(c), port))
-	case c.vers >= 3 && c.proc == 4: // DUMP (rpcinfo <host>)
-		local := localFor(c)
-		for _, m := range s.mappings() {
-			w.bool(true)
-			w.uint32(m.prog)
-			w.uint32(m.vers)
-			w.string(map[uint32]string{6: "tcp", 17: "udp"}[m.proto])
-			w.string(uaddr(local, m.port))
-			w.string("superuser")
-		}
-		w.bool(false)
-	default:
-		w.b = nil
 	}
+	if c.args.err != nil {
+		return false
+	}
+	w.bool(false)
+	return true
+}
+
+// rpcbSet answers rpcbind SET and UNSET (an rpcb) with FALSE.
+func (s *Server) rpcbSet(c *call, w *writer) bool {
+	c.args.uint32() // prog
+	c.args.uint32() // vers
+	c.args.string(64)
+	c.args.string(128)
+	c.args.string(128)
+	if c.args.err != nil {
+		return false
+	}
+	w.bool(false)
+	return true
+}
+
+func (s *Server) getport(c *call, w *writer) bool {
+	prog, vers, proto := c.args.uint32(), c.args.uint32(), c.args.uint32()
+	c.args.uint32()
+	if c.args.err != nil {
+		return false
+	}
+	s.mu.Lock()
+	w.uint32(s.ports[portKey{prog, vers, proto}])
+	s.mu.Unlock()
+	return true
+}
+
+func (s *Server) pmapDump(c *call, w *writer) bool {
+	for _, m := range s.mappings() {
+		w.bool(true)
+		w.uint32(m.prog)
+		w.uint32(m.vers)
+		w.uint32(m.proto)
+		w.uint32(m.port)
+	}
+	w.bool(false)
+	return true
+}
+
+func (s *Server) getaddr(c *call, w *writer) bool {
+	prog, vers := c.args.uint32(), c.args.uint32()
+	netid := c.args.string(64)
+	c.args.string(128)
+	c.args.string(128)
+	if c.args.err != nil {
+		return false
+	}
+	proto := map[string]uint32{"tcp": 6, "udp": 17}[netid]
+	s.mu.Lock()
+	port := s.ports[portKey{prog, vers, proto}]
+	s.mu.Unlock()
+	if port == 0 || proto == 0 {
+		w.string("")
+		return true
+	}
+	w.string(uaddr(localFor(c), port))
+	return true
+}
+
+// rpcbDump answers rpcbind DUMP (rpcinfo <host>).
+func (s *Server) rpcbDump(c *call, w *writer) bool {
+	local := localFor(c)
+	for _, m := range s.mappings() {
+		w.bool(true)
+		w.uint32(m.prog)
+		w.uint32(m.vers)
+		w.string(map[uint32]string{6: "tcp", 17: "udp"}[m.proto])
+		w.string(uaddr(local, m.port))
+		w.string("superuser")
+	}
+	w.bool(false)
 	return true
 }
 

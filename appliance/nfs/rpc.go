@@ -35,13 +35,6 @@ const (
 	maxAuthBytes = 400
 )
 
-// Program numbers.
-const (
-	progPortmap = 100000
-	progNFS     = 100003
-	progMount   = 100005
-)
-
 // maxRecord bounds one RPC message on TCP: a 1 MiB WRITE plus headers. A
 // client that announces more is cut off instead of making us allocate it.
 const maxRecord = 1<<20 + 64<<10

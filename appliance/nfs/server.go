@@ -9,17 +9,12 @@ package nfs
 import (
 	"bufio"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +54,10 @@ type Options struct {
 	OnMount func(key string, client netip.Addr)
 	// MaxInFlight bounds concurrent requests per connection (default 64).
 	MaxInFlight int
+	// OnReply, if set, sees every call and its reply (one RPC message,
+	// without record mark) before the reply is sent; both are only valid
+	// during the call. nfsd's -reply_log writes them for nfscheck.
+	OnReply func(call, reply []byte)
 }
 
 // Server serves NFSv3, MOUNT v3 and portmap on any number of listeners.
@@ -186,37 +185,6 @@ func (s *Server) imageSet(digest string) (*imageSet, error) {
 	return set, nil
 }
 
-// scan loads every view in the store, so handles from before a restart
-// resolve without a new MNT.
-func (s *Server) scan() {
-	dirs, _ := os.ReadDir(s.opts.Store.Path(store.NodesDir))
-	for _, d := range dirs {
-		key := d.Name()
-		if !d.IsDir() || !store.ValidName(key) {
-			continue
-		}
-		id := exportID(key)
-		s.mu.Lock()
-		_, ok := s.exports[id]
-		s.mu.Unlock()
-		if ok {
-			continue
-		}
-		if _, err := os.Stat(filepath.Join(s.opts.Store.Path(store.NodesDir, key), viewFile)); err != nil {
-			continue
-		}
-		e, err := openExport(s.opts.Store.Path(store.NodesDir, key), key, "", "", false, s.imageSet, nil)
-		if err != nil {
-			s.log.Warn("view not served", "node", key, "err", err)
-			continue
-		}
-		e.onCopy = s.metrics.copyUps.Inc
-		s.mu.Lock()
-		s.exports[id] = e
-		s.mu.Unlock()
-	}
-}
-
 func (s *Server) exportByID(id [8]byte) *export {
 	s.mu.Lock()
 	e := s.exports[id]
@@ -232,98 +200,6 @@ func (s *Server) exportByID(id [8]byte) *export {
 		s.mu.Unlock()
 	}
 	return e
-}
-
-// export returns the view of key, making it from the node's image when
-// it does not exist.
-func (s *Server) export(key string) (*export, error) {
-	id := exportID(key)
-	s.mu.Lock()
-	e := s.exports[id]
-	s.mu.Unlock()
-	if e != nil {
-		return e, nil
-	}
-	dir, err := s.opts.Store.NodeDir(key)
-	if err != nil {
-		return nil, err
-	}
-	// One view is made at a time: two MNTs of a new node must not race
-	// to build it.
-	s.buildMu.Lock()
-	defer s.buildMu.Unlock()
-	s.mu.Lock()
-	e = s.exports[id]
-	s.mu.Unlock()
-	if e != nil {
-		return e, nil
-	}
-	var root, digest string
-	_, viewErr := os.Stat(filepath.Join(dir, viewFile))
-	_, rootErr := os.Stat(filepath.Join(dir, viewRoot))
-	if viewErr != nil || rootErr != nil {
-		// No root yet, or a crash between recording and renaming it into
-		// place: make it (again) from the node's current image.
-		digest, err = s.opts.Resolver.Image(key)
-		if err != nil {
-			return nil, err
-		}
-		if root, err = images.Root(s.opts.Store, digest); err != nil {
-			return nil, err
-		}
-	}
-	start := time.Now()
-	var personalize func(string) error
-	if s.opts.Personalize != nil {
-		personalize = func(root string) error { return s.opts.Personalize(key, root) }
-	}
-	e, err = openExport(dir, key, root, digest, true, s.imageSet, personalize)
-	if err != nil {
-		return nil, err
-	}
-	e.onCopy = s.metrics.copyUps.Inc
-	if root != "" {
-		s.log.Info("made node root", "node", key, "image", digest, "took", time.Since(start).Round(time.Millisecond))
-	}
-	s.mu.Lock()
-	s.exports[id] = e
-	s.mu.Unlock()
-	return e, nil
-}
-
-// Reset drops a node's view; the next MNT makes a new one from its current
-// image and handles into the old one go stale.
-func (s *Server) Reset(key string) error {
-	dir, err := s.opts.Store.NodeDir(key)
-	if err != nil {
-		return err
-	}
-	id := exportID(key)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e := s.exports[id]; e != nil {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		e.close()
-		delete(s.exports, id)
-	}
-	for k := range s.acl {
-		if k.e.key == key {
-			delete(s.acl, k)
-		}
-	}
-	if err := os.Remove(filepath.Join(dir, viewFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
-	}
-	store.SyncDir(dir)
-	// The generation is gone with view.json; removing the tree can take
-	// a while and a crash in the middle leaves only garbage that the next
-	// openExport replaces.
-	if err := os.RemoveAll(filepath.Join(dir, viewRoot)); err != nil {
-		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
-	}
-	s.log.Info("node root reset", "node", key)
-	return nil
 }
 
 // allowed caches the resolver's answer for a few seconds: it reads node
@@ -387,82 +263,11 @@ func (s *Server) Status() Status {
 
 // dispatch answers one call; nil means no answer.
 func (s *Server) dispatch(msg []byte, remote, local netip.AddrPort, proto string) []byte {
-	c, err := parseCall(msg)
-	switch {
-	case c == nil:
-		return nil
-	case errors.Is(err, errRPCVersion):
-		return replyDeniedMsg(c.xid, rejectRPCMismatch, 2, 2)
-	case errors.Is(err, errBadCred):
-		return replyDeniedMsg(c.xid, rejectAuthError, authBadCred)
-	case err != nil:
-		return replyHeader(c.xid, acceptGarbageArgs).b
+	reply := s.answer(msg, remote, local, proto)
+	if s.opts.OnReply != nil && reply != nil {
+		s.opts.OnReply(msg, reply[4:])
 	}
-	c.remote, c.local, c.proto = remote, local, proto
-	progName := programName(c.prog)
-	if progName == "" {
-		return replyHeader(c.xid, acceptProgUnavail).b
-	}
-	if c.prog != progPortmap && c.proc != 0 && c.cred.flavor != authSys && c.cred.flavor != authNone {
-		return replyDeniedMsg(c.xid, rejectAuthError, authTooWeak)
-	}
-	w := replyHeader(c.xid, acceptSuccess)
-	ok := true
-	var procName string
-	switch c.prog {
-	case progPortmap:
-		if c.vers < 2 || c.vers > 4 {
-			return replyMismatch(c.xid, acceptProgMismatch, 2, 4)
-		}
-		procName = strconv.Itoa(int(c.proc))
-		ok = s.portmap(c, w)
-	case progMount:
-		if c.vers != 3 {
-			return replyMismatch(c.xid, acceptProgMismatch, 3, 3)
-		}
-		if c.proc > 5 {
-			return replyHeader(c.xid, acceptProcUnavail).b
-		}
-		procName = mountProcNames[c.proc]
-		ok = s.mount(c, w)
-	case progNFS:
-		if proto != "tcp" {
-			return replyHeader(c.xid, acceptProgUnavail).b
-		}
-		if c.vers != 3 {
-			return replyMismatch(c.xid, acceptProgMismatch, 3, 3)
-		}
-		if c.proc >= uint32(len(nfsProcNames)) {
-			return replyHeader(c.xid, acceptProcUnavail).b
-		}
-		procName = nfsProcNames[c.proc]
-		ok = s.nfs3(c, w)
-	}
-	s.metrics.requests.WithLabelValues(progName, procName).Inc()
-	if !ok {
-		return replyHeader(c.xid, acceptGarbageArgs).b
-	}
-	if w.b == nil {
-		return replyHeader(c.xid, acceptProcUnavail).b
-	}
-	if c.prog == progNFS && c.proc != 0 && len(w.b) >= 32 {
-		if st := uint32(w.b[28])<<24 | uint32(w.b[29])<<16 | uint32(w.b[30])<<8 | uint32(w.b[31]); st != nfsOK {
-			s.metrics.errors.WithLabelValues(procName, strconv.Itoa(int(st))).Inc()
-		}
-	}
-	return w.b
-}
-
-func programName(prog uint32) string {
-	switch prog {
-	case progPortmap:
-		return "portmap"
-	case progMount:
-		return "mount"
-	case progNFS:
-		return "nfs"
-	}
-	return ""
+	return reply
 }
 
 // ServeTCP answers RPC calls on ln until it is closed. Calls on one
@@ -559,13 +364,6 @@ func (s *Server) serveConn(conn net.Conn) {
 		idle.Add(-1)
 		work <- msg
 	}
-}
-
-// quick reports whether msg is an NFS call short enough to answer on the
-// connection's reader: all but COMMIT, whose fsync can take long enough to
-// hold up calls that arrive meanwhile.
-func quick(msg []byte) bool {
-	return len(msg) >= 24 && binary.BigEndian.Uint32(msg[12:]) == progNFS && binary.BigEndian.Uint32(msg[20:]) != 21
 }
 
 // ServeUDP answers portmap and MOUNT calls on pc until it is closed.

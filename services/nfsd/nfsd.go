@@ -10,10 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/nfs"
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/service"
 )
@@ -21,11 +24,28 @@ import (
 var (
 	nfsAddr     = flag.String("nfs_addr", ":2049", "address for NFSv3 and MOUNT v3 (TCP; MOUNT also on UDP)")
 	portmapAddr = flag.String("portmap_addr", ":111", "address for the portmapper (TCP and UDP; empty: none)")
+	replyLog    = flag.String("reply_log", "", "debugging: append every call's header and its reply to this file, for nfscheck.CheckLog (tests use it; it slows nfsd down)")
 )
 
 func main() {
 	service.Main("nfsd", ":9049", func(ctx context.Context, env *service.Env) error {
+		var onReply func(call, reply []byte)
+		if *replyLog != "" {
+			f, err := os.OpenFile(*replyLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+			if err != nil {
+				return fmt.Errorf("nfsd: -reply_log: %v", err)
+			}
+			defer f.Close()
+			l := nfscheck.NewLog(f)
+			var once sync.Once
+			onReply = func(call, reply []byte) {
+				if err := l.Record(call, reply); err != nil {
+					once.Do(func() { env.Log.Error("reply log: no more replies recorded", "file", *replyLog, "err", err) })
+				}
+			}
+		}
 		srv, err := nfs.New(nfs.Options{
+			OnReply:  onReply,
 			Store:    env.Store,
 			Resolver: nfs.NodeResolver{Config: env.Config, Store: env.Store},
 			Log:      env.Log,
@@ -60,38 +80,36 @@ func main() {
 				c()
 			}
 		}()
-		serve := func(addr, what string, progs [][2]uint32, udp bool) error {
+		serve := func(addr, what string, progs []nfs.Program) error {
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				return fmt.Errorf("nfsd: listen on TCP %s for %s: %v; is another NFS server or rpcbind running? (set -%s)", addr, what, err, map[string]string{"NFS": "nfs_addr", "portmap": "portmap_addr"}[what])
 			}
 			closers = append(closers, ln.Close)
 			port := ln.Addr().(*net.TCPAddr).Port
-			for _, p := range progs {
-				srv.SetPort(p[0], p[1], "tcp", port)
-			}
 			go func() { errc <- srv.ServeTCP(ln) }()
-			if udp {
-				pc, err := net.ListenPacket("udp", net.JoinHostPort(host(addr), strconv.Itoa(port)))
-				if err != nil {
-					return fmt.Errorf("nfsd: listen on UDP %s for %s: %v", addr, what, err)
-				}
-				closers = append(closers, pc.Close)
-				for _, p := range progs {
-					if p[0] != 100003 {
-						srv.SetPort(p[0], p[1], "udp", port)
+			pc, err := net.ListenPacket("udp", net.JoinHostPort(host(addr), strconv.Itoa(port)))
+			if err != nil {
+				return fmt.Errorf("nfsd: listen on UDP %s for %s: %v", addr, what, err)
+			}
+			closers = append(closers, pc.Close)
+			go func() { errc <- srv.ServeUDP(pc) }()
+			for _, p := range progs {
+				for _, v := range p.Versions {
+					srv.SetPort(p.Number, v, "tcp", port)
+					if p.UDP {
+						srv.SetPort(p.Number, v, "udp", port)
 					}
 				}
-				go func() { errc <- srv.ServeUDP(pc) }()
 			}
 			env.Log.Info("nfs listening", "what", what, "addr", ln.Addr().String())
 			return nil
 		}
-		if err := serve(*nfsAddr, "NFS", [][2]uint32{{100003, 3}, {100005, 3}}, true); err != nil {
+		if err := serve(*nfsAddr, "NFS", nfs.NFSPrograms); err != nil {
 			return err
 		}
 		if *portmapAddr != "" {
-			if err := serve(*portmapAddr, "portmap", [][2]uint32{{100000, 2}, {100000, 3}, {100000, 4}}, true); err != nil {
+			if err := serve(*portmapAddr, "portmap", nfs.PortmapPrograms); err != nil {
 				return err
 			}
 		}

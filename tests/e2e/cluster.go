@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/tests/guest"
 )
 
@@ -26,6 +27,7 @@ type Head struct {
 	Registry string // host:port of the upstream registry, inside the head namespace
 	Procs    map[string]*Proc
 	bin      string
+	nfsdRuns int // runs of nfsd, each with its own reply log
 }
 
 // Service names in start order: the cache first, so that images are in
@@ -44,6 +46,7 @@ func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
 	}
 	h := &Head{lab: lab, Store: filepath.Join(lab.Dir, "store"), Config: filepath.Join(lab.Dir, "config.json"),
 		Procs: map[string]*Proc{}, bin: Binaries(t), Registry: "127.0.0.1:5001"}
+	t.Cleanup(func() { h.checkReplies(t) })
 
 	ref := StartRegistry(t, lab, lab.Head, h.Registry)
 	netboot["DefaultImage"] = ref
@@ -125,6 +128,20 @@ func FullMode(lab *Lab) map[string]any {
 	}
 }
 
+// checkReplies decodes every reply nfsd sent to the nodes, if nfsd ran.
+// Each run of nfsd records its replies in its own file (-reply_log).
+func (h *Head) checkReplies(t testing.TB) {
+	if h.nfsdRuns == 0 {
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(h.lab.Dir, "nfsd-replies-*.bin"))
+	sum, err := nfscheck.CheckFiles(logs...)
+	if err != nil {
+		t.Error(err)
+	}
+	t.Logf("nfscheck: %v", sum)
+}
+
 // StartService starts one service in the head namespace.
 func (h *Head) StartService(t testing.TB, name string) *Proc {
 	t.Helper()
@@ -132,6 +149,10 @@ func (h *Head) StartService(t testing.TB, name string) *Proc {
 	args := []string{filepath.Join(h.bin, name), "-config", h.Config, "-store", h.Store, "-status", status}
 	if name == "ocicache" {
 		args = append(args, "-registry", "127.0.0.1:5000")
+	}
+	if name == "nfsd" {
+		h.nfsdRuns++
+		args = append(args, "-reply_log", filepath.Join(h.lab.Dir, fmt.Sprintf("nfsd-replies-%d.bin", h.nfsdRuns)))
 	}
 	p := h.lab.Start(name, h.lab.Head, args...)
 	h.Procs[name] = p

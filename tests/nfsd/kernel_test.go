@@ -67,6 +67,7 @@ func TestKernelClient(t *testing.T) {
 	runKernel(t, run)
 	checkImage(t, srv.Image, before)
 	checkView(t, srv.View(nodeKey), run.BigMD5)
+	srv.CheckReplies(t)
 	if t.Failed() {
 		t.Logf("nfsd log tail:\n%s", srv.Log())
 	}

@@ -46,7 +46,10 @@ func startForLibnfs(t *testing.T) *Nfsd {
 	if err := s.Start(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.Kill)
+	t.Cleanup(func() {
+		s.Kill()
+		s.CheckReplies(t)
+	})
 	return s
 }
 
@@ -168,7 +171,7 @@ func TestLibnfsThroughPortmapper(t *testing.T) {
 	defer exec.Command("ip", "netns", "delete", ns).Run()
 	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
 	p, err := StartProc("nfsd-ns", filepath.Join(s.Dir, "nfsd-ns.log"), "ip", "netns", "exec", ns,
-		s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0")
+		s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0", "-reply_log", s.ReplyLog(100))
 	if err != nil {
 		t.Fatal(err)
 	}

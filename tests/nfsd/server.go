@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -86,7 +88,7 @@ func (s *Nfsd) Start(timeout time.Duration) error {
 	s.runs++
 	p, err := StartProc(fmt.Sprintf("nfsd#%d", s.runs), filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
 		s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
-		"-nfs_addr", fmt.Sprintf("127.0.0.1:%d", s.Port), "-portmap_addr", "")
+		"-nfs_addr", fmt.Sprintf("127.0.0.1:%d", s.Port), "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs))
 	if err != nil {
 		return err
 	}
@@ -96,6 +98,23 @@ func (s *Nfsd) Start(timeout time.Duration) error {
 		return fmt.Errorf("%v:\n%s", err, p.Tail(4000))
 	}
 	return nil
+}
+
+// ReplyLog is where run n of nfsd records its replies (-reply_log), one
+// file per run so that a run killed while writing one does not garble
+// the next.
+func (s *Nfsd) ReplyLog(n int) string { return filepath.Join(s.Dir, fmt.Sprintf("replies-%d.bin", n)) }
+
+// CheckReplies decodes every reply nfsd sent so far with nfscheck and
+// fails t for each malformed one.
+func (s *Nfsd) CheckReplies(t testing.TB) {
+	t.Helper()
+	logs, _ := filepath.Glob(filepath.Join(s.Dir, "replies-*.bin"))
+	sum, err := nfscheck.CheckFiles(logs...)
+	if err != nil {
+		t.Error(err)
+	}
+	t.Logf("nfscheck: %v", sum)
 }
 
 // Kill kills nfsd with SIGKILL and waits until it is gone.
