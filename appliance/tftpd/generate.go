@@ -50,14 +50,19 @@ func Cmdline(image []byte, head netip.Addr, key string, extra []string) string {
 }
 
 // ConfigTxt is the image's config.txt followed by Netboot.ConfigTxt. The
-// bootloader applies later lines over earlier ones, so ours win.
+// bootloader applies later lines over earlier ones, so ours win; they come
+// after an "[all]" line because the image's file may end inside a
+// conditional section such as "[cm5]", whose lines a CM4 skips.
 func ConfigTxt(image []byte, extra []string) string {
 	var b strings.Builder
 	b.Write(image)
+	if len(extra) == 0 {
+		return b.String()
+	}
 	if len(image) > 0 && image[len(image)-1] != '\n' {
 		b.WriteByte('\n')
 	}
-	b.WriteString("\n# ociboot: Netboot.ConfigTxt\n")
+	b.WriteString("\n# ociboot: Netboot.ConfigTxt, for every board\n[all]\n")
 	for _, l := range extra {
 		b.WriteString(l)
 		b.WriteByte('\n')
