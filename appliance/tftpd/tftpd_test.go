@@ -294,3 +294,39 @@ func TestCmdline(t *testing.T) {
 }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestEarlyTerminateNotAnswered: after the OACK the Pi answers ERROR 0
+// "Early terminate" and closes its port. RFC 1350 §7: an ERROR is never
+// acknowledged or answered, so nothing may come back.
+func TestEarlyTerminateNotAnswered(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	srv, _ := net.ResolveUDPAddr("udp4", f.addr)
+	conn.WriteToUDP([]byte("\x00\x01abcd1234/start4.elf\x00octet\x00tsize\x000\x00blksize\x001468\x00"), srv)
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 2000)
+	n, tid, err := conn.ReadFromUDP(buf)
+	if err != nil || n < 2 || buf[1] != 6 {
+		t.Fatalf("RRQ: got % x, %v; want an OACK", buf[:n], err)
+	}
+	if got, want := string(buf[2:n]), "blksize\x001468\x00tsize\x00300000\x00"; got != want && got != "tsize\x00300000\x00blksize\x001468\x00" {
+		t.Errorf("OACK: got %q, want %q", got, want)
+	}
+	conn.WriteToUDP([]byte("\x00\x05\x00\x00Early terminate\x00"), tid)
+	// Longer than the server's retransmission timeout (200 ms) times two.
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	if n, from, err := conn.ReadFromUDP(buf); err == nil {
+		t.Errorf("after ERROR 0: got % x from %v; want nothing", buf[:n], from)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for f.srv.Status().Nodes["abcd1234"].EarlyTerminates != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := f.srv.Status().Nodes["abcd1234"]; got.EarlyTerminates != 1 || got.Failures != 0 {
+		t.Errorf("stats: got %+v, want one early terminate and no failure", got)
+	}
+}
