@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,32 @@ var ErrNoImage = errors.New("no image for the node")
 // MACKey is the dash form of a MAC ("dc-a6-32-01-02-03"): the key of a
 // node known by MAC only, as the Pi bootloader's TFTP_PREFIX=2 spells it.
 func MACKey(mac net.HardwareAddr) string { return strings.ReplaceAll(mac.String(), ":", "-") }
+
+// Canonical returns the key under which the node named by key is kept. A
+// Pi with TFTP_PREFIX=2 names itself by MAC ("dc-a6-32-01-02-03") while
+// dhcpd records it under the serial from option 97, and nfsd exports
+// /nodes/<serial>: the MAC resolves to that serial through the config
+// (a node listed with both) or the record whose MAC it is. Any other key is
+// returned unchanged.
+func Canonical(cfg *config.Config, st *store.Store, key string) string {
+	mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":"))
+	if err != nil || len(key) != 17 {
+		return key
+	}
+	if nc, ok := cfg.NodeByMAC(mac); ok && nc.Serial != "" {
+		return nc.Serial
+	}
+	recs, _ := List(st)
+	for _, rec := range recs {
+		if rec.Serial == key {
+			continue
+		}
+		if m, err := net.ParseMAC(rec.MAC); err == nil && bytes.Equal(m, mac) {
+			return rec.Serial
+		}
+	}
+	return key
+}
 
 // Image is the image a node boots.
 type Image struct {

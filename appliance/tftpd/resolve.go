@@ -133,6 +133,7 @@ func (r *Resolver) Image(req Request, remote netip.Addr) (Node, error) {
 		}
 		key = k
 	}
+	key = nodes.Canonical(r.Config, r.Store, key)
 	img, err := nodes.ImageOf(r.Config, r.Store, key)
 	if errors.Is(err, nodes.ErrNoImage) {
 		return Node{}, fmt.Errorf("%w: %v", ErrNotFound, err)

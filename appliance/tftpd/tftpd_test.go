@@ -16,6 +16,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nfs"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 	"github.com/ociboot/ociboot/tests/piemu"
@@ -328,5 +329,41 @@ func TestEarlyTerminateNotAnswered(t *testing.T) {
 	}
 	if got := f.srv.Status().Nodes["abcd1234"]; got.EarlyTerminates != 1 || got.Failures != 0 {
 		t.Errorf("stats: got %+v, want one early terminate and no failure", got)
+	}
+}
+
+// TestMACPrefixIsTheRecordedNode: a Pi with TFTP_PREFIX=2 asks under its
+// MAC, while dhcpd recorded it under its serial (option 97). Its boot files
+// must name the export nfsd answers for that record, /nodes/<serial>.
+func TestMACPrefixIsTheRecordedNode(t *testing.T) {
+	for _, tc := range []struct {
+		name, netboot string
+		record        bool
+	}{
+		{"recorded by dhcpd", defaultNetboot, true},
+		{"configured with serial and MAC", `{"DefaultImage": "` + imageRef + `", "Nodes": [{"Serial": "5b154510", "MAC": "dc:a6:32:10:20:01"}]}`, false},
+	} {
+		f := newFixture(t, tc.netboot)
+		if tc.record {
+			nodes.Save(f.st, nodes.Record{Serial: "5b154510", MAC: "dc:a6:32:10:20:01", IP: "127.0.0.1", Model: "RPi4"})
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		rep, err := piemu.TFTPBoot(ctx, f.addr, "dc-a6-32-10-20-01", 1468)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got, want := string(rep.Files["cmdline.txt"]), "nfsroot=127.0.0.1:/nodes/5b154510,"; !strings.Contains(got, want) {
+			t.Errorf("%s: cmdline.txt %q does not contain %q", tc.name, got, want)
+		}
+		if p, _ := nodes.Progress(f.st, "5b154510"); p.Stage != nodes.StageKernel {
+			t.Errorf("%s: stage of the serial's record: got %+v, want %q", tc.name, p, nodes.StageKernel)
+		}
+		if tc.record && !(nfs.NodeResolver{Config: f.srv.res.Config, Store: f.st}).Allowed("5b154510", netip.MustParseAddr("127.0.0.1")) {
+			t.Errorf("%s: nfsd would refuse the export cmdline.txt names to the node's address", tc.name)
+		}
+		if _, err := os.Stat(f.st.Path(store.NodesDir, "dc-a6-32-10-20-01")); err == nil {
+			t.Errorf("%s: a second record was made under the MAC", tc.name)
+		}
 	}
 }
