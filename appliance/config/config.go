@@ -40,6 +40,9 @@ const (
 
 	EnrollAuto      = "auto"
 	EnrollKnownOnly = "known-only"
+
+	ReimageManual = "manual"
+	ReimageOnBoot = "on-boot"
 )
 
 // Defaults for an empty section.
@@ -94,6 +97,11 @@ type Netboot struct {
 	// DefaultImage is the OCI reference every node without its own Image
 	// boots, e.g. "registry.example:5000/rpi/node:bookworm".
 	DefaultImage string
+	// Reimage is what happens when a node's configured image changes
+	// after its root was made: "manual" (default: the node keeps its root
+	// until reset) or "on-boot" (its next boot gets a fresh root from the
+	// new image; the previous root is kept until the new one has mounted).
+	Reimage string
 	// Platform of images, default "linux/arm64" (Pi 4 / CM4 / Pi 5).
 	Platform string
 	// BootDir is the boot directory inside images; empty means look for
@@ -144,6 +152,7 @@ type Config struct {
 	Lease        time.Duration
 	ForceDHCP    bool
 	Enroll       string
+	Reimage      string
 	DefaultImage string
 	Platform     string
 	BootDir      string
@@ -292,6 +301,7 @@ func validate(raw Netboot, errs *Errors) *Config {
 		Interface:    raw.Interface,
 		Mode:         raw.Mode,
 		Enroll:       raw.Enroll,
+		Reimage:      raw.Reimage,
 		ForceDHCP:    raw.ForceDHCP,
 		DefaultImage: raw.DefaultImage,
 		Platform:     raw.Platform,
@@ -319,6 +329,13 @@ func validate(raw Netboot, errs *Errors) *Config {
 	case EnrollAuto, EnrollKnownOnly:
 	default:
 		add("Netboot.Enroll: %q is not a policy; use %q or %q", raw.Enroll, EnrollAuto, EnrollKnownOnly)
+	}
+	switch cfg.Reimage {
+	case "":
+		cfg.Reimage = ReimageManual
+	case ReimageManual, ReimageOnBoot:
+	default:
+		add("Netboot.Reimage: %q is not a policy; use %q or %q", raw.Reimage, ReimageManual, ReimageOnBoot)
 	}
 	full := cfg.Mode == ModeFull
 

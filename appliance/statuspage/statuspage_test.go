@@ -1,10 +1,12 @@
 package statuspage
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -39,6 +41,7 @@ func fixture(t *testing.T) (*Page, *httptest.Server) {
 	// reference means now.
 	dir, _ := st.NodeDir("abcd0003")
 	store.WriteJSON(dir+"/"+nodes.ViewFile, map[string]string{"Digest": "sha256:" + strings.Repeat("0e", 32)})
+	os.MkdirAll(dir+"/root/boot/firmware", 0o755)
 
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
@@ -107,7 +110,9 @@ func TestHTML(t *testing.T) {
 		"<code>sha256:1f1f1f1f1f1f</code>",
 		`<span class="down">down</span>`,
 		"localhost:5000/node:v2",
-		"root made from <code>sha256:0e0e0e0e0e0e</code>",
+		"image changed: the root was made from sha256:0e0e0e0e0e0e; reset the node",
+		"boots from node root root/boot/firmware",
+		"boots from image localhost:5000/node:v1",
 	} {
 		if !strings.Contains(html, want) {
 			t.Errorf("page lacks %q", want)
@@ -117,6 +122,28 @@ func TestHTML(t *testing.T) {
 	if got, want := resp.StatusCode, http.StatusNotFound; got != want {
 		t.Errorf("/nope: got %d, want %d", got, want)
 	}
+}
+
+func TestPendingReimage(t *testing.T) {
+	p, _ := fixture(t)
+	cfg, err := config.Parse([]byte(`{"Netboot": {"DefaultImage": "localhost:5000/node:v1", "Reimage": "on-boot"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Config = cfg
+	for _, n := range p.Collect(context.Background(), "").Nodes {
+		if n.Serial != "abcd0003" {
+			continue
+		}
+		if !strings.HasPrefix(n.ImageChange, "image changed, pending reimage") {
+			t.Errorf("ImageChange: got %q, want \"image changed, pending reimage...\"", n.ImageChange)
+		}
+		if got, want := n.BootsFrom, "image localhost:5000/node:v1 (reimage at next mount)"; got != want {
+			t.Errorf("BootsFrom: got %q, want %q", got, want)
+		}
+		return
+	}
+	t.Error("node abcd0003 not listed")
 }
 
 func TestMetricsLink(t *testing.T) {

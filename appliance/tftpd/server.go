@@ -267,7 +267,7 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 		}
 		k := n.Kernel()
 		if k == "" {
-			return content{}, req, fmt.Errorf("%w: image %s has no kernel in %s", ErrNotFound, n.Image, n.Entry.BootDir)
+			return content{}, req, fmt.Errorf("%w: no kernel in the boot directory of %s", ErrNotFound, n.Source())
 		}
 		script := IPXEScript(k, n.Initrd(k), Cmdline(img, head, n.Key, s.res.Config.KernelArgs))
 		return content{r: strings.NewReader(script), node: n}, req, nil

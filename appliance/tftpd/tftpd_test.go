@@ -367,3 +367,66 @@ func TestMACPrefixIsTheRecordedNode(t *testing.T) {
 		}
 	}
 }
+
+// TestBootFilesFollowTheNodesRoot: once nfsd made a node's root, its boot
+// files come from the root's boot directory, not from the configured
+// image, even after the image moved on: the kernel must match the root's
+// /lib/modules, and a kernel the node upgraded itself is the one it boots.
+func TestBootFilesFollowTheNodesRoot(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	const key = "abcd1234"
+	// Before the root exists: the image.
+	got, err := get(t, f, key+"/kernel8.img")
+	if err != nil || !bytes.Equal(got, f.files["kernel8.img"]) {
+		t.Fatalf("before the root exists: %d bytes, %v; want the image's kernel", len(got), err)
+	}
+	// nfsd made the root from the image (as nodes/<key>/view.json and
+	// root/ record it); then the node upgraded its kernel and the
+	// configured tag moved to a new image.
+	nodeDir := f.st.Path(store.NodesDir, key)
+	rootBoot := filepath.Join(nodeDir, "root", "boot", "firmware")
+	os.MkdirAll(filepath.Join(rootBoot, "overlays"), 0o755)
+	os.MkdirAll(filepath.Join(nodeDir, "root", "etc"), 0o755)
+	os.WriteFile(filepath.Join(nodeDir, "root", "etc", "secret"), []byte("node-secret"), 0o600)
+	upgraded := random(t, 1_000_000)
+	os.WriteFile(filepath.Join(rootBoot, "kernel8.img"), upgraded, 0o644)
+	os.WriteFile(filepath.Join(rootBoot, "cmdline.txt"), []byte("console=ttyAMA0 root=/dev/mmcblk0p2 node-own-arg\n"), 0o644)
+	os.WriteFile(filepath.Join(rootBoot, "config.txt"), []byte("arm_64bit=1\n[cm5]\n"), 0o644)
+	os.Symlink("/etc/passwd", filepath.Join(rootBoot, "abs-link"))
+	os.Symlink("../../../../../../../etc/passwd", filepath.Join(rootBoot, "rel-link"))
+	os.Symlink("../../etc/secret", filepath.Join(rootBoot, "up-link"))
+	store.WriteJSON(filepath.Join(nodeDir, nodes.ViewFile), map[string]string{"Key": key, "Digest": testDigest})
+	newDigest := "sha256:" + strings.Repeat("f", 64)
+	newBoot := filepath.Join(f.st.Path(store.ImagesDir, "sha256-"+strings.Repeat("f", 64)), "boot", "firmware")
+	os.MkdirAll(newBoot, 0o755)
+	os.WriteFile(filepath.Join(newBoot, "kernel8.img"), []byte("new image kernel"), 0o644)
+	images.SaveIndex(f.st, images.Index{Entries: []images.Entry{{Ref: imageRef, Platform: "linux/arm64", Digest: newDigest, BootDir: "boot/firmware", Kernel: "kernel8.img"}}})
+
+	got, err = get(t, f, key+"/kernel8.img")
+	if err != nil || !bytes.Equal(got, upgraded) {
+		t.Errorf("kernel8.img after the root exists: %d bytes, %v; want the root's upgraded kernel", len(got), err)
+	}
+	got, err = get(t, f, key+"/cmdline.txt")
+	if want := "console=ttyAMA0 node-own-arg root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory\n"; err != nil || string(got) != want {
+		t.Errorf("cmdline.txt from the root:\ngot  %q (%v)\nwant %q", got, err, want)
+	}
+	got, err = get(t, f, key+"/config.txt")
+	if want := "arm_64bit=1\n[cm5]\n\n# ociboot: Netboot.ConfigTxt, for every board\n[all]\ndtoverlay=disable-wifi\n"; err != nil || string(got) != want {
+		t.Errorf("config.txt from the root:\ngot  %q (%v)\nwant %q", got, err, want)
+	}
+	if _, err := get(t, f, key+"/start4.elf"); err == nil {
+		t.Errorf("start4.elf, which the root lacks: served (from the image?), want not found")
+	}
+	// The node writes its root: nothing it puts there leads out of it.
+	for _, name := range []string{"abs-link", "rel-link", "up-link"} {
+		if data, err := get(t, f, key+"/"+name); err == nil {
+			t.Errorf("%s in the node's root: served %q, want refused", name, data)
+		}
+	}
+	os.RemoveAll(filepath.Join(nodeDir, "root", "boot"))
+	os.Symlink("/", filepath.Join(nodeDir, "root", "boot"))
+	os.MkdirAll(filepath.Join(nodeDir, "root", "firmware"), 0o755)
+	if data, err := get(t, f, key+"/etc/passwd"); err == nil {
+		t.Errorf("boot dir replaced by a symlink to /: served %d bytes, want refused", len(data))
+	}
+}
