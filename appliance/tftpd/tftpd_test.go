@@ -430,3 +430,47 @@ func TestBootFilesFollowTheNodesRoot(t *testing.T) {
 		t.Errorf("boot dir replaced by a symlink to /: served %d bytes, want refused", len(data))
 	}
 }
+
+// TestPi5BootSequence: a Pi 5 and a CM5 boot from an image with Pi 5 boot
+// files (no start4.elf needed), in the order their bootloader asks.
+func TestPi5BootSequence(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	boot := filepath.Join(f.root, "boot", "firmware")
+	pi5 := map[string][]byte{
+		piemu.DTBPi5:      random(t, 80_000),
+		piemu.DTBCM5:      random(t, 81_000),
+		"kernel_2712.img": random(t, 3_000_000),
+		"initramfs_2712":  random(t, 1_500_000),
+	}
+	for name, data := range pi5 {
+		os.WriteFile(filepath.Join(boot, name), data, 0o644)
+	}
+	for _, tc := range []struct{ serial, dtb string }{{"bd989ae1", piemu.DTBPi5}, {"da591740", piemu.DTBCM5}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		rep, err := piemu.TFTPBootPi5(ctx, f.addr, tc.serial, tc.dtb)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.serial, err)
+		}
+		for _, name := range []string{tc.dtb, "kernel_2712.img", "initramfs_2712"} {
+			if !bytes.Equal(rep.Files[name], pi5[name]) {
+				t.Errorf("%s: %s: %d bytes, want the image's %d", tc.serial, name, len(rep.Files[name]), len(pi5[name]))
+			}
+		}
+		if !bytes.Equal(rep.Files["overlays/overlay_map.dtb"], f.files["overlays/overlay_map.dtb"]) {
+			t.Errorf("%s: overlay_map.dtb differs from the image's", tc.serial)
+		}
+		if got, want := string(rep.Files["cmdline.txt"]), "nfsroot=127.0.0.1:/nodes/"+tc.serial+","; !strings.Contains(got, want) {
+			t.Errorf("%s: cmdline.txt %q lacks %q", tc.serial, got, want)
+		}
+		if got := string(rep.Files["config.txt"]); !strings.HasSuffix(got, "[all]\ndtoverlay=disable-wifi\n") {
+			t.Errorf("%s: config.txt %q", tc.serial, got)
+		}
+		if got, want := strings.Join(rep.Missing, ","), "pieeprom.sig"; got != want {
+			t.Errorf("%s: missing: got %q, want %q", tc.serial, got, want)
+		}
+		if p, _ := nodes.Progress(f.st, tc.serial); p.Stage != nodes.StageKernel || p.Detail != "kernel_2712.img" {
+			t.Errorf("%s: stage %+v, want kernel via kernel_2712.img", tc.serial, p)
+		}
+	}
+}

@@ -226,3 +226,49 @@ func TFTPBoot(ctx context.Context, server, serial string, blksize int) (TFTPRepo
 	}
 	return rep, nil
 }
+
+// Pi 5 device trees TFTPBootPi5 can ask for.
+const (
+	DTBPi5 = "bcm2712-rpi-5-b.dtb"
+	DTBCM5 = "bcm2712-rpi-cm5-cm5io.dtb"
+)
+
+// TFTPBootPi5 replays the TFTP part of a Pi 5 / CM5 network boot
+// (PI-NETBOOT.md §3.1): its firmware is in the EEPROM, so there is no
+// start*.elf; the bootloader reads <prefix>/config.txt first, probes
+// pieeprom.sig (self-update), then reads the board's device tree (dtb,
+// DTBPi5 or DTBCM5), overlays/overlay_map.dtb, cmdline.txt, kernel_2712.img
+// and initramfs_2712, at blksize 1468 as the Pi 5 asks.
+func TFTPBootPi5(ctx context.Context, server, prefix, dtb string) (TFTPReport, error) {
+	rep := TFTPReport{Files: map[string][]byte{}, Sizes: map[string]string{}}
+	opts := []string{"tsize", "0", "blksize", "1468"}
+	for _, s := range []struct {
+		file     string
+		optional bool
+	}{
+		{"config.txt", false},
+		{"pieeprom.sig", true},
+		{dtb, false},
+		{"overlays/overlay_map.dtb", true},
+		{"cmdline.txt", false},
+		{"kernel_2712.img", false},
+		{"initramfs_2712", false},
+	} {
+		rep.Requests++
+		r, err := TFTPGet(ctx, server, prefix+"/"+s.file, opts, false)
+		var te *TFTPError
+		if errors.As(err, &te) && te.Code == 1 && s.optional {
+			rep.Missing = append(rep.Missing, s.file)
+			continue
+		}
+		if err != nil {
+			return rep, fmt.Errorf("%s/%s: %w", prefix, s.file, err)
+		}
+		if r.Options == nil {
+			return rep, fmt.Errorf("%s/%s: no OACK", prefix, s.file)
+		}
+		rep.Sizes[s.file] = r.Options["tsize"]
+		rep.Files[s.file] = r.Data
+	}
+	return rep, nil
+}
