@@ -298,20 +298,9 @@ func (s *Server) Reset(key string) error {
 	if err != nil {
 		return err
 	}
-	id := exportID(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.exports[id]; e != nil {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		e.close()
-		delete(s.exports, id)
-	}
-	for k := range s.acl {
-		if k.e.key == key {
-			delete(s.acl, k)
-		}
-	}
+	s.dropExportLocked(key)
 	if err := os.Remove(filepath.Join(dir, viewFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
 	}
@@ -324,6 +313,23 @@ func (s *Server) Reset(key string) error {
 	}
 	s.log.Info("node root reset", "node", key)
 	return nil
+}
+
+// dropExportLocked closes key's view and forgets what was cached about
+// it; handles into it go stale. s.mu is held.
+func (s *Server) dropExportLocked(key string) {
+	id := exportID(key)
+	if e := s.exports[id]; e != nil {
+		e.mu.Lock()
+		e.close()
+		delete(s.exports, id)
+		e.mu.Unlock()
+	}
+	for k := range s.acl {
+		if k.e.key == key {
+			delete(s.acl, k)
+		}
+	}
 }
 
 // allowed caches the resolver's answer for a few seconds: it reads node

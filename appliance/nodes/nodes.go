@@ -148,6 +148,10 @@ func Progress(st *store.Store, serial string) (Stage, error) {
 // node's root from an image; Digest names that image's tree.
 const ViewFile = "view.json"
 
+// PreviousDir is nodes/<serial>/previous/, where nfsd keeps the root (and
+// its view.json) a reimage replaced until the new one has mounted.
+const PreviousDir = "previous"
+
 // ViewImages returns the image digests nodes' roots were made from. Their
 // trees must stay while the roots exist.
 func ViewImages(st *store.Store) []string {
@@ -157,9 +161,13 @@ func ViewImages(st *store.Store) []string {
 		if !e.IsDir() || !store.ValidName(e.Name()) {
 			continue
 		}
-		var v struct{ Digest string }
-		if store.ReadJSON(filepath.Join(st.Path(store.NodesDir, e.Name()), ViewFile), &v) == nil && v.Digest != "" {
-			out = append(out, v.Digest)
+		// A root a reimage set aside (nfsd's previous/) links into its
+		// image too, and may be put back.
+		for _, f := range []string{ViewFile, filepath.Join(PreviousDir, ViewFile)} {
+			var v struct{ Digest string }
+			if store.ReadJSON(filepath.Join(st.Path(store.NodesDir, e.Name()), f), &v) == nil && v.Digest != "" {
+				out = append(out, v.Digest)
+			}
 		}
 	}
 	sort.Strings(out)
