@@ -144,6 +144,42 @@ func Progress(st *store.Store, serial string) (Stage, error) {
 	return out, nil
 }
 
+// EEPROMUpdate is nodes/<serial>/eeprom-tftpd.json: the last bootloader
+// update (pieeprom.upd) tftpd served the node whole. The Pi flashes it
+// when its signature (pieeprom.sig) differs from what it runs.
+type EEPROMUpdate struct {
+	File   string // as requested, e.g. "abcd1234/pieeprom.upd"
+	Size   int64
+	SHA256 string
+	Source string // where it came from (nodes.Boot.Source)
+	Time   time.Time
+}
+
+const eepromFile = "eeprom-tftpd.json"
+
+// SaveEEPROMUpdate records that the node fetched a bootloader update.
+func SaveEEPROMUpdate(st *store.Store, serial string, u EEPROMUpdate) error {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("nodes: %v", err)
+	}
+	return store.WriteJSON(filepath.Join(dir, eepromFile), u)
+}
+
+// LoadEEPROMUpdate returns the node's last bootloader update, ok false if
+// none was served.
+func LoadEEPROMUpdate(st *store.Store, serial string) (EEPROMUpdate, bool) {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return EEPROMUpdate{}, false
+	}
+	var u EEPROMUpdate
+	return u, store.ReadJSON(filepath.Join(dir, eepromFile), &u) == nil
+}
+
 // ViewFile is nodes/<serial>/view.json, written by nfsd when it makes the
 // node's root from an image; Digest names that image's tree.
 const ViewFile = "view.json"

@@ -66,13 +66,16 @@ type Node struct {
 	// root was made: "image changed, pending reimage" (Reimage on-boot)
 	// or what to do to move it (manual).
 	ImageChange string
-	Stage       string
-	StageTime   time.Time
-	Detail      string
-	LastSeen    time.Time
-	LastError   string
-	Known       bool // listed in config.json
-	Seen        bool // has asked for something
+	// EEPROM is the last bootloader update (pieeprom.upd) tftpd served
+	// the node, nil if none.
+	EEPROM    *nodes.EEPROMUpdate `json:",omitempty"`
+	Stage     string
+	StageTime time.Time
+	Detail    string
+	LastSeen  time.Time
+	LastError string
+	Known     bool // listed in config.json
+	Seen      bool // has asked for something
 }
 
 // ServiceState is what the page learned from one service.
@@ -166,6 +169,9 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 			case b.Changed:
 				n.ImageChange = "image changed: the root was made from " + short(b.RootDigest) + "; reset the node (nfsd /reset) or set Netboot.Reimage to \"on-boot\" to boot the new image"
 			}
+		}
+		if u, ok := nodes.LoadEEPROMUpdate(p.Store, n.Serial); ok {
+			n.EEPROM = &u
 		}
 		if pr, err := nodes.Progress(p.Store, n.Serial); err == nil {
 			n.Stage, n.StageTime, n.Detail, n.LastError = pr.Stage, pr.Time, pr.Detail, pr.LastError
@@ -317,7 +323,7 @@ pre { background: #f7f7f7; padding: .5em; max-height: 16em; overflow: auto; font
 {{$now := .Generated}}{{range .Nodes}}<tr>
 <td>{{.Name}}{{if not .Known}} <small>(enrolled)</small>{{end}}{{if .Hostname}}<br><small class="ident">host <code>{{.Hostname}}</code>{{range .HostKeys}}<br><code>{{.}}</code>{{end}}</small>{{end}}</td><td><code>{{.Serial}}</code></td><td><code>{{.MAC}}</code></td><td>{{.IP}}</td>
 <td>{{.Image}}{{if .BootsFrom}}<br><small>boots from {{.BootsFrom}}</small>{{end}}</td><td><code>{{short .Digest}}</code>{{if .ImageChange}}<br><small class="err imagechange">{{.ImageChange}}</small>{{end}}</td>
-<td><span class="stage {{stageClass .Stage}}">{{if .Stage}}{{.Stage}}{{else}}not seen{{end}}</span>{{if .Detail}} <small>{{.Detail}}</small>{{end}}</td>
+<td><span class="stage {{stageClass .Stage}}">{{if .Stage}}{{.Stage}}{{else}}not seen{{end}}</span>{{if .Detail}} <small>{{.Detail}}</small>{{end}}{{with .EEPROM}}<br><small class="eeprom">bootloader update {{.File}} ({{.Size}} bytes, sha256 {{short .SHA256}}) fetched {{ago $now .Time}}</small>{{end}}</td>
 <td>{{ago $now .LastSeen}}</td><td class="err">{{.LastError}}</td></tr>
 {{else}}<tr><td colspan="9">No node has asked for anything yet.</td></tr>{{end}}
 </table>

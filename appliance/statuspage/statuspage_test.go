@@ -36,6 +36,7 @@ func fixture(t *testing.T) (*Page, *httptest.Server) {
 	nodes.SaveStage(st, "abcd0002", "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: now})
 	nodes.SaveStage(st, "abcd0003", "tftpd", nodes.Stage{Stage: nodes.StageFirmware, Time: now, Detail: "start4.elf",
 		LastError: "kernel8.img: not in image", ErrorTime: now})
+	nodes.SaveEEPROMUpdate(st, "abcd0002", nodes.EEPROMUpdate{File: "abcd0002/pieeprom.upd", Size: 524288, SHA256: strings.Repeat("ab", 32), Time: now.Add(-time.Minute)})
 	images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: "localhost:5000/node:v1", Platform: "linux/arm64", Digest: digest, BootDir: "boot/firmware", Kernel: "kernel8.img", Pulled: now}}})
 	// abcd0003's root was made from an older image than the one its
 	// reference means now.
@@ -113,6 +114,7 @@ func TestHTML(t *testing.T) {
 		"image changed: the root was made from sha256:0e0e0e0e0e0e; reset the node",
 		"boots from node root root/boot/firmware",
 		"boots from image localhost:5000/node:v1",
+		"bootloader update abcd0002/pieeprom.upd (524288 bytes, sha256 abababababababababa) fetched 1m0s ago",
 	} {
 		if !strings.Contains(html, want) {
 			t.Errorf("page lacks %q", want)

@@ -2,9 +2,12 @@ package tftpd
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net"
@@ -336,11 +339,19 @@ func (s *Server) read(body []byte, from *net.UDPAddr, local netip.Addr) {
 	if req.mode == "netascii" {
 		r, size = &netascii{r: bufio.NewReader(c.r)}, -1
 	}
+	var sum hash.Hash
+	if path.Base(parsed.File) == "pieeprom.upd" {
+		sum = sha256.New()
+		r = io.TeeReader(r, sum)
+	}
 	n, err := snd.transmit(req, r, size)
 	t.Bytes, t.Duration = n, s.now().Sub(start)
 	switch {
 	case err == nil:
 		t.Result = "ok"
+		if sum != nil {
+			s.eepromUpdate(parsed.Key, req.file, n, sum, c.node)
+		}
 	case earlyTerminate(err):
 		// The Pi learns the size from the OACK and aborts with error 0;
 		// it asks again right away. A normal end, not a failure.
@@ -349,6 +360,19 @@ func (s *Server) read(body []byte, from *net.UDPAddr, local netip.Addr) {
 		t.Result, t.Error = "failed", err.Error()
 	}
 	s.finish(t)
+}
+
+// eepromUpdate records a bootloader update the node fetched whole, for
+// its status.
+func (s *Server) eepromUpdate(key, file string, n int64, sum hash.Hash, node Node) {
+	if key == "" {
+		return
+	}
+	u := nodes.EEPROMUpdate{File: file, Size: n, SHA256: hex.EncodeToString(sum.Sum(nil)), Source: node.Source(), Time: s.now().UTC()}
+	s.log.Info("bootloader update served", "node", key, "file", file, "bytes", n, "sha256", u.SHA256)
+	if err := nodes.SaveEEPROMUpdate(s.res.Store, key, u); err != nil {
+		s.log.Warn("recording the bootloader update", "node", key, "err", err)
+	}
 }
 
 func shortReason(err error) string {

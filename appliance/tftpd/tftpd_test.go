@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net"
 	"net/netip"
@@ -472,5 +473,39 @@ func TestPi5BootSequence(t *testing.T) {
 		if p, _ := nodes.Progress(f.st, tc.serial); p.Stage != nodes.StageKernel || p.Detail != "kernel_2712.img" {
 			t.Errorf("%s: stage %+v, want kernel via kernel_2712.img", tc.serial, p)
 		}
+	}
+}
+
+// TestEEPROMSelfUpdate: a node whose boot files carry a bootloader update
+// gets it under its own prefix, and its record says what it fetched.
+func TestEEPROMSelfUpdate(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	boot := filepath.Join(f.root, "boot", "firmware")
+	upd := random(t, 512*1024)
+	sum := sha256.Sum256(upd)
+	os.WriteFile(filepath.Join(boot, "pieeprom.upd"), upd, 0o644)
+	os.WriteFile(filepath.Join(boot, "pieeprom.sig"), []byte(hex.EncodeToString(sum[:])+"\nts: 1700000000\n"), 0o644)
+	os.WriteFile(filepath.Join(boot, "recovery.bin"), random(t, 100_000), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	rep, err := piemu.TFTPBoot(ctx, f.addr, "abcd1234", 1468)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.EEPROMUpdate || !bytes.Equal(rep.Files["pieeprom.upd"], upd) {
+		t.Fatalf("pieeprom.upd: update %v, %d bytes; want the image's %d", rep.EEPROMUpdate, len(rep.Files["pieeprom.upd"]), len(upd))
+	}
+	u, ok := nodes.LoadEEPROMUpdate(f.st, "abcd1234")
+	if !ok {
+		t.Fatal("no bootloader update recorded for the node")
+	}
+	if got, want := u.SHA256, hex.EncodeToString(sum[:]); got != want {
+		t.Errorf("recorded sha256: got %s, want %s", got, want)
+	}
+	if got, want := u.Size, int64(len(upd)); got != want {
+		t.Errorf("recorded size: got %d, want %d", got, want)
+	}
+	if got, want := u.File, "abcd1234/pieeprom.upd"; got != want {
+		t.Errorf("recorded file: got %q, want %q", got, want)
 	}
 }

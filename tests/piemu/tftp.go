@@ -150,6 +150,9 @@ type TFTPReport struct {
 	Requests int
 	// Kernel and Initramfs name the files config.txt chose (keys of Files).
 	Kernel, Initramfs string
+	// EEPROMUpdate: pieeprom.sig was there, so the bootloader (with
+	// ENABLE_SELF_UPDATE=1) fetched pieeprom.upd to flash it.
+	EEPROMUpdate bool
 }
 
 // TFTPBoot replays the TFTP part of a Pi 4 network boot (PI-NETBOOT.md
@@ -205,6 +208,17 @@ func TFTPBoot(ctx context.Context, server, serial string, blksize int) (TFTPRepo
 	for _, s := range steps {
 		if err := get(s.file, s.probe, s.optional); err != nil {
 			return rep, err
+		}
+		// With a signature on offer the bootloader fetches the update
+		// itself (and recovery.bin, which a Pi 4 runs to flash it),
+		// then goes on.
+		if _, ok := rep.Files["pieeprom.sig"]; ok && s.file == "pieeprom.sig" {
+			for _, f := range []string{"pieeprom.upd", "recovery.bin"} {
+				if err := get(f, false, false); err != nil {
+					return rep, err
+				}
+			}
+			rep.EEPROMUpdate = true
 		}
 	}
 	// start4.elf loads the kernel and the initramfs config.txt names for
