@@ -68,6 +68,9 @@ type Node struct {
 	// Platform overrides Netboot.Platform for this node, e.g. "linux/amd64"
 	// for a QEMU machine.
 	Platform string
+	// Netconsole adds netconsole= to the node's generated cmdline.txt: the
+	// kernel sends its log to the head node's UDP port 6666.
+	Netconsole bool
 }
 
 // Netboot is the "Netboot" section of config.json as written by users.
@@ -113,6 +116,9 @@ type Netboot struct {
 	KernelArgs []string
 	// ConfigTxt lines are appended to every node's config.txt.
 	ConfigTxt []string
+	// Netconsole adds netconsole= to every node's cmdline.txt (see
+	// Nodes[].Netconsole).
+	Netconsole bool
 	// ExportTo lists extra CIDRs (beyond enrolled nodes' addresses) that
 	// nfsd answers, e.g. for a test client.
 	ExportTo []string
@@ -129,12 +135,13 @@ type Netboot struct {
 
 // NodeConfig is a validated Node.
 type NodeConfig struct {
-	Name     string
-	Serial   string           // 8 lowercase hex digits, or "" if only MAC is known
-	MAC      net.HardwareAddr // nil if only the serial is known
-	IP       netip.Addr       // invalid if none reserved
-	Image    string           // the node's image (DefaultImage filled in)
-	Platform string
+	Name       string
+	Serial     string           // 8 lowercase hex digits, or "" if only MAC is known
+	MAC        net.HardwareAddr // nil if only the serial is known
+	IP         netip.Addr       // invalid if none reserved
+	Image      string           // the node's image (DefaultImage filled in)
+	Platform   string
+	Netconsole bool
 }
 
 // Config is the validated section with parsed values.
@@ -159,6 +166,7 @@ type Config struct {
 	Nodes        []NodeConfig
 	KernelArgs   []string
 	ConfigTxt    []string
+	Netconsole   bool
 	ExportTo     []netip.Prefix
 	Upstreams    []string
 	Insecure     []string
@@ -308,6 +316,7 @@ func validate(raw Netboot, errs *Errors) *Config {
 		BootDir:      raw.BootDir,
 		KernelArgs:   raw.KernelArgs,
 		ConfigTxt:    raw.ConfigTxt,
+		Netconsole:   raw.Netconsole,
 		Upstreams:    raw.Upstreams,
 		Insecure:     raw.InsecureRegistries,
 	}
@@ -472,7 +481,7 @@ func validate(raw Netboot, errs *Errors) *Config {
 	}
 	for i, n := range raw.Nodes {
 		p := fmt.Sprintf("Netboot.Nodes[%d]", i)
-		nc := NodeConfig{Name: n.Name, Image: n.Image, Platform: n.Platform}
+		nc := NodeConfig{Name: n.Name, Image: n.Image, Platform: n.Platform, Netconsole: n.Netconsole}
 		if n.Serial != "" {
 			s, err := NormalizeSerial(n.Serial)
 			if err != nil {

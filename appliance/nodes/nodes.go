@@ -180,6 +180,41 @@ func LoadEEPROMUpdate(st *store.Store, serial string) (EEPROMUpdate, bool) {
 	return u, store.ReadJSON(filepath.Join(dir, eepromFile), &u) == nil
 }
 
+// ConsoleLine is one line of a node's boot log as received over UDP:
+// the bootloader's NETCONSOLE or the kernel's netconsole=.
+type ConsoleLine struct {
+	Time time.Time
+	From string // sender address:port
+	Text string
+}
+
+// ConsoleFile is nodes/<serial>/console.json, written by tftpd, which
+// receives the logs: the last lines of the node's boot log, oldest first.
+const ConsoleFile = "console.json"
+
+// SaveConsole replaces the node's stored log lines.
+func SaveConsole(st *store.Store, serial string, lines []ConsoleLine) error {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("nodes: %v", err)
+	}
+	return store.WriteJSON(filepath.Join(dir, ConsoleFile), struct{ Lines []ConsoleLine }{lines})
+}
+
+// LoadConsole returns the node's stored log lines, oldest first.
+func LoadConsole(st *store.Store, serial string) []ConsoleLine {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return nil
+	}
+	var v struct{ Lines []ConsoleLine }
+	store.ReadJSON(filepath.Join(dir, ConsoleFile), &v)
+	return v.Lines
+}
+
 // ViewFile is nodes/<serial>/view.json, written by nfsd when it makes the
 // node's root from an image; Digest names that image's tree.
 const ViewFile = "view.json"

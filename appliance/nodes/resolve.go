@@ -54,18 +54,30 @@ type Image struct {
 	Entry    images.Entry // the cached tree
 }
 
+// ConfigOf finds node key's Netboot.Nodes entry, by serial or by MAC.
+func ConfigOf(cfg *config.Config, key string) (config.NodeConfig, bool) {
+	if len(key) == 8 {
+		return cfg.NodeBySerial(key)
+	}
+	if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil {
+		return cfg.NodeByMAC(mac)
+	}
+	return config.NodeConfig{}, false
+}
+
+// Netconsole reports whether node key's cmdline.txt gets netconsole=:
+// Netboot.Netconsole or its Nodes[].Netconsole.
+func Netconsole(cfg *config.Config, key string) bool {
+	nc, ok := ConfigOf(cfg, key)
+	return cfg.Netconsole || ok && nc.Netconsole
+}
+
 // ImageOf finds node key's image: its Nodes[] entry, else the image dhcpd
 // recorded, else (Enroll auto) DefaultImage; and the tree ocicache holds for
 // it. Errors wrap ErrNoImage and say what to change.
 func ImageOf(cfg *config.Config, st *store.Store, key string) (Image, error) {
 	var img Image
-	var nc config.NodeConfig
-	var configured bool
-	if len(key) == 8 {
-		nc, configured = cfg.NodeBySerial(key)
-	} else if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil {
-		nc, configured = cfg.NodeByMAC(mac)
-	}
+	nc, configured := ConfigOf(cfg, key)
 	rec, recErr := Load(st, key)
 	switch {
 	case configured:

@@ -68,7 +68,10 @@ type Node struct {
 	ImageChange string
 	// EEPROM is the last bootloader update (pieeprom.upd) tftpd served
 	// the node, nil if none.
-	EEPROM    *nodes.EEPROMUpdate `json:",omitempty"`
+	EEPROM *nodes.EEPROMUpdate `json:",omitempty"`
+	// Console is the node's boot log as received over UDP (bootloader
+	// NETCONSOLE, kernel netconsole=), the last lines, oldest first.
+	Console   []nodes.ConsoleLine `json:",omitempty"`
 	Stage     string
 	StageTime time.Time
 	Detail    string
@@ -170,6 +173,7 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 				n.ImageChange = "image changed: the root was made from " + short(b.RootDigest) + "; reset the node (nfsd /reset) or set Netboot.Reimage to \"on-boot\" to boot the new image"
 			}
 		}
+		n.Console = nodes.LoadConsole(p.Store, n.Serial)
 		if u, ok := nodes.LoadEEPROMUpdate(p.Store, n.Serial); ok {
 			n.EEPROM = &u
 		}
@@ -293,6 +297,12 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 	"short":  short,
 	"ago":    ago,
 	"indent": indent,
+	"lastTime": func(l []nodes.ConsoleLine) time.Time {
+		if len(l) == 0 {
+			return time.Time{}
+		}
+		return l[len(l)-1].Time
+	},
 	"stageClass": func(s string) string {
 		if s == "" {
 			return "none"
@@ -325,6 +335,8 @@ pre { background: #f7f7f7; padding: .5em; max-height: 16em; overflow: auto; font
 <td>{{.Image}}{{if .BootsFrom}}<br><small>boots from {{.BootsFrom}}</small>{{end}}</td><td><code>{{short .Digest}}</code>{{if .ImageChange}}<br><small class="err imagechange">{{.ImageChange}}</small>{{end}}</td>
 <td><span class="stage {{stageClass .Stage}}">{{if .Stage}}{{.Stage}}{{else}}not seen{{end}}</span>{{if .Detail}} <small>{{.Detail}}</small>{{end}}{{with .EEPROM}}<br><small class="eeprom">bootloader update {{.File}} ({{.Size}} bytes, sha256 {{short .SHA256}}) fetched {{ago $now .Time}}</small>{{end}}</td>
 <td>{{ago $now .LastSeen}}</td><td class="err">{{.LastError}}</td></tr>
+{{if .Console}}<tr class="console"><td colspan="9"><details><summary>boot log of {{.Name}}: {{len .Console}} lines, the last {{ago $now (lastTime .Console)}}</summary><pre>{{range .Console}}{{.Time.Format "15:04:05"}} {{.Text}}
+{{end}}</pre></details></td></tr>{{end}}
 {{else}}<tr><td colspan="9">No node has asked for anything yet.</td></tr>{{end}}
 </table>
 <h2>Image cache</h2>

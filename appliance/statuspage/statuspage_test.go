@@ -36,6 +36,9 @@ func fixture(t *testing.T) (*Page, *httptest.Server) {
 	nodes.SaveStage(st, "abcd0002", "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: now})
 	nodes.SaveStage(st, "abcd0003", "tftpd", nodes.Stage{Stage: nodes.StageFirmware, Time: now, Detail: "start4.elf",
 		LastError: "kernel8.img: not in image", ErrorTime: now})
+	nodes.SaveConsole(st, "abcd0003", []nodes.ConsoleLine{
+		{Time: now.Add(-2 * time.Second), From: "169.254.1.1:6665", Text: "RPi: BOOTLOADER release VERSION:2c4b2a9c"},
+		{Time: now.Add(-time.Second), From: "169.254.1.1:6665", Text: "TFTP_GET: <abcd0003/start4.elf>"}})
 	nodes.SaveEEPROMUpdate(st, "abcd0002", nodes.EEPROMUpdate{File: "abcd0002/pieeprom.upd", Size: 524288, SHA256: strings.Repeat("ab", 32), Time: now.Add(-time.Minute)})
 	images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: "localhost:5000/node:v1", Platform: "linux/arm64", Digest: digest, BootDir: "boot/firmware", Kernel: "kernel8.img", Pulled: now}}})
 	// abcd0003's root was made from an older image than the one its
@@ -114,6 +117,8 @@ func TestHTML(t *testing.T) {
 		"image changed: the root was made from sha256:0e0e0e0e0e0e; reset the node",
 		"boots from node root root/boot/firmware",
 		"boots from image localhost:5000/node:v1",
+		"boot log of abcd0003: 2 lines, the last 1s ago",
+		"11:59:59 TFTP_GET: &lt;abcd0003/start4.elf&gt;\n",
 		"bootloader update abcd0002/pieeprom.upd (524288 bytes, sha256 abababababababababa) fetched 1m0s ago",
 	} {
 		if !strings.Contains(html, want) {

@@ -247,13 +247,17 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 	if !head.IsValid() {
 		head = s.res.Config.ServerIP
 	}
+	kargs := s.res.Config.KernelArgs
+	if nodes.Netconsole(s.res.Config, n.Key) && head.IsValid() {
+		kargs = append(append([]string(nil), kargs...), NetconsoleArg(head))
+	}
 	switch req.File {
 	case "cmdline.txt":
 		img, err := n.ReadFile("cmdline.txt")
 		if err != nil {
 			return content{}, req, err
 		}
-		return content{r: strings.NewReader(Cmdline(img, head, n.Key, s.res.Config.KernelArgs) + "\n"), node: n}, req, nil
+		return content{r: strings.NewReader(Cmdline(img, head, n.Key, kargs) + "\n"), node: n}, req, nil
 	case "config.txt":
 		img, err := n.ReadFile("config.txt")
 		if err != nil {
@@ -272,7 +276,7 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 		if k == "" {
 			return content{}, req, fmt.Errorf("%w: no kernel in the boot directory of %s", ErrNotFound, n.Source())
 		}
-		script := IPXEScript(k, n.Initrd(k), Cmdline(img, head, n.Key, s.res.Config.KernelArgs))
+		script := IPXEScript(k, n.Initrd(k), Cmdline(img, head, n.Key, kargs))
 		return content{r: strings.NewReader(script), node: n}, req, nil
 	}
 	f, err := n.Open(req.File)

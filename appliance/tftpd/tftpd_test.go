@@ -509,3 +509,19 @@ func TestEEPROMSelfUpdate(t *testing.T) {
 		t.Errorf("recorded file: got %q, want %q", got, want)
 	}
 }
+
+func TestNetconsoleOptIn(t *testing.T) {
+	f := newFixture(t, `{"DefaultImage": "`+imageRef+`", "Nodes": [{"Serial": "c0ffee01", "Netconsole": true}, {"Serial": "c0ffee02"}]}`)
+	for _, tc := range []struct {
+		key  string
+		want bool
+	}{{"c0ffee01", true}, {"c0ffee02", false}, {"abcd1234", false}} {
+		got, err := get(t, f, tc.key+"/cmdline.txt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has := strings.Contains(string(got), " netconsole=@/,6666@127.0.0.1/"); has != tc.want {
+			t.Errorf("%s: cmdline.txt %q: netconsole= %v, want %v", tc.key, got, has, tc.want)
+		}
+	}
+}
