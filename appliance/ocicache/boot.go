@@ -5,8 +5,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
+
+	"github.com/ociboot/ociboot/appliance/images"
 )
 
 // Boot is what FindBoot found in an unpacked tree.
@@ -15,10 +16,6 @@ type Boot struct {
 	Kernel   string   // file name inside Dir
 	Warnings []string // problems that do not stop a boot
 }
-
-// kernelPatterns in order of preference: the Pi 4/CM4 64-bit kernel first,
-// then other Pi kernels, then generic Linux kernels (QEMU test machines).
-var kernelPatterns = []string{"kernel8.img", "kernel_2712.img", "kernel*.img", "vmlinuz", "vmlinuz-*", "Image", "zImage", "bzImage"}
 
 // FindBoot locates the boot directory of the tree at root: override if set,
 // else boot/firmware, then boot. The directory must hold a kernel. For
@@ -42,7 +39,7 @@ func FindBoot(root, override, platform string) (Boot, error) {
 		}
 		kernel := findKernel(filepath.Join(root, filepath.FromSlash(c)))
 		if kernel == "" {
-			tried = append(tried, c+"/ (no kernel: none of "+strings.Join(kernelPatterns, ", ")+")")
+			tried = append(tried, c+"/ (no kernel: none of "+strings.Join(images.KernelPatterns, ", ")+")")
 			continue
 		}
 		b := Boot{Dir: c, Kernel: kernel}
@@ -126,14 +123,5 @@ func findKernel(dir string) string {
 			names = append(names, e.Name())
 		}
 	}
-	// Newest version first when several vmlinuz-<version> exist.
-	sort.Sort(sort.Reverse(sort.StringSlice(names)))
-	for _, pat := range kernelPatterns {
-		for _, n := range names {
-			if ok, _ := path.Match(pat, n); ok {
-				return n
-			}
-		}
-	}
-	return ""
+	return images.PickKernel(names)
 }

@@ -25,10 +25,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/images"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 )
@@ -186,8 +186,8 @@ func (n Node) ReadFile(file string) ([]byte, error) {
 	return b, err
 }
 
-// names lists the regular files of the boot directory (symlinks included:
-// Open decides whether they stay inside), newest version first.
+// names lists the files of the boot directory that are not directories
+// (symlinks included: Open decides whether they stay inside).
 func (n Node) names() []string {
 	root, err := n.bootRoot()
 	if err != nil {
@@ -206,27 +206,17 @@ func (n Node) names() []string {
 			out = append(out, e.Name())
 		}
 	}
-	sort.Sort(sort.Reverse(sort.StringSlice(out)))
 	return out
 }
 
 // Kernel returns the kernel file of the boot directory: the one ocicache
-// found in the image, else (and always in a node's root, where apt may
-// have installed a newer one) the first vmlinuz* (newest version first),
-// bzImage or kernel*.img.
+// found in the image, else (always in a node's root, where apt may have
+// installed a newer one) images.PickKernel's choice.
 func (n Node) Kernel() string {
 	if n.Boot.Kernel != "" {
 		return path.Base(n.Boot.Kernel)
 	}
-	names := n.names()
-	for _, pat := range []string{"vmlinuz*", "bzImage", "kernel8.img", "kernel*.img"} {
-		for _, name := range names {
-			if ok, _ := path.Match(pat, name); ok {
-				return name
-			}
-		}
-	}
-	return ""
+	return images.PickKernel(n.names())
 }
 
 // Initrd returns the initramfs that goes with kernel, if any.
