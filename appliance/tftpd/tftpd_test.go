@@ -408,7 +408,7 @@ func TestBootFilesFollowTheNodesRoot(t *testing.T) {
 		t.Errorf("kernel8.img after the root exists: %d bytes, %v; want the root's upgraded kernel", len(got), err)
 	}
 	got, err = get(t, f, key+"/cmdline.txt")
-	if want := "console=ttyAMA0 node-own-arg root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049,mountport=2049 ip=dhcp rw rootwait cgroup_enable=memory\n"; err != nil || string(got) != want {
+	if want := "console=ttyAMA0 node-own-arg root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049 ip=dhcp rw rootwait cgroup_enable=memory\n"; err != nil || string(got) != want {
 		t.Errorf("cmdline.txt from the root:\ngot  %q (%v)\nwant %q", got, err, want)
 	}
 	got, err = get(t, f, key+"/config.txt")
