@@ -38,25 +38,3 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
-
-// FuzzRRQ: any request body parses or fails cleanly, and what parses
-// negotiates a block size the server can send.
-func FuzzRRQ(f *testing.F) {
-	for _, s := range []string{
-		"abcd1234/start4.elf\x00octet\x00tsize\x000\x00blksize\x001468\x00",
-		"x\x00netascii\x00", "x\x00octet\x00blksize\x00", "\x00\x00", "", "a\x00b\x00c\x00d",
-		"x\x00octet\x00blksize\x007\x00", "x\x00octet\x00BLKSIZE\x0099999999999999999999\x00",
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := parseRRQ(b)
-		if err != nil {
-			return
-		}
-		bs, _ := negotiate(r, 100)
-		if bs < 8 || bs > MaxBlockSize {
-			t.Fatalf("%q: block size %d", b, bs)
-		}
-	})
-}

@@ -1,8 +1,6 @@
 package tftpd
 
 import (
-	"bufio"
-	"io"
 	"strings"
 	"testing"
 )
@@ -47,12 +45,5 @@ func TestConfigTxtExtrasApplyAfterAConditionalSection(t *testing.T) {
 	}
 	if got, want := ConfigTxt([]byte("arm_64bit=1\n"), nil), "arm_64bit=1\n"; got != want {
 		t.Errorf("no extras: got %q, want the image's config.txt unchanged %q", got, want)
-	}
-}
-
-func TestNetascii(t *testing.T) {
-	got, err := io.ReadAll(&netascii{r: bufio.NewReader(strings.NewReader("a\nb\rc\r\n"))})
-	if want := "a\r\nb\r\x00c\r\x00\r\n"; err != nil || string(got) != want {
-		t.Errorf("netascii: got %q, %v; want %q", got, err, want)
 	}
 }

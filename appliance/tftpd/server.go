@@ -1,9 +1,7 @@
 package tftpd
 
 import (
-	"bufio"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pin/tftp/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
 
@@ -48,10 +47,8 @@ type Server struct {
 	res     Resolver
 	log     *slog.Logger
 	now     func() time.Time
-	wg      sync.WaitGroup
-	connMu  sync.Mutex
-	conn    net.PacketConn
-	closing bool
+	tftp    *tftp.Server
+	conns   sync.Map // *peerConn of each Serve
 	m       metrics
 	mu      sync.Mutex
 	stats   map[string]*NodeStats
@@ -122,6 +119,19 @@ func New(o Options) *Server {
 	if o.Metrics != nil {
 		o.Metrics.MustRegister(s.m.transfers, s.m.bytes, s.m.duration)
 	}
+	ts := tftp.NewServer(s.read, nil) // no write handler: WRQs get an error
+	ts.SetBlockSize(MaxBlockSize)
+	// Grant what the client asks up to MaxBlockSize. pin/tftp's MTU-based
+	// clamp falls back to 512 bytes for a request that lacks IP_PKTINFO
+	// (one queued before Serve enabled it), which would slow that boot 3x.
+	ts.SetBlockSizeNegotiation(false)
+	ts.SetTimeout(s.timeout)
+	ts.SetRetries(s.retries)
+	// All transfers run over the socket Serve gets, wrapped in a peerConn
+	// (conn.go), so that no ERROR goes back to a client whose ERROR ended
+	// its transfer (the Pi's early terminate).
+	ts.EnableSinglePort()
+	s.tftp = ts
 	return s
 }
 
@@ -144,78 +154,27 @@ func Listen(addr string) (*net.UDPConn, error) {
 	return conn, nil
 }
 
-// Serve answers requests on conn until Shutdown. Each read request is
-// answered from a socket of its own (a new TID, RFC 1350 §4) bound to the
-// address the request arrived on.
+// Serve answers requests on conn until Shutdown. conn is usually the
+// socket from Listen; through a peerConn, replies leave from the address
+// each request arrived on.
 func (s *Server) Serve(conn net.PacketConn) error {
-	s.connMu.Lock()
-	if s.closing {
-		s.connMu.Unlock()
-		conn.Close()
-		return nil
-	}
-	s.conn = conn
-	s.connMu.Unlock()
-	var pc *ipv4.PacketConn
-	if uc, ok := conn.(*net.UDPConn); ok {
-		pc = ipv4.NewPacketConn(uc)
-		pc.SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
-	}
-	buf := make([]byte, 2048)
-	for {
-		var n int
-		var from net.Addr
-		var local netip.Addr
-		var err error
-		if pc != nil {
-			var cm *ipv4.ControlMessage
-			n, cm, from, err = pc.ReadFrom(buf)
-			if cm != nil {
-				local, _ = netip.AddrFromSlice(cm.Dst)
-				local = local.Unmap()
-			}
-		} else {
-			n, from, err = conn.ReadFrom(buf)
-		}
-		if err != nil {
-			s.connMu.Lock()
-			closing := s.closing
-			s.connMu.Unlock()
-			if closing {
-				return nil
-			}
-			return fmt.Errorf("tftpd: %v", err)
-		}
-		remote, ok := from.(*net.UDPAddr)
-		if !ok || n < 2 {
-			continue
-		}
-		pkt := append([]byte(nil), buf[:n]...)
-		switch binary.BigEndian.Uint16(pkt) {
-		case opRRQ:
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.read(pkt[2:], remote, local)
-			}()
-		case opWRQ:
-			conn.WriteTo(errorPacket(errAccess, "ociboot serves boot files read-only"), remote)
-		default:
-			// ACKs, DATA and ERRORs belong to transfers, which have
-			// their own ports; an ERROR is never answered.
-		}
-	}
+	pc := newPeerConn(conn)
+	s.conns.Store(pc, true)
+	defer s.conns.Delete(pc)
+	return s.tftp.Serve(pc)
 }
 
 // Shutdown stops accepting requests and waits for running transfers.
-func (s *Server) Shutdown() {
-	s.connMu.Lock()
-	s.closing = true
-	if s.conn != nil {
-		s.conn.Close()
-	}
-	s.connMu.Unlock()
-	s.wg.Wait()
+func (s *Server) Shutdown() { s.tftp.Shutdown() }
+
+// localFor is the address remote's request arrived on.
+func (s *Server) localFor(remote netip.AddrPort) netip.Addr {
+	var local netip.Addr
+	s.conns.Range(func(k, _ any) bool {
+		local = k.(*peerConn).local(remote)
+		return !local.IsValid()
+	})
+	return local
 }
 
 // content is what a request is answered with.
@@ -286,37 +245,18 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 	return content{r: f, c: f, node: n}, req, nil
 }
 
-// read answers one read request (body after the opcode) from remote,
-// which reached us on local.
-func (s *Server) read(body []byte, from *net.UDPAddr, local netip.Addr) {
+// read is the pin/tftp read handler.
+func (s *Server) read(name string, rf io.ReaderFrom) error {
 	start := s.now()
-	remote, _ := netip.AddrFromSlice(from.IP)
-	remote = remote.Unmap()
-	var laddr *net.UDPAddr
-	if local.IsValid() {
-		laddr = &net.UDPAddr{IP: local.AsSlice()}
+	var remote, local netip.Addr
+	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
+		ra := ot.RemoteAddr()
+		remote, _ = netip.AddrFromSlice(ra.IP)
+		remote = remote.Unmap()
+		local = s.localFor(netip.AddrPortFrom(remote, uint16(ra.Port)))
 	}
-	conn, err := net.ListenUDP("udp4", laddr)
-	if err != nil {
-		s.log.Warn("no socket for a transfer", "remote", from, "err", err)
-		return
-	}
-	defer conn.Close()
-	snd := &sender{conn: conn, peer: from, timeout: s.timeout, retries: s.retries}
-	req, err := parseRRQ(body)
-	if err != nil {
-		snd.fail(errIllegalOp, "malformed request")
-		s.finish(Transfer{File: strings.ToValidUTF8(string(body), "?"), Remote: remote.String(), Time: start, Result: "not-found", Error: err.Error()})
-		return
-	}
-	c, parsed, err := s.open(req.file, remote, local)
-	t := Transfer{Node: parsed.Key, File: req.file, Remote: remote.String(), Time: start}
-	if err == nil && req.mode != "octet" && req.mode != "netascii" {
-		err = fmt.Errorf("%w: mode %q (tftpd serves octet and netascii)", ErrNotFound, req.mode)
-		if c.c != nil {
-			c.c.Close()
-		}
-	}
+	c, req, err := s.open(name, remote, local)
+	t := Transfer{Node: req.Key, File: name, Remote: remote.String(), Time: start}
 	if err != nil {
 		t.Result, t.Error = "not-found", err.Error()
 		if !errors.Is(err, ErrNotFound) {
@@ -325,38 +265,28 @@ func (s *Server) read(body []byte, from *net.UDPAddr, local netip.Addr) {
 		s.finish(t)
 		// The client sees TFTP error 1 with a short text; the log has the
 		// reason.
-		snd.fail(errNotFound, shortReason(err))
-		return
+		return errors.New(shortReason(err))
 	}
 	if c.c != nil {
 		defer c.c.Close()
 	}
-	s.stage(parsed)
+	s.stage(req)
 	var r io.Reader = c.r
-	size, err := c.r.Seek(0, io.SeekEnd)
-	if err == nil {
-		_, err = c.r.Seek(0, io.SeekStart)
-	}
-	if err != nil {
-		size = -1
-	}
-	if req.mode == "netascii" {
-		r, size = &netascii{r: bufio.NewReader(c.r)}, -1
-	}
 	var sum hash.Hash
-	if path.Base(parsed.File) == "pieeprom.upd" {
+	if path.Base(req.File) == "pieeprom.upd" {
 		sum = sha256.New()
 		r = io.TeeReader(r, sum)
 	}
-	n, err := snd.transmit(req, r, size)
+	// pin/tftp learns tsize from a Seeker; the tee hides it.
+	n, err := rf.ReadFrom(seekable{r, c.r})
 	t.Bytes, t.Duration = n, s.now().Sub(start)
 	switch {
 	case err == nil:
 		t.Result = "ok"
 		if sum != nil {
-			s.eepromUpdate(parsed.Key, req.file, n, sum, c.node)
+			s.eepromUpdate(req.Key, name, n, sum, c.node)
 		}
-	case earlyTerminate(err):
+	case isEarlyTerminate(err):
 		// The Pi learns the size from the OACK and aborts with error 0;
 		// it asks again right away. A normal end, not a failure.
 		t.Result = "early-terminate"
@@ -364,6 +294,22 @@ func (s *Server) read(body []byte, from *net.UDPAddr, local netip.Addr) {
 		t.Result, t.Error = "failed", err.Error()
 	}
 	s.finish(t)
+	return nil
+}
+
+// seekable reads through r and seeks s, the file r reads: pin/tftp seeks
+// only to learn the size before the first read.
+type seekable struct {
+	io.Reader
+	s io.Seeker
+}
+
+func (x seekable) Seek(off int64, whence int) (int64, error) { return x.s.Seek(off, whence) }
+
+// isEarlyTerminate recognises the client's ERROR 0 in answer to our OACK
+// (pin/tftp reports it as "sending block 0: code=0, ...").
+func isEarlyTerminate(err error) bool {
+	return strings.Contains(err.Error(), "sending block 0: code=0")
 }
 
 // eepromUpdate records a bootloader update the node fetched whole, for
