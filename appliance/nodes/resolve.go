@@ -54,21 +54,10 @@ type Image struct {
 	Entry    images.Entry // the cached tree
 }
 
-// ConfigOf finds node key's Netboot.Nodes entry, by serial or by MAC.
-func ConfigOf(cfg *config.Config, key string) (config.NodeConfig, bool) {
-	if len(key) == 8 {
-		return cfg.NodeBySerial(key)
-	}
-	if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil {
-		return cfg.NodeByMAC(mac)
-	}
-	return config.NodeConfig{}, false
-}
-
 // Netconsole reports whether node key's cmdline.txt gets netconsole=:
 // Netboot.Netconsole or its Nodes[].Netconsole.
 func Netconsole(cfg *config.Config, key string) bool {
-	nc, ok := ConfigOf(cfg, key)
+	nc, ok := configNode(cfg, key)
 	return cfg.Netconsole || ok && nc.Netconsole
 }
 
@@ -77,7 +66,7 @@ func Netconsole(cfg *config.Config, key string) bool {
 // it. Errors wrap ErrNoImage and say what to change.
 func ImageOf(cfg *config.Config, st *store.Store, key string) (Image, error) {
 	var img Image
-	nc, configured := ConfigOf(cfg, key)
+	nc, configured := configNode(cfg, key)
 	rec, recErr := Load(st, key)
 	switch {
 	case configured:
