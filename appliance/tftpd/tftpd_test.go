@@ -438,22 +438,26 @@ func TestPi5BootSequence(t *testing.T) {
 	f := newFixture(t, defaultNetboot)
 	boot := filepath.Join(f.root, "boot", "firmware")
 	pi5 := map[string][]byte{
-		piemu.DTBPi5:      random(t, 80_000),
-		piemu.DTBCM5:      random(t, 81_000),
-		"kernel_2712.img": random(t, 3_000_000),
-		"initramfs_2712":  random(t, 1_500_000),
+		piemu.Pi5DTBs["pi5"]: random(t, 80_000),
+		piemu.Pi5DTBs["cm5"]: random(t, 81_000),
+		"kernel_2712.img":    random(t, 3_000_000),
+		"initramfs_2712":     random(t, 1_500_000),
+		"config.txt":         []byte("arm_64bit=1\nauto_initramfs=1\n[pi4]\narm_boost=1\n"),
 	}
 	for name, data := range pi5 {
 		os.WriteFile(filepath.Join(boot, name), data, 0o644)
 	}
-	for _, tc := range []struct{ serial, dtb string }{{"bd989ae1", piemu.DTBPi5}, {"da591740", piemu.DTBCM5}} {
+	for _, tc := range []struct{ serial, board string }{{"bd989ae1", "pi5"}, {"da591740", "cm5"}} {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		rep, err := piemu.TFTPBootPi5(ctx, f.addr, tc.serial, tc.dtb)
+		rep, err := piemu.TFTPBootPi5(ctx, f.addr, tc.serial, tc.board)
 		cancel()
 		if err != nil {
 			t.Fatalf("%s: %v", tc.serial, err)
 		}
-		for _, name := range []string{tc.dtb, "kernel_2712.img", "initramfs_2712"} {
+		if rep.Kernel != "kernel_2712.img" || rep.Initramfs != "initramfs_2712" {
+			t.Errorf("%s: kernel %q, initramfs %q; want kernel_2712.img, initramfs_2712", tc.serial, rep.Kernel, rep.Initramfs)
+		}
+		for _, name := range []string{piemu.Pi5DTBs[tc.board], "kernel_2712.img", "initramfs_2712"} {
 			if !bytes.Equal(rep.Files[name], pi5[name]) {
 				t.Errorf("%s: %s: %d bytes, want the image's %d", tc.serial, name, len(rep.Files[name]), len(pi5[name]))
 			}
@@ -464,8 +468,8 @@ func TestPi5BootSequence(t *testing.T) {
 		if got, want := string(rep.Files["cmdline.txt"]), "nfsroot=127.0.0.1:/nodes/"+tc.serial+","; !strings.Contains(got, want) {
 			t.Errorf("%s: cmdline.txt %q lacks %q", tc.serial, got, want)
 		}
-		if got := string(rep.Files["config.txt"]); !strings.HasSuffix(got, "[all]\ndtoverlay=disable-wifi\n") {
-			t.Errorf("%s: config.txt %q", tc.serial, got)
+		if got := piemu.ParseConfigTxt(rep.Files["config.txt"], tc.board).Settings["dtoverlay"]; got != "disable-wifi" {
+			t.Errorf("%s: config.txt %q: the board applies dtoverlay=%q, want Netboot.ConfigTxt's disable-wifi", tc.serial, rep.Files["config.txt"], got)
 		}
 		if got, want := strings.Join(rep.Missing, ","), "pieeprom.sig"; got != want {
 			t.Errorf("%s: missing: got %q, want %q", tc.serial, got, want)
