@@ -24,25 +24,34 @@ import (
 //     generated cmdline.txt: in single-port mode pin/tftp only uses the
 //     control messages of a bare *net.UDPConn.
 type peerConn struct {
-	net.PacketConn                  // LocalAddr, Close, deadlines
-	pc             *ipv4.PacketConn // nil when conn is not a UDP socket
+	net.PacketConn              // LocalAddr, Close, deadlines
+	uc             *net.UDPConn // nil when conn is not a UDP socket (then no IP_PKTINFO)
+	oob            []byte       // control messages of the read in progress (pin/tftp reads from one goroutine)
 
-	mu    sync.Mutex
+	mu    sync.RWMutex
 	peers map[netip.AddrPort]*peerState
 	swept time.Time
 }
 
 type peerState struct {
-	local   netip.Addr // the address the peer's packets reached
-	errored bool       // its last packet was an ERROR
+	local   netip.Addr // the address the peer's request reached
+	src     []byte     // IP_PKTINFO control message sending from local
+	errored bool       // it sent an ERROR after its request
 	seen    time.Time
 }
+
+// TFTP opcodes the wrapper looks at (RFC 1350).
+const (
+	opRRQ   = 1
+	opERROR = 5
+)
 
 func newPeerConn(conn net.PacketConn) *peerConn {
 	c := &peerConn{PacketConn: conn, peers: map[netip.AddrPort]*peerState{}}
 	if uc, ok := conn.(*net.UDPConn); ok {
-		c.pc = ipv4.NewPacketConn(uc)
-		c.pc.SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+		c.uc = uc
+		ipv4.NewPacketConn(uc).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+		c.oob = ipv4.NewControlMessage(ipv4.FlagDst | ipv4.FlagInterface)
 	}
 	return c
 }
@@ -50,22 +59,21 @@ func newPeerConn(conn net.PacketConn) *peerConn {
 // ReadFrom reads one packet and notes who sent it to which address, and
 // whether it is an ERROR.
 func (c *peerConn) ReadFrom(b []byte) (int, net.Addr, error) {
-	var n int
-	var cm *ipv4.ControlMessage
-	var from net.Addr
-	var err error
-	if c.pc != nil {
-		n, cm, from, err = c.pc.ReadFrom(b)
-	} else {
-		n, from, err = c.PacketConn.ReadFrom(b)
+	if c.uc == nil {
+		return c.PacketConn.ReadFrom(b)
 	}
+	n, oobn, _, ap, err := c.uc.ReadMsgUDPAddrPort(b, c.oob)
 	if err != nil {
-		return n, from, err
+		return n, nil, err
 	}
-	ua, ok := from.(*net.UDPAddr)
-	if !ok || n < 2 {
+	from := net.UDPAddrFromAddrPort(ap)
+	if n < 2 || b[0] != 0 || b[1] != opRRQ && b[1] != opERROR {
+		// ACKs, the bulk of the traffic, change nothing here.
 		return n, from, nil
 	}
+	var cm ipv4.ControlMessage
+	cm.Parse(c.oob[:oobn])
+	ua := from
 	peer := unmap(ua.AddrPort())
 	now := time.Now()
 	c.mu.Lock()
@@ -75,12 +83,11 @@ func (c *peerConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		p = &peerState{}
 		c.peers[peer] = p
 	}
-	if cm != nil {
-		if a, ok := netip.AddrFromSlice(cm.Dst); ok && !a.Unmap().IsMulticast() && a.Unmap() != netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-			p.local = a.Unmap()
-		}
+	if a, ok := netip.AddrFromSlice(cm.Dst); ok && !a.Unmap().IsMulticast() && a.Unmap() != netip.AddrFrom4([4]byte{255, 255, 255, 255}) && a.Unmap() != p.local {
+		p.local = a.Unmap()
+		p.src = (&ipv4.ControlMessage{Src: p.local.AsSlice()}).Marshal()
 	}
-	p.errored = b[0] == 0 && b[1] == 5
+	p.errored = b[1] == opERROR
 	p.seen = now
 	c.mu.Unlock()
 	return n, from, nil
@@ -89,34 +96,31 @@ func (c *peerConn) ReadFrom(b []byte) (int, net.Addr, error) {
 // WriteTo sends b to addr from the address addr's packets reached, and
 // drops an ERROR for a peer whose last packet was an ERROR.
 func (c *peerConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	var cm *ipv4.ControlMessage
-	if ua, ok := addr.(*net.UDPAddr); ok {
-		c.mu.Lock()
-		p := c.peers[unmap(ua.AddrPort())]
-		var local netip.Addr
-		drop := false
-		if p != nil {
-			local = p.local
-			drop = p.errored && len(b) >= 2 && b[0] == 0 && b[1] == 5
-		}
-		c.mu.Unlock()
-		if drop {
-			return len(b), nil
-		}
-		if local.IsValid() {
-			cm = &ipv4.ControlMessage{Src: local.AsSlice()}
-		}
-	}
-	if c.pc == nil {
+	ua, ok := addr.(*net.UDPAddr)
+	if c.uc == nil || !ok {
 		return c.PacketConn.WriteTo(b, addr)
 	}
-	return c.pc.WriteTo(b, cm, addr)
+	ap := unmap(ua.AddrPort())
+	c.mu.RLock()
+	p := c.peers[ap]
+	var src []byte
+	drop := false
+	if p != nil {
+		src = p.src
+		drop = p.errored && len(b) >= 2 && b[0] == 0 && b[1] == opERROR
+	}
+	c.mu.RUnlock()
+	if drop {
+		return len(b), nil
+	}
+	n, _, err := c.uc.WriteMsgUDPAddrPort(b, src, ap)
+	return n, err
 }
 
 // local is the address remote's packets reached, if known.
 func (c *peerConn) local(remote netip.AddrPort) netip.Addr {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	if p := c.peers[unmap(remote)]; p != nil {
 		return p.local
 	}
