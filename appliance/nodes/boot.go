@@ -133,7 +133,7 @@ func isRealDir(p string) bool {
 func (b Boot) Source() string {
 	switch {
 	case b.FromRoot:
-		return "node root " + path.Join(RootDir, strings.TrimPrefix(b.BootDir, "/"))
+		return "its own root (nodes/" + b.Key + "/" + path.Join(RootDir, strings.TrimPrefix(b.BootDir, "/")) + ")"
 	case b.Reimage:
 		return "image " + b.Image.Ref + " (reimage at next mount)"
 	default:

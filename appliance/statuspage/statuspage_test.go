@@ -115,7 +115,7 @@ func TestHTML(t *testing.T) {
 		`<span class="down">down</span>`,
 		"localhost:5000/node:v2",
 		"image changed: the root was made from sha256:0e0e0e0e0e0e; reset the node",
-		"boots from node root root/boot/firmware",
+		"boots from its own root (nodes/abcd0003/root/boot/firmware)",
 		"boots from image localhost:5000/node:v1",
 		"boot log of abcd0003: 2 lines, the last 1s ago",
 		"11:59:59 TFTP_GET: &lt;abcd0003/start4.elf&gt;\n",
