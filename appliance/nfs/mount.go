@@ -62,7 +62,7 @@ func (s *Server) mount(c *call, w *writer) bool {
 		var e *export
 		if st == mntOK {
 			var err error
-			if e, err = s.mountExport(key); err != nil {
+			if e, err = s.mountExport(key, client); err != nil {
 				s.log.Error("mount failed", "client", client, "path", p, "err", err)
 				st = mntIO
 				if errors.Is(err, nodes.ErrNoImage) {

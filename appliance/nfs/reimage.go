@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -17,8 +18,11 @@ import (
 // image's kernel when the MNT arrives.
 type Reimager interface {
 	// Reimage reports whether key's root is to be replaced by a fresh
-	// one from its configured image at this mount.
-	Reimage(key string) bool
+	// one from its configured image at this mount by client. Only the
+	// node itself booting does it: a mount from an ExportTo address (an
+	// admin looking into the root) must not pull the root from under the
+	// running node.
+	Reimage(key string, client netip.Addr) bool
 }
 
 // previousDir is nodes/<key>/previous: the root a reimage replaced
@@ -30,13 +34,13 @@ const previousDir = nodes.PreviousDir
 // image. If making it fails, the previous root is put back, so a bad
 // image costs the node nothing; once the new root is open the previous
 // one is dropped.
-func (s *Server) mountExport(key string) (*export, error) {
+func (s *Server) mountExport(key string, client netip.Addr) (*export, error) {
 	dir, err := s.opts.Store.NodeDir(key)
 	if err != nil {
 		return nil, err
 	}
 	r, ok := s.opts.Resolver.(Reimager)
-	if !ok || !r.Reimage(key) {
+	if !ok || !r.Reimage(key, client) {
 		e, err := s.export(key)
 		if err == nil {
 			// Left by a crash in the middle of a reimage whose new root
@@ -120,8 +124,12 @@ func (s *Server) putBack(dir string) error {
 	return os.RemoveAll(prev)
 }
 
-// Reimage is nodes.BootOf's answer for key.
-func (r NodeResolver) Reimage(key string) bool {
+// Reimage is nodes.BootOf's answer for key, when client is the node's
+// own address (reserved or recorded).
+func (r NodeResolver) Reimage(key string, client netip.Addr) bool {
 	b, err := nodes.BootOf(r.Config, r.Store, key)
-	return err == nil && b.Reimage
+	if err != nil || !b.Reimage {
+		return false
+	}
+	return r.ownAddress(key, client)
 }

@@ -2,12 +2,15 @@ package nfs
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/images"
 	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/store"
 )
 
 // reimageResolver reimages a node whose root was made from another image
@@ -17,9 +20,9 @@ type reimageResolver struct {
 	env *testEnv
 }
 
-func (r reimageResolver) Reimage(key string) bool {
+func (r reimageResolver) Reimage(key string, client netip.Addr) bool {
 	d := nodes.ViewImage(r.env.st, key)
-	return d != "" && d != r.images[key]
+	return d != "" && d != r.images[key] && client == netip.MustParseAddr("127.0.0.1")
 }
 
 func TestReimageOnBoot(t *testing.T) {
@@ -79,5 +82,36 @@ func TestReimageOnBoot(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(env.image, "etc", "hostname")); string(got) != "node\n" {
 		t.Errorf("the old image tree changed: %q", got)
+	}
+}
+
+// TestNodeResolverReimage: the policy and the image change come from
+// nodes.BootOf; only the node's own address triggers it.
+func TestNodeResolverReimage(t *testing.T) {
+	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newDigest := "sha256:" + "dd" + testDigest[9:]
+	images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: "r/node:1", Platform: "linux/arm64", Digest: newDigest, BootDir: "boot"}}})
+	nodes.Save(st, nodes.Record{Serial: "abcd0001", IP: "10.0.0.5"})
+	os.MkdirAll(st.Path("nodes", "abcd0001", "root", "boot"), 0o755)
+	store.WriteJSON(st.Path("nodes", "abcd0001", nodes.ViewFile), map[string]string{"Digest": testDigest})
+	for _, tc := range []struct {
+		policy, client string
+		want           bool
+	}{
+		{"on-boot", "10.0.0.5", true},
+		{"on-boot", "10.0.0.9", false}, // ExportTo: an admin's mount
+		{"manual", "10.0.0.5", false},
+	} {
+		cfg, err := config.Parse([]byte(`{"Netboot": {"DefaultImage": "r/node:1", "Reimage": "` + tc.policy + `", "ExportTo": ["10.0.0.0/24"]}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := NodeResolver{Config: cfg, Store: st}
+		if got := r.Reimage("abcd0001", netip.MustParseAddr(tc.client)); got != tc.want {
+			t.Errorf("%s, MNT from %s: Reimage = %v, want %v", tc.policy, tc.client, got, tc.want)
+		}
 	}
 }
