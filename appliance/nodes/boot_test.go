@@ -59,3 +59,18 @@ func TestBootOf(t *testing.T) {
 		t.Errorf("root without a boot directory: got %+v, want an error", b)
 	}
 }
+
+// TestViewImagesKeepsThePreviousRoot: a root a reimage set aside links
+// into its image, which GC must keep while it may be put back.
+func TestViewImagesKeepsThePreviousRoot(t *testing.T) {
+	st := openStore(t)
+	d1 := "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	d2 := "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	os.MkdirAll(st.Path(store.NodesDir, "abcd0001", PreviousDir), 0o755)
+	store.WriteJSON(st.Path(store.NodesDir, "abcd0001", ViewFile), map[string]string{"Digest": d2})
+	store.WriteJSON(st.Path(store.NodesDir, "abcd0001", PreviousDir, ViewFile), map[string]string{"Digest": d1})
+	got := ViewImages(st)
+	if len(got) != 2 || got[0] != d1 || got[1] != d2 {
+		t.Errorf("ViewImages = %v, want [%s %s]", got, d1, d2)
+	}
+}
