@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -105,9 +104,7 @@ func TestSplitLines(t *testing.T) {
 // the same for every Pi; the packet socket files them by the sender's MAC
 // under the record dhcpd keeps for it (by serial).
 func TestBootloaderNetconsoleByMAC(t *testing.T) {
-	if os.Getenv("CI") != "true" && os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces and a packet socket")
-	}
+	netlab.NeedRoot(t)
 	netlab.RemoveStale("obdnc")
 	seg := netlab.NewSegment(t, "obdnc")
 	head := seg.Attach("head", 1, "")
