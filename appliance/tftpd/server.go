@@ -48,7 +48,8 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	tftp    *tftp.Server
-	conns   sync.Map // *peerConn of each Serve
+	conns   sync.Map       // *peerConn of each Serve
+	serving sync.WaitGroup // running Serve calls
 	m       metrics
 	mu      sync.Mutex
 	stats   map[string]*NodeStats
@@ -158,14 +159,21 @@ func Listen(addr string) (*net.UDPConn, error) {
 // socket from Listen; through a peerConn, replies leave from the address
 // each request arrived on.
 func (s *Server) Serve(conn net.PacketConn) error {
+	s.serving.Add(1)
+	defer s.serving.Done()
 	pc := newPeerConn(conn)
 	s.conns.Store(pc, true)
 	defer s.conns.Delete(pc)
 	return s.tftp.Serve(pc)
 }
 
-// Shutdown stops accepting requests and waits for running transfers.
-func (s *Server) Shutdown() { s.tftp.Shutdown() }
+// Shutdown stops accepting requests and waits for running transfers: in
+// single-port mode pin/tftp's Shutdown only tells Serve to stop, and Serve
+// returns once the transfers have ended.
+func (s *Server) Shutdown() {
+	s.tftp.Shutdown()
+	s.serving.Wait()
+}
 
 // localFor is the address remote's request arrived on.
 func (s *Server) localFor(remote netip.AddrPort) netip.Addr {
