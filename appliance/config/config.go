@@ -40,6 +40,9 @@ const (
 
 	EnrollAuto      = "auto"
 	EnrollKnownOnly = "known-only"
+
+	ReimageManual = "manual"
+	ReimageOnBoot = "on-boot"
 )
 
 // Defaults for an empty section.
@@ -65,6 +68,9 @@ type Node struct {
 	// Platform overrides Netboot.Platform for this node, e.g. "linux/amd64"
 	// for a QEMU machine.
 	Platform string
+	// Netconsole adds netconsole= to the node's generated cmdline.txt: the
+	// kernel sends its log to the head node's UDP port 6666.
+	Netconsole bool
 }
 
 // Netboot is the "Netboot" section of config.json as written by users.
@@ -94,6 +100,11 @@ type Netboot struct {
 	// DefaultImage is the OCI reference every node without its own Image
 	// boots, e.g. "registry.example:5000/rpi/node:bookworm".
 	DefaultImage string
+	// Reimage is what happens when a node's configured image changes
+	// after its root was made: "manual" (default: the node keeps its root
+	// until reset) or "on-boot" (its next boot gets a fresh root from the
+	// new image; the previous root is kept until the new one has mounted).
+	Reimage string
 	// Platform of images, default "linux/arm64" (Pi 4 / CM4 / Pi 5).
 	Platform string
 	// BootDir is the boot directory inside images; empty means look for
@@ -105,6 +116,9 @@ type Netboot struct {
 	KernelArgs []string
 	// ConfigTxt lines are appended to every node's config.txt.
 	ConfigTxt []string
+	// Netconsole adds netconsole= to every node's cmdline.txt (see
+	// Nodes[].Netconsole).
+	Netconsole bool
 	// ExportTo lists extra CIDRs (beyond enrolled nodes' addresses) that
 	// nfsd answers, e.g. for a test client.
 	ExportTo []string
@@ -121,12 +135,13 @@ type Netboot struct {
 
 // NodeConfig is a validated Node.
 type NodeConfig struct {
-	Name     string
-	Serial   string           // 8 lowercase hex digits, or "" if only MAC is known
-	MAC      net.HardwareAddr // nil if only the serial is known
-	IP       netip.Addr       // invalid if none reserved
-	Image    string           // the node's image (DefaultImage filled in)
-	Platform string
+	Name       string
+	Serial     string           // 8 lowercase hex digits, or "" if only MAC is known
+	MAC        net.HardwareAddr // nil if only the serial is known
+	IP         netip.Addr       // invalid if none reserved
+	Image      string           // the node's image (DefaultImage filled in)
+	Platform   string
+	Netconsole bool
 }
 
 // Config is the validated section with parsed values.
@@ -144,12 +159,14 @@ type Config struct {
 	Lease        time.Duration
 	ForceDHCP    bool
 	Enroll       string
+	Reimage      string
 	DefaultImage string
 	Platform     string
 	BootDir      string
 	Nodes        []NodeConfig
 	KernelArgs   []string
 	ConfigTxt    []string
+	Netconsole   bool
 	ExportTo     []netip.Prefix
 	Upstreams    []string
 	Insecure     []string
@@ -292,12 +309,14 @@ func validate(raw Netboot, errs *Errors) *Config {
 		Interface:    raw.Interface,
 		Mode:         raw.Mode,
 		Enroll:       raw.Enroll,
+		Reimage:      raw.Reimage,
 		ForceDHCP:    raw.ForceDHCP,
 		DefaultImage: raw.DefaultImage,
 		Platform:     raw.Platform,
 		BootDir:      raw.BootDir,
 		KernelArgs:   raw.KernelArgs,
 		ConfigTxt:    raw.ConfigTxt,
+		Netconsole:   raw.Netconsole,
 		Upstreams:    raw.Upstreams,
 		Insecure:     raw.InsecureRegistries,
 	}
@@ -319,6 +338,13 @@ func validate(raw Netboot, errs *Errors) *Config {
 	case EnrollAuto, EnrollKnownOnly:
 	default:
 		add("Netboot.Enroll: %q is not a policy; use %q or %q", raw.Enroll, EnrollAuto, EnrollKnownOnly)
+	}
+	switch cfg.Reimage {
+	case "":
+		cfg.Reimage = ReimageManual
+	case ReimageManual, ReimageOnBoot:
+	default:
+		add("Netboot.Reimage: %q is not a policy; use %q or %q", raw.Reimage, ReimageManual, ReimageOnBoot)
 	}
 	full := cfg.Mode == ModeFull
 
@@ -455,7 +481,7 @@ func validate(raw Netboot, errs *Errors) *Config {
 	}
 	for i, n := range raw.Nodes {
 		p := fmt.Sprintf("Netboot.Nodes[%d]", i)
-		nc := NodeConfig{Name: n.Name, Image: n.Image, Platform: n.Platform}
+		nc := NodeConfig{Name: n.Name, Image: n.Image, Platform: n.Platform, Netconsole: n.Netconsole}
 		if n.Serial != "" {
 			s, err := NormalizeSerial(n.Serial)
 			if err != nil {

@@ -28,6 +28,9 @@ func TestEmptySectionIsValid(t *testing.T) {
 		if got, want := cfg.Enroll, EnrollAuto; got != want {
 			t.Errorf("Enroll: got %q, want %q", got, want)
 		}
+		if got, want := cfg.Reimage, ReimageManual; got != want {
+			t.Errorf("Reimage: got %q, want %q", got, want)
+		}
 		if got, want := cfg.Lease, time.Hour; got != want {
 			t.Errorf("Lease: got %v, want %v", got, want)
 		}
@@ -116,6 +119,8 @@ func TestErrors(t *testing.T) {
 			[]string{`Netboot.Mode: "dhcp" is not a mode; use "proxy" or "full"`}},
 		{"bad enroll", `{"Enroll": "never"}`,
 			[]string{`Netboot.Enroll: "never" is not a policy`}},
+		{"bad reimage", `{"Reimage": "always"}`,
+			[]string{`Netboot.Reimage: "always" is not a policy; use "manual" or "on-boot"`}},
 		{"bad interface", `{"Interface": "eth0/1"}`,
 			[]string{`Netboot.Interface: "eth0/1" is not a network interface name`}},
 		{"full needs addresses", `{"Mode": "full"}`,

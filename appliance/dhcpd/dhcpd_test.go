@@ -150,6 +150,7 @@ func TestOption43MatchesDnsmasq(t *testing.T) {
 func TestParseClient(t *testing.T) {
 	p4 := pi(0x01, 0x5b154510)
 	p5 := piemu.Pi{MAC: net.HardwareAddr{0x2c, 0xcf, 0x67, 1, 2, 3}, Serial: 0xdeadbeef, Model: "RPi5", BoardRevision: 0xd04170}
+	p5r := piemu.Pi{MAC: net.HardwareAddr{0xd8, 0x3a, 0xdd, 1, 2, 3}, Serial: 0xdeadbeef, Model: "5iPR", BoardRevision: 0xb04180}
 	repeated := append([]byte{0}, bytes.Repeat([]byte{0x2e, 0x2a, 0x5e, 0xe7}, 4)...)
 	for _, tc := range []struct {
 		name        string
@@ -162,6 +163,10 @@ func TestParseClient(t *testing.T) {
 		{"pi4", p4.Discover(xid1), true, "RPi4", "5b154510", "5b154510"},
 		{"pi4 request without option 60", p4.Request(xid1, plainDiscover(p4.MAC)), true, "RPi4", "5b154510", "5b154510"},
 		{"pi5", p5.Discover(xid1), true, "RPi5", "deadbeef", "deadbeef"},
+		// Some Pi 5 bootloaders have been reported to send the FourCC in
+		// the other byte order.
+		{"pi5 fourcc 5iPR", p5r.Discover(xid1), true, "RPi5", "deadbeef", "deadbeef"},
+		{"cm5 fourcc 5iPR, no vendor class", plainDiscover(p5r.MAC, dhcpv4.WithGeneric(dhcpv4.OptionClientMachineIdentifier, p5r.GUID())), true, "RPi5", "deadbeef", "deadbeef"},
 		{"old guid: serial four times", plainDiscover(net.HardwareAddr{0xb8, 0x27, 0xeb, 0x5e, 0x2a, 0x2e},
 			dhcpv4.WithGeneric(dhcpv4.OptionClientMachineIdentifier, repeated)), true, "", "e75e2a2e", "e75e2a2e"},
 		{"pxe client", plainDiscover(net.HardwareAddr{0x52, 0x54, 0, 1, 2, 3},
@@ -190,6 +195,18 @@ func TestParseClient(t *testing.T) {
 	}
 	if got, want := ParseClient(p4.Discover(xid1)).BoardRevision, uint32(piemu.BoardRevision); got != want {
 		t.Errorf("BoardRevision = %#x, want %#x", got, want)
+	}
+}
+
+func TestPiMACPrefixes(t *testing.T) {
+	for _, mac := range []string{"b8:27:eb:00:00:01", "dc:a6:32:00:00:01", "e4:5f:01:00:00:01", "28:cd:c1:00:00:01", "d8:3a:dd:00:00:01", "2c:cf:67:00:00:01"} {
+		m, _ := net.ParseMAC(mac)
+		if !IsPiMAC(m) {
+			t.Errorf("IsPiMAC(%s) = false, want true", mac)
+		}
+	}
+	if m, _ := net.ParseMAC("52:54:00:00:00:01"); IsPiMAC(m) {
+		t.Errorf("IsPiMAC(52:54:00:...) = true, want false")
 	}
 }
 

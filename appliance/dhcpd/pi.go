@@ -84,7 +84,7 @@ const IPXEScript = "boot.ipxe"
 // ParseClient extracts the netboot identity of a request.
 //
 // Option 97 of a Pi 4/5 bootloader (2020-03 and later) is 17 bytes:
-// 0x00, then four 32-bit words: the FourCC "RPi4"/"RPi5", the board revision,
+// 0x00, then four 32-bit words: the FourCC "RPi4"/"RPi5" (or "5iPR"), the board revision,
 // the low 4 bytes of the MAC, the serial. The FourCC and the board revision
 // are stored little-endian (0x34695052 appears as "RPi4"; revision 0xa03111
 // as 11 31 a0 00 in a published dnsmasq log), the MAC bytes in wire order,
@@ -100,9 +100,15 @@ func ParseClient(m *dhcpv4.DHCPv4) Client {
 	}
 	if len(guid) == 17 && guid[0] == 0 {
 		words := guid[1:]
-		switch string(words[:4]) {
-		case "RPi4", "RPi5":
-			c.Model = string(words[:4])
+		switch fourCC := string(words[:4]); fourCC {
+		case "RPi4", "RPi5", "5iPR":
+			// "5iPR" is RPi5 in the other byte order, as reported from
+			// Pi 5 bootloaders; the other words have been seen only in
+			// the order below, so only the FourCC is read both ways.
+			c.Model = fourCC
+			if fourCC == "5iPR" {
+				c.Model = "RPi5"
+			}
 			c.BoardRevision = binary.LittleEndian.Uint32(words[4:8])
 			c.Serial = fmt.Sprintf("%08x", binary.LittleEndian.Uint32(words[12:16]))
 		default:

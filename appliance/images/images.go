@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -88,6 +90,58 @@ func (ix *Index) Put(e Entry) {
 		}
 	}
 	ix.Entries = append(ix.Entries, e)
+}
+
+// KernelPatterns in order of preference: the Pi 4/CM4 64-bit kernel first,
+// then other Pi kernels, then generic Linux kernels (QEMU test machines).
+var KernelPatterns = []string{"kernel8.img", "kernel_2712.img", "kernel*.img", "vmlinuz", "vmlinuz-*", "Image", "zImage", "bzImage"}
+
+// PickKernel chooses the kernel among the file names of a boot
+// directory: the first KernelPatterns match, the newest version first
+// when several vmlinuz-<version> exist. "" if none matches.
+func PickKernel(names []string) string {
+	names = append([]string(nil), names...)
+	sort.Slice(names, func(i, j int) bool { return versionLess(names[j], names[i]) })
+	for _, pat := range KernelPatterns {
+		for _, n := range names {
+			if ok, _ := path.Match(pat, n); ok {
+				return n
+			}
+		}
+	}
+	return ""
+}
+
+// versionLess orders names with their runs of digits compared as numbers,
+// so that vmlinuz-6.1.0-28-arm64 comes after vmlinuz-6.1.0-9-arm64.
+func versionLess(a, b string) bool {
+	for a != "" && b != "" {
+		da, db := digits(a), digits(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if len(na) != len(nb) {
+				return len(na) < len(nb)
+			}
+			if na != nb {
+				return na < nb
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return a[0] < b[0]
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) < len(b)
+}
+
+func digits(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 // BootPath returns the absolute boot directory of an entry's tree.

@@ -43,3 +43,21 @@ func TestDirNameRejectsHostile(t *testing.T) {
 		}
 	}
 }
+
+func TestPickKernel(t *testing.T) {
+	for _, tc := range []struct {
+		names []string
+		want  string
+	}{
+		{[]string{"start4.elf", "kernel_2712.img", "kernel8.img"}, "kernel8.img"},
+		{[]string{"kernel_2712.img", "bcm2712-rpi-5-b.dtb"}, "kernel_2712.img"},
+		{[]string{"vmlinuz-6.1.0-9-arm64", "vmlinuz-6.1.0-28-arm64", "initrd.img"}, "vmlinuz-6.1.0-28-arm64"},
+		{[]string{"vmlinuz-6.12.1", "vmlinuz-6.9.7"}, "vmlinuz-6.12.1"},
+		{[]string{"vmlinuz-6.1.0-28-arm64", "vmlinuz"}, "vmlinuz"},
+		{[]string{"config.txt"}, ""},
+	} {
+		if got := PickKernel(tc.names); got != tc.want {
+			t.Errorf("PickKernel(%q) = %q, want %q", tc.names, got, tc.want)
+		}
+	}
+}

@@ -58,7 +58,7 @@ func (s *Server) mnt(c *call, w *writer) bool {
 	var e *export
 	if st == mntOK {
 		var err error
-		if e, err = s.export(key); err != nil {
+		if e, err = s.exportForMount(key, client); err != nil {
 			s.log.Error("mount failed", "client", client, "path", p, "err", err)
 			st = mntIO
 			if errors.Is(err, nodes.ErrNoImage) {

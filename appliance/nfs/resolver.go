@@ -42,6 +42,15 @@ func (r NodeResolver) Allowed(key string, client netip.Addr) bool {
 // Clients lists who may mount key: the node's own address (reserved or
 // recorded) and the ExportTo CIDRs.
 func (r NodeResolver) Clients(key string) []string {
+	out := r.own(key)
+	for _, p := range r.Config.ExportTo {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+// own lists the node's own addresses: reserved, then recorded by dhcpd.
+func (r NodeResolver) own(key string) []string {
 	var out []string
 	for _, n := range r.Config.Nodes {
 		if n.IP.IsValid() && (n.Serial == key || n.MAC != nil && nodes.MACKey(n.MAC) == key) {
@@ -51,10 +60,17 @@ func (r NodeResolver) Clients(key string) []string {
 	if rec, err := nodes.Load(r.Store, key); err == nil && rec.IP != "" && (len(out) == 0 || out[0] != rec.IP) {
 		out = append(out, rec.IP)
 	}
-	for _, p := range r.Config.ExportTo {
-		out = append(out, p.String())
-	}
 	return out
+}
+
+// ownAddress reports whether client is one of the node's own addresses.
+func (r NodeResolver) ownAddress(key string, client netip.Addr) bool {
+	for _, a := range r.own(key) {
+		if a == client.Unmap().String() {
+			return true
+		}
+	}
+	return false
 }
 
 // Keys lists the nodes in the config and in the store.

@@ -202,6 +202,23 @@ func (s *Server) exportByID(id [8]byte) *export {
 	return e
 }
 
+// dropExportLocked closes key's view and forgets what was cached about
+// it; handles into it go stale. s.mu is held.
+func (s *Server) dropExportLocked(key string) {
+	id := exportID(key)
+	if e := s.exports[id]; e != nil {
+		e.mu.Lock()
+		e.close()
+		delete(s.exports, id)
+		e.mu.Unlock()
+	}
+	for k := range s.acl {
+		if k.e.key == key {
+			delete(s.acl, k)
+		}
+	}
+}
+
 // allowed caches the resolver's answer for a few seconds: it reads node
 // records from disk and is asked on every call.
 func (s *Server) allowed(e *export, client netip.Addr) bool {

@@ -275,20 +275,9 @@ func (s *Server) Reset(key string) error {
 	if err != nil {
 		return err
 	}
-	id := exportID(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.exports[id]; e != nil {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		e.close()
-		delete(s.exports, id)
-	}
-	for k := range s.acl {
-		if k.e.key == key {
-			delete(s.acl, k)
-		}
-	}
+	s.dropExportLocked(key)
 	if err := os.Remove(filepath.Join(dir, viewFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
 	}

@@ -144,9 +144,84 @@ func Progress(st *store.Store, serial string) (Stage, error) {
 	return out, nil
 }
 
+// EEPROMUpdate is nodes/<serial>/eeprom-tftpd.json: the last bootloader
+// update (pieeprom.upd) tftpd served the node whole. The Pi flashes it
+// when its signature (pieeprom.sig) differs from what it runs.
+type EEPROMUpdate struct {
+	File   string // as requested, e.g. "abcd1234/pieeprom.upd"
+	Size   int64
+	SHA256 string
+	Source string // where it came from (nodes.Boot.Source)
+	Time   time.Time
+}
+
+const eepromFile = "eeprom-tftpd.json"
+
+// SaveEEPROMUpdate records that the node fetched a bootloader update.
+func SaveEEPROMUpdate(st *store.Store, serial string, u EEPROMUpdate) error {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("nodes: %v", err)
+	}
+	return store.WriteJSON(filepath.Join(dir, eepromFile), u)
+}
+
+// LoadEEPROMUpdate returns the node's last bootloader update, ok false if
+// none was served.
+func LoadEEPROMUpdate(st *store.Store, serial string) (EEPROMUpdate, bool) {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return EEPROMUpdate{}, false
+	}
+	var u EEPROMUpdate
+	return u, store.ReadJSON(filepath.Join(dir, eepromFile), &u) == nil
+}
+
+// ConsoleLine is one line of a node's boot log as received over UDP:
+// the bootloader's NETCONSOLE or the kernel's netconsole=.
+type ConsoleLine struct {
+	Time time.Time
+	From string // sender address:port
+	Text string
+}
+
+// ConsoleFile is nodes/<serial>/console.json, written by tftpd, which
+// receives the logs: the last lines of the node's boot log, oldest first.
+const ConsoleFile = "console.json"
+
+// SaveConsole replaces the node's stored log lines.
+func SaveConsole(st *store.Store, serial string, lines []ConsoleLine) error {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("nodes: %v", err)
+	}
+	return store.WriteJSON(filepath.Join(dir, ConsoleFile), struct{ Lines []ConsoleLine }{lines})
+}
+
+// LoadConsole returns the node's stored log lines, oldest first.
+func LoadConsole(st *store.Store, serial string) []ConsoleLine {
+	dir, err := st.NodeDir(serial)
+	if err != nil {
+		return nil
+	}
+	var v struct{ Lines []ConsoleLine }
+	store.ReadJSON(filepath.Join(dir, ConsoleFile), &v)
+	return v.Lines
+}
+
 // ViewFile is nodes/<serial>/view.json, written by nfsd when it makes the
 // node's root from an image; Digest names that image's tree.
 const ViewFile = "view.json"
+
+// PreviousDir is nodes/<serial>/previous/, where nfsd keeps the root (and
+// its view.json) a reimage replaced until the new one has mounted.
+const PreviousDir = "previous"
 
 // ViewImages returns the image digests nodes' roots were made from. Their
 // trees must stay while the roots exist.
@@ -157,9 +232,13 @@ func ViewImages(st *store.Store) []string {
 		if !e.IsDir() || !store.ValidName(e.Name()) {
 			continue
 		}
-		var v struct{ Digest string }
-		if store.ReadJSON(filepath.Join(st.Path(store.NodesDir, e.Name()), ViewFile), &v) == nil && v.Digest != "" {
-			out = append(out, v.Digest)
+		// A root a reimage set aside (nfsd's previous/) links into its
+		// image too, and may be put back.
+		for _, f := range []string{ViewFile, filepath.Join(PreviousDir, ViewFile)} {
+			var v struct{ Digest string }
+			if store.ReadJSON(filepath.Join(st.Path(store.NodesDir, e.Name()), f), &v) == nil && v.Digest != "" {
+				out = append(out, v.Digest)
+			}
 		}
 	}
 	sort.Strings(out)

@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,32 @@ var ErrNoImage = errors.New("no image for the node")
 // node known by MAC only, as the Pi bootloader's TFTP_PREFIX=2 spells it.
 func MACKey(mac net.HardwareAddr) string { return strings.ReplaceAll(mac.String(), ":", "-") }
 
+// Canonical returns the key under which the node named by key is kept. A
+// Pi with TFTP_PREFIX=2 names itself by MAC ("dc-a6-32-01-02-03") while
+// dhcpd records it under the serial from option 97, and nfsd exports
+// /nodes/<serial>: the MAC resolves to that serial through the config
+// (a node listed with both) or the record whose MAC it is. Any other key is
+// returned unchanged.
+func Canonical(cfg *config.Config, st *store.Store, key string) string {
+	mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":"))
+	if err != nil || len(key) != 17 {
+		return key
+	}
+	if nc, ok := cfg.NodeByMAC(mac); ok && nc.Serial != "" {
+		return nc.Serial
+	}
+	recs, _ := List(st)
+	for _, rec := range recs {
+		if rec.Serial == key {
+			continue
+		}
+		if m, err := net.ParseMAC(rec.MAC); err == nil && bytes.Equal(m, mac) {
+			return rec.Serial
+		}
+	}
+	return key
+}
+
 // Image is the image a node boots.
 type Image struct {
 	Ref      string // as in config.json
@@ -27,18 +54,19 @@ type Image struct {
 	Entry    images.Entry // the cached tree
 }
 
+// Netconsole reports whether node key's cmdline.txt gets netconsole=:
+// Netboot.Netconsole or its Nodes[].Netconsole.
+func Netconsole(cfg *config.Config, key string) bool {
+	nc, ok := configNode(cfg, key)
+	return cfg.Netconsole || ok && nc.Netconsole
+}
+
 // ImageOf finds node key's image: its Nodes[] entry, else the image dhcpd
 // recorded, else (Enroll auto) DefaultImage; and the tree ocicache holds for
 // it. Errors wrap ErrNoImage and say what to change.
 func ImageOf(cfg *config.Config, st *store.Store, key string) (Image, error) {
 	var img Image
-	var nc config.NodeConfig
-	var configured bool
-	if len(key) == 8 {
-		nc, configured = cfg.NodeBySerial(key)
-	} else if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil {
-		nc, configured = cfg.NodeByMAC(mac)
-	}
+	nc, configured := configNode(cfg, key)
 	rec, recErr := Load(st, key)
 	switch {
 	case configured:

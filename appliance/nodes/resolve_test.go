@@ -62,6 +62,18 @@ func TestImageOf(t *testing.T) {
 	if key, ok := KeyByIP(auto, st, netip.MustParseAddr("10.0.0.11")); !ok || key != "52-54-00-00-00-0b" {
 		t.Errorf("KeyByIP of a reservation: %q, %v", key, ok)
 	}
+	Save(st, Record{Serial: "5b154510", MAC: "dc:a6:32:10:20:01"})
+	withMAC := parse(`{"Netboot": {"Nodes": [{"Serial": "0000000e", "MAC": "dc:a6:32:10:20:0e"}]}}`)
+	for _, tc := range []struct{ key, want string }{
+		{"dc-a6-32-10-20-01", "5b154510"}, // recorded by dhcpd under its serial
+		{"dc-a6-32-10-20-0e", "0000000e"}, // configured with both
+		{"dc-a6-32-10-20-99", "dc-a6-32-10-20-99"},
+		{"5b154510", "5b154510"},
+	} {
+		if got := Canonical(withMAC, st, tc.key); got != tc.want {
+			t.Errorf("Canonical(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
 	if got := MACKey(net.HardwareAddr{0xdc, 0xa6, 0x32, 1, 2, 3}); got != "dc-a6-32-01-02-03" {
 		t.Errorf("MACKey = %q", got)
 	}

@@ -5,8 +5,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sort"
 	"strings"
+
+	"github.com/ociboot/ociboot/appliance/images"
 )
 
 // Boot is what FindBoot found in an unpacked tree.
@@ -16,15 +17,13 @@ type Boot struct {
 	Warnings []string // problems that do not stop a boot
 }
 
-// kernelPatterns in order of preference: the Pi 4/CM4 64-bit kernel first,
-// then other Pi kernels, then generic Linux kernels (QEMU test machines).
-var kernelPatterns = []string{"kernel8.img", "kernel_2712.img", "kernel*.img", "vmlinuz", "vmlinuz-*", "Image", "zImage", "bzImage"}
-
 // FindBoot locates the boot directory of the tree at root: override if set,
 // else boot/firmware, then boot. The directory must hold a kernel. For
 // arm/arm64 platforms it must also hold start4.elf, the firmware a Pi 4 /
-// CM4 fetches first over TFTP; for other platforms (amd64 images booted by
-// QEMU with -kernel) its absence is only a warning. Nothing in the tree is
+// CM4 fetches first over TFTP, or the Pi 5 / CM5 boot files (kernel_2712.img
+// or a bcm2712-*.dtb; a Pi 5 has its firmware in the EEPROM); for other
+// platforms (amd64 images booted by QEMU with -kernel) their absence is
+// only a warning. Nothing in the tree is
 // followed through a symlink: a boot dir or kernel that is a symlink does
 // not count, as tftpd would refuse to serve it.
 func FindBoot(root, override, platform string) (Boot, error) {
@@ -40,22 +39,52 @@ func FindBoot(root, override, platform string) (Boot, error) {
 		}
 		kernel := findKernel(filepath.Join(root, filepath.FromSlash(c)))
 		if kernel == "" {
-			tried = append(tried, c+"/ (no kernel: none of "+strings.Join(kernelPatterns, ", ")+")")
+			tried = append(tried, c+"/ (no kernel: none of "+strings.Join(images.KernelPatterns, ", ")+")")
 			continue
 		}
 		b := Boot{Dir: c, Kernel: kernel}
-		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(c), "start4.elf"))
-		if err != nil || !fi.Mode().IsRegular() {
-			msg := fmt.Sprintf("%s/ has kernel %s but no start4.elf (Raspberry Pi 4/CM4 firmware)", c, kernel)
+		dir := filepath.Join(root, filepath.FromSlash(c))
+		pi4, pi5 := hasPi4Boot(dir), hasPi5Boot(dir)
+		if !pi4 && !pi5 {
+			msg := fmt.Sprintf("%s/ has kernel %s but boot files for neither Pi model: %s", c, kernel, piNeeds)
 			arch := platformArch(platform)
 			if arch == "arm64" || arch == "arm" {
-				return Boot{}, fmt.Errorf("ocicache: image cannot netboot a Pi: %s; install the raspi-firmware package in the image", msg)
+				return Boot{}, fmt.Errorf("ocicache: image cannot netboot a Pi: %s; install the raspi-firmware package (Pi 4) or the Pi 5 kernel and device trees in the image", msg)
 			}
 			b.Warnings = append(b.Warnings, msg+"; fine for "+platform+" machines booted with an external loader, not for a Pi")
+		} else if !pi4 {
+			b.Warnings = append(b.Warnings, c+"/ has no start4.elf: it boots a Pi 5/CM5, not a Pi 4/CM4")
 		}
 		return b, nil
 	}
 	return Boot{}, fmt.Errorf("ocicache: image has no boot directory with a kernel: looked at %s; set Netboot.BootDir if it lives elsewhere, or install a kernel package in the image", strings.Join(tried, ", "))
+}
+
+// piNeeds says which files each Pi model fetches first.
+const piNeeds = "a Pi 4/CM4 needs start4.elf and fixup4.dat (its firmware) next to the kernel; " +
+	"a Pi 5/CM5 needs kernel_2712.img (or kernel8.img) and its device tree, a bcm2712-*.dtb such as bcm2712-rpi-5-b.dtb or bcm2712-rpi-cm5-cm5io.dtb (its firmware is in the EEPROM)"
+
+// hasPi4Boot: the Pi 4 bootloader loads start4.elf from the boot files.
+func hasPi4Boot(dir string) bool { return isRegular(filepath.Join(dir, "start4.elf")) }
+
+// hasPi5Boot: a Pi 5's firmware is in its EEPROM, so a boot directory is
+// one for a Pi 5 when it holds the Pi 5 kernel or a BCM2712 device tree.
+func hasPi5Boot(dir string) bool {
+	if isRegular(filepath.Join(dir, "kernel_2712.img")) {
+		return true
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "bcm2712*.dtb"))
+	for _, f := range m {
+		if isRegular(f) {
+			return true
+		}
+	}
+	return false
+}
+
+func isRegular(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 func platformArch(p string) string {
@@ -94,14 +123,5 @@ func findKernel(dir string) string {
 			names = append(names, e.Name())
 		}
 	}
-	// Newest version first when several vmlinuz-<version> exist.
-	sort.Sort(sort.Reverse(sort.StringSlice(names)))
-	for _, pat := range kernelPatterns {
-		for _, n := range names {
-			if ok, _ := path.Match(pat, n); ok {
-				return n
-			}
-		}
-	}
-	return ""
+	return images.PickKernel(names)
 }

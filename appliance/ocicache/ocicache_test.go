@@ -285,7 +285,7 @@ func TestRefusals(t *testing.T) {
 	}{
 		{amdOnly, "linux/arm64", "is an image for linux/amd64, but the config wants linux/arm64"},
 		{noBoot, "linux/arm64", "no boot directory with a kernel"},
-		{noFirmware, "linux/arm64", "no start4.elf"},
+		{noFirmware, "linux/arm64", "a Pi 4/CM4 needs start4.elf"},
 		{amdNoFirmware, "linux/amd64", ""},
 		{hostile, "linux/arm64", `refusing tar entry "../escape"`},
 		{f.host + "/x/missing:v1", "linux/arm64", "check the repository and tag"},

@@ -57,8 +57,21 @@ type Node struct {
 	RootDigest string
 	// Hostname and HostKeys are the identity nfsd wrote into the node's
 	// root (host name, SSH host key fingerprints).
-	Hostname  string   `json:",omitempty"`
-	HostKeys  []string `json:",omitempty"`
+	Hostname string   `json:",omitempty"`
+	HostKeys []string `json:",omitempty"`
+	// BootsFrom says where its boot files come now (nodes.BootOf): its
+	// image before its root exists, its root's boot directory after.
+	BootsFrom string
+	// ImageChange is set when the configured image moved on after the
+	// root was made: "image changed, pending reimage" (Reimage on-boot)
+	// or what to do to move it (manual).
+	ImageChange string
+	// EEPROM is the last bootloader update (pieeprom.upd) tftpd served
+	// the node, nil if none.
+	EEPROM *nodes.EEPROMUpdate `json:",omitempty"`
+	// Console is the node's boot log as received over UDP (bootloader
+	// NETCONSOLE, kernel netconsole=), the last lines, oldest first.
+	Console   []nodes.ConsoleLine `json:",omitempty"`
 	Stage     string
 	StageTime time.Time
 	Detail    string
@@ -150,6 +163,19 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 		if n.RootDigest != "" {
 			id := nodes.LoadIdentity(p.Store, n.Serial)
 			n.Hostname, n.HostKeys = id.Hostname, id.HostKeys
+		}
+		if b, err := nodes.BootOf(p.Config, p.Store, n.Serial); err == nil {
+			n.BootsFrom = b.Source()
+			switch {
+			case b.Reimage:
+				n.ImageChange = "image changed, pending reimage: the next boot gets a fresh root from " + short(b.Image.Entry.Digest) + "; the previous root is kept until the new one has mounted"
+			case b.Changed:
+				n.ImageChange = "image changed: the root was made from " + short(b.RootDigest) + "; reset the node (nfsd /reset) or set Netboot.Reimage to \"on-boot\" to boot the new image"
+			}
+		}
+		n.Console = nodes.LoadConsole(p.Store, n.Serial)
+		if u, ok := nodes.LoadEEPROMUpdate(p.Store, n.Serial); ok {
+			n.EEPROM = &u
 		}
 		if pr, err := nodes.Progress(p.Store, n.Serial); err == nil {
 			n.Stage, n.StageTime, n.Detail, n.LastError = pr.Stage, pr.Time, pr.Detail, pr.LastError
@@ -271,6 +297,12 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 	"short":  short,
 	"ago":    ago,
 	"indent": indent,
+	"lastTime": func(l []nodes.ConsoleLine) time.Time {
+		if len(l) == 0 {
+			return time.Time{}
+		}
+		return l[len(l)-1].Time
+	},
 	"stageClass": func(s string) string {
 		if s == "" {
 			return "none"
@@ -300,9 +332,11 @@ pre { background: #f7f7f7; padding: .5em; max-height: 16em; overflow: auto; font
 <table id="nodes"><tr><th>Name</th><th>Serial</th><th>MAC</th><th>IP</th><th>Image</th><th>Digest</th><th>Stage</th><th>Last seen</th><th>Last error</th></tr>
 {{$now := .Generated}}{{range .Nodes}}<tr>
 <td>{{.Name}}{{if not .Known}} <small>(enrolled)</small>{{end}}{{if .Hostname}}<br><small class="ident">host <code>{{.Hostname}}</code>{{range .HostKeys}}<br><code>{{.}}</code>{{end}}</small>{{end}}</td><td><code>{{.Serial}}</code></td><td><code>{{.MAC}}</code></td><td>{{.IP}}</td>
-<td>{{.Image}}</td><td><code>{{short .Digest}}</code>{{if and .RootDigest (ne .RootDigest .Digest)}}<br><small class="err">root made from <code>{{short .RootDigest}}</code>; reset the node (nfsd /reset) to boot the new image</small>{{end}}</td>
-<td><span class="stage {{stageClass .Stage}}">{{if .Stage}}{{.Stage}}{{else}}not seen{{end}}</span>{{if .Detail}} <small>{{.Detail}}</small>{{end}}</td>
+<td>{{.Image}}{{if .BootsFrom}}<br><small>boots from {{.BootsFrom}}</small>{{end}}</td><td><code>{{short .Digest}}</code>{{if .ImageChange}}<br><small class="err imagechange">{{.ImageChange}}</small>{{end}}</td>
+<td><span class="stage {{stageClass .Stage}}">{{if .Stage}}{{.Stage}}{{else}}not seen{{end}}</span>{{if .Detail}} <small>{{.Detail}}</small>{{end}}{{with .EEPROM}}<br><small class="eeprom">bootloader update {{.File}} ({{.Size}} bytes, sha256 {{short .SHA256}}) fetched {{ago $now .Time}}</small>{{end}}</td>
 <td>{{ago $now .LastSeen}}</td><td class="err">{{.LastError}}</td></tr>
+{{if .Console}}<tr class="console"><td colspan="9"><details><summary>boot log of {{.Name}}: {{len .Console}} lines, the last {{ago $now (lastTime .Console)}}</summary><pre>{{range .Console}}{{.Time.Format "15:04:05"}} {{.Text}}
+{{end}}</pre></details></td></tr>{{end}}
 {{else}}<tr><td colspan="9">No node has asked for anything yet.</td></tr>{{end}}
 </table>
 <h2>Image cache</h2>

@@ -1,10 +1,12 @@
 package statuspage
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -34,11 +36,16 @@ func fixture(t *testing.T) (*Page, *httptest.Server) {
 	nodes.SaveStage(st, "abcd0002", "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: now})
 	nodes.SaveStage(st, "abcd0003", "tftpd", nodes.Stage{Stage: nodes.StageFirmware, Time: now, Detail: "start4.elf",
 		LastError: "kernel8.img: not in image", ErrorTime: now})
+	nodes.SaveConsole(st, "abcd0003", []nodes.ConsoleLine{
+		{Time: now.Add(-2 * time.Second), From: "169.254.1.1:6665", Text: "RPi: BOOTLOADER release VERSION:2c4b2a9c"},
+		{Time: now.Add(-time.Second), From: "169.254.1.1:6665", Text: "TFTP_GET: <abcd0003/start4.elf>"}})
+	nodes.SaveEEPROMUpdate(st, "abcd0002", nodes.EEPROMUpdate{File: "abcd0002/pieeprom.upd", Size: 524288, SHA256: strings.Repeat("ab", 32), Time: now.Add(-time.Minute)})
 	images.SaveIndex(st, images.Index{Entries: []images.Entry{{Ref: "localhost:5000/node:v1", Platform: "linux/arm64", Digest: digest, BootDir: "boot/firmware", Kernel: "kernel8.img", Pulled: now}}})
 	// abcd0003's root was made from an older image than the one its
 	// reference means now.
 	dir, _ := st.NodeDir("abcd0003")
 	store.WriteJSON(dir+"/"+nodes.ViewFile, map[string]string{"Digest": "sha256:" + strings.Repeat("0e", 32)})
+	os.MkdirAll(dir+"/root/boot/firmware", 0o755)
 
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
@@ -107,7 +114,12 @@ func TestHTML(t *testing.T) {
 		"<code>sha256:1f1f1f1f1f1f</code>",
 		`<span class="down">down</span>`,
 		"localhost:5000/node:v2",
-		"root made from <code>sha256:0e0e0e0e0e0e</code>",
+		"image changed: the root was made from sha256:0e0e0e0e0e0e; reset the node",
+		"boots from its own root (nodes/abcd0003/root/boot/firmware)",
+		"boots from image localhost:5000/node:v1",
+		"boot log of abcd0003: 2 lines, the last 1s ago",
+		"11:59:59 TFTP_GET: &lt;abcd0003/start4.elf&gt;\n",
+		"bootloader update abcd0002/pieeprom.upd (524288 bytes, sha256 abababababababababa) fetched 1m0s ago",
 	} {
 		if !strings.Contains(html, want) {
 			t.Errorf("page lacks %q", want)
@@ -117,6 +129,28 @@ func TestHTML(t *testing.T) {
 	if got, want := resp.StatusCode, http.StatusNotFound; got != want {
 		t.Errorf("/nope: got %d, want %d", got, want)
 	}
+}
+
+func TestPendingReimage(t *testing.T) {
+	p, _ := fixture(t)
+	cfg, err := config.Parse([]byte(`{"Netboot": {"DefaultImage": "localhost:5000/node:v1", "Reimage": "on-boot"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Config = cfg
+	for _, n := range p.Collect(context.Background(), "").Nodes {
+		if n.Serial != "abcd0003" {
+			continue
+		}
+		if !strings.HasPrefix(n.ImageChange, "image changed, pending reimage") {
+			t.Errorf("ImageChange: got %q, want \"image changed, pending reimage...\"", n.ImageChange)
+		}
+		if got, want := n.BootsFrom, "image localhost:5000/node:v1 (reimage at next mount)"; got != want {
+			t.Errorf("BootsFrom: got %q, want %q", got, want)
+		}
+		return
+	}
+	t.Error("node abcd0003 not listed")
 }
 
 func TestMetricsLink(t *testing.T) {

@@ -35,6 +35,14 @@ func RootArgs(head netip.Addr, key string) string {
 	return fmt.Sprintf("root=/dev/nfs nfsroot=%s:/nodes/%s,vers=3,tcp,port=2049 ip=dhcp rw rootwait", head, key)
 }
 
+// NetconsoleArg makes the kernel send its log as UDP to the head node's
+// port 6666 (netconsole.Port), from the interface's own address and the
+// default source port 6665, to the broadcast MAC: the kernel needs no ARP
+// reply to start logging.
+func NetconsoleArg(head netip.Addr) string {
+	return fmt.Sprintf("netconsole=@/,6666@%s/", head)
+}
+
 // Cmdline generates a node's kernel command line from the image's
 // cmdline.txt (may be nil), the root arguments and Netboot.KernelArgs.
 func Cmdline(image []byte, head netip.Addr, key string, extra []string) string {
@@ -50,14 +58,19 @@ func Cmdline(image []byte, head netip.Addr, key string, extra []string) string {
 }
 
 // ConfigTxt is the image's config.txt followed by Netboot.ConfigTxt. The
-// bootloader applies later lines over earlier ones, so ours win.
+// bootloader applies later lines over earlier ones, so ours win; they come
+// after an "[all]" line because the image's file may end inside a
+// conditional section such as "[cm5]", whose lines a CM4 skips.
 func ConfigTxt(image []byte, extra []string) string {
 	var b strings.Builder
 	b.Write(image)
+	if len(extra) == 0 {
+		return b.String()
+	}
 	if len(image) > 0 && image[len(image)-1] != '\n' {
 		b.WriteByte('\n')
 	}
-	b.WriteString("\n# ociboot: Netboot.ConfigTxt\n")
+	b.WriteString("\n# ociboot: Netboot.ConfigTxt, for every board\n[all]\n")
 	for _, l := range extra {
 		b.WriteString(l)
 		b.WriteByte('\n')

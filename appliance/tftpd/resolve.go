@@ -11,10 +11,10 @@
 //
 // Prefixes are matched case-insensitively and leading slashes are ignored;
 // the file part is matched exactly (the boot directory is a Linux tree).
-// The node's image comes from Netboot.Nodes, else from its record in the
-// store (written by dhcpd), else — with Enroll "auto" — DefaultImage. Every
-// file is opened through an os.Root on the image's boot directory, so no
-// name, "..", or symlink in the image can reach outside it.
+// Where a node's boot files come from (its image before its root exists,
+// the root's boot directory after) is nodes.BootOf's decision. Every file
+// is opened through an os.Root on that boot directory, so no name, "..",
+// or symlink in the image or in the node's root can reach outside it.
 package tftpd
 
 import (
@@ -92,13 +92,10 @@ func nodeKey(s string) (string, bool) {
 
 func isHex(s string) bool { return strings.Trim(s, "0123456789abcdef") == "" }
 
-// Node is what tftpd knows about the node behind a request.
+// Node is what tftpd knows about the node behind a request: where its
+// boot files come from, as nodes.BootOf decides.
 type Node struct {
-	Key      string
-	Image    string
-	Platform string
-	Entry    images.Entry
-	BootDir  string // absolute
+	nodes.Boot
 }
 
 // Resolver maps requests to nodes and boot directories.
@@ -107,24 +104,8 @@ type Resolver struct {
 	Store  *store.Store
 }
 
-// Node resolves a request from remote to its node, image and boot dir.
+// Node resolves a request from remote to its node and boot files.
 func (r *Resolver) Node(req Request, remote netip.Addr) (Node, error) {
-	n, err := r.Image(req, remote)
-	if err != nil {
-		return Node{}, err
-	}
-	if r.Config.BootDir != "" {
-		n.Entry.BootDir = r.Config.BootDir
-	}
-	n.BootDir, err = images.BootPath(r.Store, n.Entry)
-	if err != nil {
-		return Node{}, fmt.Errorf("%w: %v", ErrNotFound, err)
-	}
-	return n, nil
-}
-
-// Image resolves a request from remote to its node and cached image.
-func (r *Resolver) Image(req Request, remote netip.Addr) (Node, error) {
 	key := req.Key
 	if key == "" {
 		k, ok := nodes.KeyByIP(r.Config, r.Store, remote)
@@ -133,22 +114,40 @@ func (r *Resolver) Image(req Request, remote netip.Addr) (Node, error) {
 		}
 		key = k
 	}
-	img, err := nodes.ImageOf(r.Config, r.Store, key)
+	key = nodes.Canonical(r.Config, r.Store, key)
+	b, err := nodes.BootOf(r.Config, r.Store, key)
 	if errors.Is(err, nodes.ErrNoImage) {
 		return Node{}, fmt.Errorf("%w: %v", ErrNotFound, err)
 	}
 	if err != nil {
 		return Node{}, err
 	}
-	return Node{Key: key, Image: img.Ref, Platform: img.Platform, Entry: img.Entry}, nil
+	return Node{b}, nil
+}
+
+// bootRoot opens the boot directory beneath the node's base: no name,
+// "..", or symlink (in the image, or written by the node into its root)
+// reaches outside the base, and none in the boot file's path outside the
+// boot directory.
+func (n Node) bootRoot() (*os.Root, error) {
+	base, err := os.OpenRoot(n.Base)
+	if err != nil {
+		return nil, fmt.Errorf("%w: boot files of %s: %v", ErrNotFound, n.Key, err)
+	}
+	defer base.Close()
+	root, err := base.OpenRoot(filepath.FromSlash(n.BootDir))
+	if err != nil {
+		return nil, fmt.Errorf("%w: boot directory %s of %s: %v", ErrNotFound, n.BootDir, n.Source(), err)
+	}
+	return root, nil
 }
 
 // Open opens file inside the node's boot directory without following any
 // path out of it. Only regular files are served.
 func (n Node) Open(file string) (*os.File, error) {
-	root, err := os.OpenRoot(n.BootDir)
+	root, err := n.bootRoot()
 	if err != nil {
-		return nil, fmt.Errorf("%w: boot directory of %s: %v", ErrNotFound, n.Image, err)
+		return nil, err
 	}
 	defer root.Close()
 	f, err := root.Open(filepath.FromSlash(file))
@@ -187,18 +186,37 @@ func (n Node) ReadFile(file string) ([]byte, error) {
 	return b, err
 }
 
-// Kernel returns the kernel file of the boot directory: the one ocicache
-// found, else the first vmlinuz*/bzImage/kernel*.img.
-func (n Node) Kernel() string {
-	if n.Entry.Kernel != "" {
-		return path.Base(n.Entry.Kernel)
+// names lists the files of the boot directory that are not directories
+// (symlinks included: Open decides whether they stay inside).
+func (n Node) names() []string {
+	root, err := n.bootRoot()
+	if err != nil {
+		return nil
 	}
-	for _, pat := range []string{"vmlinuz*", "bzImage", "kernel8.img", "kernel*.img"} {
-		if m, _ := filepath.Glob(filepath.Join(n.BootDir, pat)); len(m) > 0 {
-			return filepath.Base(m[0])
+	defer root.Close()
+	d, err := root.Open(".")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	ents, _ := d.ReadDir(-1)
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			out = append(out, e.Name())
 		}
 	}
-	return ""
+	return out
+}
+
+// Kernel returns the kernel file of the boot directory: the one ocicache
+// found in the image, else (always in a node's root, where apt may have
+// installed a newer one) images.PickKernel's choice.
+func (n Node) Kernel() string {
+	if n.Boot.Kernel != "" {
+		return path.Base(n.Boot.Kernel)
+	}
+	return images.PickKernel(n.names())
 }
 
 // Initrd returns the initramfs that goes with kernel, if any.
@@ -209,7 +227,8 @@ func (n Node) Initrd(kernel string) string {
 	}
 	cands = append(cands, "initrd.img", "initramfs8", "initramfs.img")
 	for _, c := range cands {
-		if fi, err := os.Lstat(filepath.Join(n.BootDir, c)); err == nil && !fi.IsDir() {
+		if f, err := n.Open(c); err == nil {
+			f.Close()
 			return c
 		}
 	}

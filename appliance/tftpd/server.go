@@ -1,8 +1,11 @@
 package tftpd
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net"
@@ -45,6 +48,8 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	tftp    *tftp.Server
+	conns   sync.Map       // *peerConn of each Serve
+	serving sync.WaitGroup // running Serve calls
 	m       metrics
 	mu      sync.Mutex
 	stats   map[string]*NodeStats
@@ -123,6 +128,10 @@ func New(o Options) *Server {
 	ts.SetBlockSizeNegotiation(false)
 	ts.SetTimeout(s.timeout)
 	ts.SetRetries(s.retries)
+	// All transfers run over the socket Serve gets, wrapped in a peerConn
+	// (conn.go), so that no ERROR goes back to a client whose ERROR ended
+	// its transfer (the Pi's early terminate).
+	ts.EnableSinglePort()
 	s.tftp = ts
 	return s
 }
@@ -146,11 +155,35 @@ func Listen(addr string) (*net.UDPConn, error) {
 	return conn, nil
 }
 
-// Serve answers requests on conn until Shutdown.
-func (s *Server) Serve(conn net.PacketConn) error { return s.tftp.Serve(conn) }
+// Serve answers requests on conn until Shutdown. conn is usually the
+// socket from Listen; through a peerConn, replies leave from the address
+// each request arrived on.
+func (s *Server) Serve(conn net.PacketConn) error {
+	s.serving.Add(1)
+	defer s.serving.Done()
+	pc := newPeerConn(conn)
+	s.conns.Store(pc, true)
+	defer s.conns.Delete(pc)
+	return s.tftp.Serve(pc)
+}
 
-// Shutdown stops accepting requests and waits for running transfers.
-func (s *Server) Shutdown() { s.tftp.Shutdown() }
+// Shutdown stops accepting requests and waits for running transfers: in
+// single-port mode pin/tftp's Shutdown only tells Serve to stop, and Serve
+// returns once the transfers have ended.
+func (s *Server) Shutdown() {
+	s.tftp.Shutdown()
+	s.serving.Wait()
+}
+
+// localFor is the address remote's request arrived on.
+func (s *Server) localFor(remote netip.AddrPort) netip.Addr {
+	var local netip.Addr
+	s.conns.Range(func(k, _ any) bool {
+		local = k.(*peerConn).local(remote)
+		return !local.IsValid()
+	})
+	return local
+}
 
 // content is what a request is answered with.
 type content struct {
@@ -181,13 +214,17 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 	if !head.IsValid() {
 		head = s.res.Config.ServerIP
 	}
+	kargs := s.res.Config.KernelArgs
+	if nodes.Netconsole(s.res.Config, n.Key) && head.IsValid() {
+		kargs = append(append([]string(nil), kargs...), NetconsoleArg(head))
+	}
 	switch req.File {
 	case "cmdline.txt":
 		img, err := n.ReadFile("cmdline.txt")
 		if err != nil {
 			return content{}, req, err
 		}
-		return content{r: strings.NewReader(Cmdline(img, head, n.Key, s.res.Config.KernelArgs) + "\n"), node: n}, req, nil
+		return content{r: strings.NewReader(Cmdline(img, head, n.Key, kargs) + "\n"), node: n}, req, nil
 	case "config.txt":
 		img, err := n.ReadFile("config.txt")
 		if err != nil {
@@ -204,9 +241,9 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 		}
 		k := n.Kernel()
 		if k == "" {
-			return content{}, req, fmt.Errorf("%w: image %s has no kernel in %s", ErrNotFound, n.Image, n.Entry.BootDir)
+			return content{}, req, fmt.Errorf("%w: no kernel in the boot directory of %s", ErrNotFound, n.Source())
 		}
-		script := IPXEScript(k, n.Initrd(k), Cmdline(img, head, n.Key, s.res.Config.KernelArgs))
+		script := IPXEScript(k, n.Initrd(k), Cmdline(img, head, n.Key, kargs))
 		return content{r: strings.NewReader(script), node: n}, req, nil
 	}
 	f, err := n.Open(req.File)
@@ -224,10 +261,7 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		ra := ot.RemoteAddr()
 		remote, _ = netip.AddrFromSlice(ra.IP)
 		remote = remote.Unmap()
-	}
-	if pi, ok := rf.(tftp.RequestPacketInfo); ok {
-		local, _ = netip.AddrFromSlice(pi.LocalIP())
-		local = local.Unmap()
+		local = s.localFor(netip.AddrPortFrom(remote, uint16(ra.Port)))
 	}
 	c, req, err := s.open(name, remote, local)
 	t := Transfer{Node: req.Key, File: name, Remote: remote.String(), Time: start}
@@ -245,11 +279,21 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		defer c.c.Close()
 	}
 	s.stage(req)
-	n, err := rf.ReadFrom(c.r)
+	var r io.Reader = c.r
+	var sum hash.Hash
+	if path.Base(req.File) == "pieeprom.upd" {
+		sum = sha256.New()
+		r = io.TeeReader(r, sum)
+	}
+	// pin/tftp learns tsize from a Seeker; the tee hides it.
+	n, err := rf.ReadFrom(seekable{r, c.r})
 	t.Bytes, t.Duration = n, s.now().Sub(start)
 	switch {
 	case err == nil:
 		t.Result = "ok"
+		if sum != nil {
+			s.eepromUpdate(req.Key, name, n, sum, c.node)
+		}
 	case isEarlyTerminate(err):
 		// The Pi learns the size from the OACK and aborts with error 0;
 		// it asks again right away. A normal end, not a failure.
@@ -261,10 +305,32 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	return nil
 }
 
+// seekable reads through r and seeks s, the file r reads: pin/tftp seeks
+// only to learn the size before the first read.
+type seekable struct {
+	io.Reader
+	s io.Seeker
+}
+
+func (x seekable) Seek(off int64, whence int) (int64, error) { return x.s.Seek(off, whence) }
+
 // isEarlyTerminate recognises the client's ERROR 0 in answer to our OACK
 // (pin/tftp reports it as "sending block 0: code=0, ...").
 func isEarlyTerminate(err error) bool {
 	return strings.Contains(err.Error(), "sending block 0: code=0")
+}
+
+// eepromUpdate records a bootloader update the node fetched whole, for
+// its status.
+func (s *Server) eepromUpdate(key, file string, n int64, sum hash.Hash, node Node) {
+	if key == "" {
+		return
+	}
+	u := nodes.EEPROMUpdate{File: file, Size: n, SHA256: hex.EncodeToString(sum.Sum(nil)), Source: node.Source(), Time: s.now().UTC()}
+	s.log.Info("bootloader update served", "node", key, "file", file, "bytes", n, "sha256", u.SHA256)
+	if err := nodes.SaveEEPROMUpdate(s.res.Store, key, u); err != nil {
+		s.log.Warn("recording the bootloader update", "node", key, "err", err)
+	}
 }
 
 func shortReason(err error) string {

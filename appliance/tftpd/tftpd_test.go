@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nfs"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 	"github.com/ociboot/ociboot/tests/piemu"
@@ -294,3 +296,236 @@ func TestCmdline(t *testing.T) {
 }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestEarlyTerminateNotAnswered: after the OACK the Pi answers ERROR 0
+// "Early terminate" and closes its port. RFC 1350 §7: an ERROR is never
+// acknowledged or answered, so nothing may come back.
+func TestEarlyTerminateNotAnswered(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	srv, _ := net.ResolveUDPAddr("udp4", f.addr)
+	conn.WriteToUDP([]byte("\x00\x01abcd1234/start4.elf\x00octet\x00tsize\x000\x00blksize\x001468\x00"), srv)
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 2000)
+	n, tid, err := conn.ReadFromUDP(buf)
+	if err != nil || n < 2 || buf[1] != 6 {
+		t.Fatalf("RRQ: got % x, %v; want an OACK", buf[:n], err)
+	}
+	if got, want := string(buf[2:n]), "blksize\x001468\x00tsize\x00300000\x00"; got != want && got != "tsize\x00300000\x00blksize\x001468\x00" {
+		t.Errorf("OACK: got %q, want %q", got, want)
+	}
+	conn.WriteToUDP([]byte("\x00\x05\x00\x00Early terminate\x00"), tid)
+	// Longer than the server's retransmission timeout (200 ms) times two.
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	if n, from, err := conn.ReadFromUDP(buf); err == nil {
+		t.Errorf("after ERROR 0: got % x from %v; want nothing", buf[:n], from)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for f.srv.Status().Nodes["abcd1234"].EarlyTerminates != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := f.srv.Status().Nodes["abcd1234"]; got.EarlyTerminates != 1 || got.Failures != 0 {
+		t.Errorf("stats: got %+v, want one early terminate and no failure", got)
+	}
+}
+
+// TestMACPrefixIsTheRecordedNode: a Pi with TFTP_PREFIX=2 asks under its
+// MAC, while dhcpd recorded it under its serial (option 97). Its boot files
+// must name the export nfsd answers for that record, /nodes/<serial>.
+func TestMACPrefixIsTheRecordedNode(t *testing.T) {
+	for _, tc := range []struct {
+		name, netboot string
+		record        bool
+	}{
+		{"recorded by dhcpd", defaultNetboot, true},
+		{"configured with serial and MAC", `{"DefaultImage": "` + imageRef + `", "Nodes": [{"Serial": "5b154510", "MAC": "dc:a6:32:10:20:01"}]}`, false},
+	} {
+		f := newFixture(t, tc.netboot)
+		if tc.record {
+			nodes.Save(f.st, nodes.Record{Serial: "5b154510", MAC: "dc:a6:32:10:20:01", IP: "127.0.0.1", Model: "RPi4"})
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		rep, err := piemu.TFTPBoot(ctx, f.addr, "dc-a6-32-10-20-01", 1468)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got, want := string(rep.Files["cmdline.txt"]), "nfsroot=127.0.0.1:/nodes/5b154510,"; !strings.Contains(got, want) {
+			t.Errorf("%s: cmdline.txt %q does not contain %q", tc.name, got, want)
+		}
+		if p, _ := nodes.Progress(f.st, "5b154510"); p.Stage != nodes.StageKernel {
+			t.Errorf("%s: stage of the serial's record: got %+v, want %q", tc.name, p, nodes.StageKernel)
+		}
+		if tc.record && !(nfs.NodeResolver{Config: f.srv.res.Config, Store: f.st}).Allowed("5b154510", netip.MustParseAddr("127.0.0.1")) {
+			t.Errorf("%s: nfsd would refuse the export cmdline.txt names to the node's address", tc.name)
+		}
+		if _, err := os.Stat(f.st.Path(store.NodesDir, "dc-a6-32-10-20-01")); err == nil {
+			t.Errorf("%s: a second record was made under the MAC", tc.name)
+		}
+	}
+}
+
+// TestBootFilesFollowTheNodesRoot: once nfsd made a node's root, its boot
+// files come from the root's boot directory, not from the configured
+// image, even after the image moved on: the kernel must match the root's
+// /lib/modules, and a kernel the node upgraded itself is the one it boots.
+func TestBootFilesFollowTheNodesRoot(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	const key = "abcd1234"
+	// Before the root exists: the image.
+	got, err := get(t, f, key+"/kernel8.img")
+	if err != nil || !bytes.Equal(got, f.files["kernel8.img"]) {
+		t.Fatalf("before the root exists: %d bytes, %v; want the image's kernel", len(got), err)
+	}
+	// nfsd made the root from the image (as nodes/<key>/view.json and
+	// root/ record it); then the node upgraded its kernel and the
+	// configured tag moved to a new image.
+	nodeDir := f.st.Path(store.NodesDir, key)
+	rootBoot := filepath.Join(nodeDir, "root", "boot", "firmware")
+	os.MkdirAll(filepath.Join(rootBoot, "overlays"), 0o755)
+	os.MkdirAll(filepath.Join(nodeDir, "root", "etc"), 0o755)
+	os.WriteFile(filepath.Join(nodeDir, "root", "etc", "secret"), []byte("node-secret"), 0o600)
+	upgraded := random(t, 1_000_000)
+	os.WriteFile(filepath.Join(rootBoot, "kernel8.img"), upgraded, 0o644)
+	os.WriteFile(filepath.Join(rootBoot, "cmdline.txt"), []byte("console=ttyAMA0 root=/dev/mmcblk0p2 node-own-arg\n"), 0o644)
+	os.WriteFile(filepath.Join(rootBoot, "config.txt"), []byte("arm_64bit=1\n[cm5]\n"), 0o644)
+	os.Symlink("/etc/passwd", filepath.Join(rootBoot, "abs-link"))
+	os.Symlink("../../../../../../../etc/passwd", filepath.Join(rootBoot, "rel-link"))
+	os.Symlink("../../etc/secret", filepath.Join(rootBoot, "up-link"))
+	store.WriteJSON(filepath.Join(nodeDir, nodes.ViewFile), map[string]string{"Key": key, "Digest": testDigest})
+	newDigest := "sha256:" + strings.Repeat("f", 64)
+	newBoot := filepath.Join(f.st.Path(store.ImagesDir, "sha256-"+strings.Repeat("f", 64)), "boot", "firmware")
+	os.MkdirAll(newBoot, 0o755)
+	os.WriteFile(filepath.Join(newBoot, "kernel8.img"), []byte("new image kernel"), 0o644)
+	images.SaveIndex(f.st, images.Index{Entries: []images.Entry{{Ref: imageRef, Platform: "linux/arm64", Digest: newDigest, BootDir: "boot/firmware", Kernel: "kernel8.img"}}})
+
+	got, err = get(t, f, key+"/kernel8.img")
+	if err != nil || !bytes.Equal(got, upgraded) {
+		t.Errorf("kernel8.img after the root exists: %d bytes, %v; want the root's upgraded kernel", len(got), err)
+	}
+	got, err = get(t, f, key+"/cmdline.txt")
+	if want := "console=ttyAMA0 node-own-arg root=/dev/nfs nfsroot=127.0.0.1:/nodes/abcd1234,vers=3,tcp,port=2049 ip=dhcp rw rootwait cgroup_enable=memory\n"; err != nil || string(got) != want {
+		t.Errorf("cmdline.txt from the root:\ngot  %q (%v)\nwant %q", got, err, want)
+	}
+	got, err = get(t, f, key+"/config.txt")
+	if want := "arm_64bit=1\n[cm5]\n\n# ociboot: Netboot.ConfigTxt, for every board\n[all]\ndtoverlay=disable-wifi\n"; err != nil || string(got) != want {
+		t.Errorf("config.txt from the root:\ngot  %q (%v)\nwant %q", got, err, want)
+	}
+	if _, err := get(t, f, key+"/start4.elf"); err == nil {
+		t.Errorf("start4.elf, which the root lacks: served (from the image?), want not found")
+	}
+	// The node writes its root: nothing it puts there leads out of it.
+	for _, name := range []string{"abs-link", "rel-link", "up-link"} {
+		if data, err := get(t, f, key+"/"+name); err == nil {
+			t.Errorf("%s in the node's root: served %q, want refused", name, data)
+		}
+	}
+	os.RemoveAll(filepath.Join(nodeDir, "root", "boot"))
+	os.Symlink("/", filepath.Join(nodeDir, "root", "boot"))
+	os.MkdirAll(filepath.Join(nodeDir, "root", "firmware"), 0o755)
+	if data, err := get(t, f, key+"/etc/passwd"); err == nil {
+		t.Errorf("boot dir replaced by a symlink to /: served %d bytes, want refused", len(data))
+	}
+}
+
+// TestPi5BootSequence: a Pi 5 and a CM5 boot from an image with Pi 5 boot
+// files (no start4.elf needed), in the order their bootloader asks.
+func TestPi5BootSequence(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	boot := filepath.Join(f.root, "boot", "firmware")
+	pi5 := map[string][]byte{
+		piemu.Pi5DTBs["pi5"]: random(t, 80_000),
+		piemu.Pi5DTBs["cm5"]: random(t, 81_000),
+		"kernel_2712.img":    random(t, 3_000_000),
+		"initramfs_2712":     random(t, 1_500_000),
+		"config.txt":         []byte("arm_64bit=1\nauto_initramfs=1\n[pi4]\narm_boost=1\n"),
+	}
+	for name, data := range pi5 {
+		os.WriteFile(filepath.Join(boot, name), data, 0o644)
+	}
+	for _, tc := range []struct{ serial, board string }{{"bd989ae1", "pi5"}, {"da591740", "cm5"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		rep, err := piemu.TFTPBootPi5(ctx, f.addr, tc.serial, tc.board)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.serial, err)
+		}
+		if rep.Kernel != "kernel_2712.img" || rep.Initramfs != "initramfs_2712" {
+			t.Errorf("%s: kernel %q, initramfs %q; want kernel_2712.img, initramfs_2712", tc.serial, rep.Kernel, rep.Initramfs)
+		}
+		for _, name := range []string{piemu.Pi5DTBs[tc.board], "kernel_2712.img", "initramfs_2712"} {
+			if !bytes.Equal(rep.Files[name], pi5[name]) {
+				t.Errorf("%s: %s: %d bytes, want the image's %d", tc.serial, name, len(rep.Files[name]), len(pi5[name]))
+			}
+		}
+		if !bytes.Equal(rep.Files["overlays/overlay_map.dtb"], f.files["overlays/overlay_map.dtb"]) {
+			t.Errorf("%s: overlay_map.dtb differs from the image's", tc.serial)
+		}
+		if got, want := string(rep.Files["cmdline.txt"]), "nfsroot=127.0.0.1:/nodes/"+tc.serial+","; !strings.Contains(got, want) {
+			t.Errorf("%s: cmdline.txt %q lacks %q", tc.serial, got, want)
+		}
+		if got := piemu.ParseConfigTxt(rep.Files["config.txt"], tc.board).Settings["dtoverlay"]; got != "disable-wifi" {
+			t.Errorf("%s: config.txt %q: the board applies dtoverlay=%q, want Netboot.ConfigTxt's disable-wifi", tc.serial, rep.Files["config.txt"], got)
+		}
+		if got, want := strings.Join(rep.Missing, ","), "pieeprom.sig"; got != want {
+			t.Errorf("%s: missing: got %q, want %q", tc.serial, got, want)
+		}
+		if p, _ := nodes.Progress(f.st, tc.serial); p.Stage != nodes.StageKernel || p.Detail != "kernel_2712.img" {
+			t.Errorf("%s: stage %+v, want kernel via kernel_2712.img", tc.serial, p)
+		}
+	}
+}
+
+// TestEEPROMSelfUpdate: a node whose boot files carry a bootloader update
+// gets it under its own prefix, and its record says what it fetched.
+func TestEEPROMSelfUpdate(t *testing.T) {
+	f := newFixture(t, defaultNetboot)
+	boot := filepath.Join(f.root, "boot", "firmware")
+	upd := random(t, 512*1024)
+	sum := sha256.Sum256(upd)
+	os.WriteFile(filepath.Join(boot, "pieeprom.upd"), upd, 0o644)
+	os.WriteFile(filepath.Join(boot, "pieeprom.sig"), []byte(hex.EncodeToString(sum[:])+"\nts: 1700000000\n"), 0o644)
+	os.WriteFile(filepath.Join(boot, "recovery.bin"), random(t, 100_000), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	rep, err := piemu.TFTPBoot(ctx, f.addr, "abcd1234", 1468)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.EEPROMUpdate || !bytes.Equal(rep.Files["pieeprom.upd"], upd) {
+		t.Fatalf("pieeprom.upd: update %v, %d bytes; want the image's %d", rep.EEPROMUpdate, len(rep.Files["pieeprom.upd"]), len(upd))
+	}
+	u, ok := nodes.LoadEEPROMUpdate(f.st, "abcd1234")
+	if !ok {
+		t.Fatal("no bootloader update recorded for the node")
+	}
+	if got, want := u.SHA256, hex.EncodeToString(sum[:]); got != want {
+		t.Errorf("recorded sha256: got %s, want %s", got, want)
+	}
+	if got, want := u.Size, int64(len(upd)); got != want {
+		t.Errorf("recorded size: got %d, want %d", got, want)
+	}
+	if got, want := u.File, "abcd1234/pieeprom.upd"; got != want {
+		t.Errorf("recorded file: got %q, want %q", got, want)
+	}
+}
+
+func TestNetconsoleOptIn(t *testing.T) {
+	f := newFixture(t, `{"DefaultImage": "`+imageRef+`", "Nodes": [{"Serial": "c0ffee01", "Netconsole": true}, {"Serial": "c0ffee02"}]}`)
+	for _, tc := range []struct {
+		key  string
+		want bool
+	}{{"c0ffee01", true}, {"c0ffee02", false}, {"abcd1234", false}} {
+		got, err := get(t, f, tc.key+"/cmdline.txt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has := strings.Contains(string(got), " netconsole=@/,6666@127.0.0.1/"); has != tc.want {
+			t.Errorf("%s: cmdline.txt %q: netconsole= %v, want %v", tc.key, got, has, tc.want)
+		}
+	}
+}

@@ -1,16 +1,22 @@
-// Binary tftpd serves each node's firmware, kernel and generated boot config over TFTP.
+// Binary tftpd serves each node's firmware, kernel and generated boot config over TFTP,
+// and receives the nodes' boot logs (bootloader NETCONSOLE, kernel netconsole=) on UDP 6666.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 
+	"github.com/ociboot/ociboot/appliance/netconsole"
 	"github.com/ociboot/ociboot/appliance/service"
 	"github.com/ociboot/ociboot/appliance/tftpd"
 )
 
-var port = flag.Int("port", 69, "UDP port to serve TFTP on (all addresses)")
+var (
+	port    = flag.Int("port", 69, "UDP port to serve TFTP on (all addresses)")
+	logAddr = flag.String("netconsole", fmt.Sprintf(":%d", netconsole.Port), "UDP address receiving the nodes' boot logs (empty: none)")
+)
 
 func main() {
 	service.Main("tftpd", ":9069", func(ctx context.Context, env *service.Env) error {
@@ -21,7 +27,20 @@ func main() {
 			return fmt.Errorf("tftpd: listen on UDP %d: %v; is another TFTP server (tftpd-hpa, dnsmasq) running?", *port, err)
 		}
 		srv := tftpd.New(tftpd.Options{Config: env.Config, Store: env.Store, Log: env.Log, Metrics: env.Metrics})
-		env.SetStatus(func() any { return srv.Status() })
+		rcv := netconsole.New(netconsole.Options{Config: env.Config, Store: env.Store, Log: env.Log})
+		env.SetStatus(func() any {
+			return struct {
+				tftpd.Status
+				Netconsole netconsole.Status
+			}{srv.Status(), rcv.Status()}
+		})
+		done := make(chan struct{})
+		defer close(done)
+		if *logAddr != "" {
+			if err := serveLogs(env, rcv, done); err != nil {
+				return err
+			}
+		}
 		errc := make(chan error, 1)
 		go func() { errc <- srv.Serve(conn) }()
 		env.Log.Info("serving TFTP", "addr", conn.LocalAddr().String())
@@ -33,4 +52,32 @@ func main() {
 			return err
 		}
 	})
+}
+
+// serveLogs receives boot logs: through a packet socket on the cluster
+// interface, which sees the sender's MAC (the bootloader logs from a fixed
+// address, the same on every Pi), with the UDP socket only holding the port;
+// without CAP_NET_RAW through the UDP socket alone, by sender address.
+func serveLogs(env *service.Env, rcv *netconsole.Receiver, done chan struct{}) error {
+	a, err := net.ResolveUDPAddr("udp4", *logAddr)
+	if err != nil {
+		return fmt.Errorf("tftpd: -netconsole %q: %v", *logAddr, err)
+	}
+	u, err := net.ListenUDP("udp4", a)
+	if err != nil {
+		return fmt.Errorf("tftpd: listen on UDP %s for boot logs: %v (set -netconsole, empty to disable)", *logAddr, err)
+	}
+	byMAC := false
+	if pc, err := netconsole.ListenPacket(env.Config.Interface); err != nil {
+		env.Log.Warn("boot logs are filed by sender address only", "err", err)
+	} else {
+		byMAC = true
+		go rcv.ServePacket(pc)
+		go func() { <-done; pc.Close() }()
+	}
+	go rcv.ServeUDP(u, !byMAC)
+	go func() { <-done; u.Close() }()
+	go rcv.Flusher(done)
+	env.Log.Info("receiving boot logs", "addr", u.LocalAddr().String(), "by_mac", byMAC, "interface", env.Config.Interface)
+	return nil
 }

@@ -150,6 +150,9 @@ type TFTPReport struct {
 	Requests int
 	// Kernel and Initramfs name the files config.txt chose (keys of Files).
 	Kernel, Initramfs string
+	// EEPROMUpdate: pieeprom.sig was there, so the bootloader (with
+	// ENABLE_SELF_UPDATE=1) fetched pieeprom.upd to flash it.
+	EEPROMUpdate bool
 }
 
 // TFTPBoot replays the TFTP part of a Pi 4 network boot (PI-NETBOOT.md
@@ -206,6 +209,17 @@ func TFTPBoot(ctx context.Context, server, serial string, blksize int) (TFTPRepo
 		if err := get(s.file, s.probe, s.optional); err != nil {
 			return rep, err
 		}
+		// With a signature on offer the bootloader fetches the update
+		// itself (and recovery.bin, which a Pi 4 runs to flash it),
+		// then goes on.
+		if _, ok := rep.Files["pieeprom.sig"]; ok && s.file == "pieeprom.sig" {
+			for _, f := range []string{"pieeprom.upd", "recovery.bin"} {
+				if err := get(f, false, false); err != nil {
+					return rep, err
+				}
+			}
+			rep.EEPROMUpdate = true
+		}
 	}
 	// start4.elf loads the kernel and the initramfs config.txt names for
 	// its board (Raspberry Pi OS: kernel8.img and "initramfs initramfs8
@@ -221,6 +235,75 @@ func TFTPBoot(ctx context.Context, server, serial string, blksize int) (TFTPRepo
 	if ct.Initramfs != "" {
 		rep.Initramfs = ct.Initramfs
 		if err := get(ct.Initramfs, false, false); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// Device trees of the Pi 5 boards TFTPBootPi5 emulates.
+var Pi5DTBs = map[string]string{"pi5": "bcm2712-rpi-5-b.dtb", "cm5": "bcm2712-rpi-cm5-cm5io.dtb"}
+
+// TFTPBootPi5 replays the TFTP part of a Pi 5 / CM5 network boot
+// (PI-NETBOOT.md §3.1) for board "pi5" or "cm5": its firmware is in the
+// EEPROM, so there is no start*.elf; the bootloader reads
+// <prefix>/config.txt first, probes pieeprom.sig (self-update), then reads
+// the board's device tree (Pi5DTBs), overlays/overlay_map.dtb,
+// cmdline.txt, the kernel config.txt chooses for the board
+// (kernel_2712.img by default) and its initramfs (the initramfs line, or
+// with auto_initramfs=1 the one named after the kernel: initramfs_2712),
+// at blksize 1468 as the Pi 5 asks.
+func TFTPBootPi5(ctx context.Context, server, prefix, board string) (TFTPReport, error) {
+	rep := TFTPReport{Files: map[string][]byte{}, Sizes: map[string]string{}}
+	opts := []string{"tsize", "0", "blksize", "1468"}
+	get := func(file string, optional bool) error {
+		rep.Requests++
+		r, err := TFTPGet(ctx, server, prefix+"/"+file, opts, false)
+		var te *TFTPError
+		if errors.As(err, &te) && te.Code == 1 && optional {
+			rep.Missing = append(rep.Missing, file)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s/%s: %w", prefix, file, err)
+		}
+		if r.Options == nil {
+			return fmt.Errorf("%s/%s: no OACK", prefix, file)
+		}
+		rep.Sizes[file] = r.Options["tsize"]
+		rep.Files[file] = r.Data
+		return nil
+	}
+	dtb, ok := Pi5DTBs[board]
+	if !ok {
+		return rep, fmt.Errorf("piemu: %q is not a Pi 5 board (pi5, cm5)", board)
+	}
+	for _, s := range []struct {
+		file     string
+		optional bool
+	}{
+		{"config.txt", false},
+		{"pieeprom.sig", true},
+		{dtb, false},
+		{"overlays/overlay_map.dtb", true},
+		{"cmdline.txt", false},
+	} {
+		if err := get(s.file, s.optional); err != nil {
+			return rep, err
+		}
+	}
+	ct := ParseConfigTxt(rep.Files["config.txt"], board)
+	rep.Kernel, rep.Initramfs = ct.Kernel, ct.Initramfs
+	if rep.Initramfs == "" && ct.Settings["auto_initramfs"] == "1" {
+		if v, ok := strings.CutPrefix(strings.TrimSuffix(ct.Kernel, ".img"), "kernel"); ok {
+			rep.Initramfs = "initramfs" + v
+		}
+	}
+	if err := get(rep.Kernel, false); err != nil {
+		return rep, err
+	}
+	if rep.Initramfs != "" {
+		if err := get(rep.Initramfs, false); err != nil {
 			return rep, err
 		}
 	}

@@ -83,6 +83,8 @@ func StartServerIn(t testing.TB, sizes map[string]int, ns string) *Server {
 	if ns == "" {
 		s.Port = freeUDPPort(t)
 		args[len(args)-1] = fmt.Sprint(s.Port)
+		// The boot log receiver stays on loopback too.
+		args = append(args, "-netconsole", fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t)))
 	} else {
 		args = append([]string{"ip", "netns", "exec", ns}, args...)
 	}

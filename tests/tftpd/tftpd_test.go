@@ -2,12 +2,17 @@ package tftpd
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ociboot/ociboot/tests/piemu"
 )
 
 func need(t *testing.T, tool string) {
@@ -97,4 +102,46 @@ func TestClients(t *testing.T) {
 			t.Errorf("a put created %v", matches)
 		}
 	})
+}
+
+// TestPi5AndEarlyTerminate runs the built tftpd against the Pi emulator:
+// a Pi 5 and a CM5 sequence (no start4.elf in the image), and a Pi 4's
+// size probe whose ERROR 0 must go unanswered.
+func TestPi5AndEarlyTerminate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs tftpd")
+	}
+	s := StartServer(t, map[string]int{"bcm2712-rpi-5-b.dtb": 70_000, "bcm2712-rpi-cm5-cm5io.dtb": 71_000, "kernel_2712.img": 4_000_000, "start4.elf": 100_000})
+	server := fmt.Sprintf("127.0.0.1:%d", s.Port)
+	for _, board := range []string{"pi5", "cm5"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		rep, err := piemu.TFTPBootPi5(ctx, server, "bd989ae1", board)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", board, err)
+		}
+		for _, f := range []string{piemu.Pi5DTBs[board], "kernel_2712.img"} {
+			if !bytes.Equal(rep.Files[f], s.Files[f]) {
+				t.Errorf("%s: %s: %d bytes, want %d identical", board, f, len(rep.Files[f]), len(s.Files[f]))
+			}
+		}
+	}
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	srv, _ := net.ResolveUDPAddr("udp4", server)
+	conn.WriteToUDP([]byte("\x00\x01abcd1234/start4.elf\x00octet\x00tsize\x000\x00blksize\x001468\x00"), srv)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2000)
+	n, tid, err := conn.ReadFromUDP(buf)
+	if err != nil || n < 2 || buf[1] != 6 {
+		t.Fatalf("RRQ: got % x, %v; want an OACK", buf[:n], err)
+	}
+	conn.WriteToUDP([]byte("\x00\x05\x00\x00Early terminate\x00"), tid)
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second)) // tftpd's retransmission timeout is 1 s
+	if n, from, err := conn.ReadFromUDP(buf); err == nil {
+		t.Errorf("after ERROR 0: got % x from %v; want nothing", buf[:n], from)
+	}
 }
