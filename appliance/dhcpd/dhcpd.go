@@ -78,6 +78,9 @@ type Options struct {
 	// RecordInterval bounds how often an unchanged node record is rewritten
 	// just to move LastSeen (default one minute).
 	RecordInterval time.Duration
+	// WriteLeases writes the lease table to path crash-safely; default
+	// store.WriteJSON. Tests inject a failing writer to play a full disk.
+	WriteLeases func(path string, v any) error
 }
 
 // Server answers DHCP requests.
@@ -98,6 +101,14 @@ type Server struct {
 	// offersSwept is when stale offers were last dropped.
 	offersSwept time.Time
 	saved       bool // pool matches leases.json
+	// onDisk is the MAC → address binding leases.json holds: a REQUEST
+	// for the address already on disk is a renewal, which is ACKed even
+	// when the new expiry cannot be saved (see handleRequest).
+	onDisk      map[string]netip.Addr
+	writeLeases func(path string, v any) error
+	// saveErr is the last failed lease save ("" once a save succeeds).
+	saveErr     string
+	saveErrTime time.Time
 
 	nodes *recorder
 
@@ -145,6 +156,12 @@ func New(o Options) (*Server, error) {
 		netXID:   map[string]netbootXID{},
 		saved:    true,
 		foreign:  map[netip.Addr]time.Time{},
+		onDisk:   map[string]netip.Addr{},
+
+		writeLeases: o.WriteLeases,
+	}
+	if s.writeLeases == nil {
+		s.writeLeases = store.WriteJSON
 	}
 	if o.Metrics != nil {
 		if err := s.m.register(o.Metrics); err != nil {
@@ -158,6 +175,7 @@ func New(o Options) (*Server, error) {
 		if err := s.pool.load(LeasesPath(o.Store)); err != nil {
 			return nil, fmt.Errorf("dhcpd: loading leases: %w", err)
 		}
+		s.setOnDisk(s.pool.snapshot())
 		s.m.leases.Set(float64(s.pool.active(s.now())))
 	}
 	s.nodes = newRecorder(o.Store, o.Config, o.Log, o.RecordInterval, o.Now)
@@ -430,12 +448,22 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client Cl
 		if h := req.HostName(); h != "" {
 			hostname = h
 		}
+		renewal := s.onDisk[mac.String()] == ip
 		s.pool.commit(mac, ip, now.Add(s.cfg.Lease), hostname, key)
 		s.saved = false
 		if err := s.saveLocked(); err != nil {
-			s.m.drops.WithLabelValues("store_error").Inc()
-			s.log.Error("not ACKing: lease could not be saved", "mac", mac.String(), "ip", ip.String(), "err", err)
-			return nil, nil
+			if !renewal {
+				s.m.drops.WithLabelValues("store_error").Inc()
+				s.log.Error("not ACKing a new lease: it could not be saved; free space on the store (/perm) or fix its file system", "mac", mac.String(), "ip", ip.String(), "path", LeasesPath(s.st), "err", err)
+				return nil, nil
+			}
+			// leases.json already binds ip to this MAC, so no other
+			// client can be given it after a restart; only the longer
+			// expiry is lost. Refusing would take a running node off
+			// the network because the disk is full (issue: /perm full
+			// made dhcpd refuse every renewal).
+			s.m.unsaved.WithLabelValues("renewal").Inc()
+			s.log.Error("ACKing renewal although the lease could not be saved: the new expiry is only in memory until a save succeeds; free space on the store (/perm)", "mac", mac.String(), "ip", ip.String(), "expiry", now.Add(s.cfg.Lease).Format(time.RFC3339), "path", LeasesPath(s.st), "err", err)
 		}
 		s.m.leases.Set(float64(s.pool.active(now)))
 		if key != "" {
@@ -532,11 +560,23 @@ func (s *Server) saveLocked() error {
 	if s.saved {
 		return nil
 	}
-	if err := store.WriteJSON(LeasesPath(s.st), s.pool.snapshot()); err != nil {
-		return err
+	snap := s.pool.snapshot()
+	if err := s.writeLeases(LeasesPath(s.st), snap); err != nil {
+		s.m.saveFailures.Inc()
+		s.saveErr, s.saveErrTime = err.Error(), s.now().UTC()
+		return fmt.Errorf("dhcpd: saving leases: %w", err)
 	}
 	s.saved = true
+	s.saveErr = ""
+	s.setOnDisk(snap)
 	return nil
+}
+
+func (s *Server) setOnDisk(f leaseFile) {
+	clear(s.onDisk)
+	for _, l := range f.Leases {
+		s.onDisk[l.MAC] = l.IP
+	}
 }
 
 // Leases returns a copy of the lease table, sorted by address.
@@ -559,6 +599,10 @@ type Status struct {
 	Replies        map[string]int  `json:",omitempty"`
 	Drops          map[string]int  `json:",omitempty"`
 	ForeignServers []ForeignServer `json:",omitempty"`
+	// LeaseSaveError is set while leases.json cannot be written (disk
+	// full): renewals are ACKed from memory, new leases are refused.
+	LeaseSaveError     string    `json:",omitempty"`
+	LeaseSaveErrorTime time.Time `json:",omitzero"`
 }
 
 // ForeignServer is another DHCP server seen answering on the segment.
@@ -583,6 +627,9 @@ func (s *Server) Status() Status {
 	if s.full() {
 		st.Leases = s.Leases()
 	}
+	s.mu.Lock()
+	st.LeaseSaveError, st.LeaseSaveErrorTime = s.saveErr, s.saveErrTime
+	s.mu.Unlock()
 	s.fmu.Lock()
 	for ip, t := range s.foreign {
 		st.ForeignServers = append(st.ForeignServers, ForeignServer{IP: ip.String(), LastSeen: t})

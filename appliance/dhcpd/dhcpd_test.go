@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -929,5 +930,97 @@ func TestIPXEClientGetsBootScript(t *testing.T) {
 	offer, _ := f.s.Handle(d)
 	if offer == nil || offer.BootFileName != "" {
 		t.Errorf("Pi offer: got %v, want one without boot file", offer)
+	}
+}
+
+// diskFull plays a full /perm: every lease save fails with ENOSPC while on.
+type diskFull struct {
+	mu   sync.Mutex
+	full bool
+}
+
+func (d *diskFull) set(full bool) { d.mu.Lock(); d.full = full; d.mu.Unlock() }
+
+func (d *diskFull) write(path string, v any) error {
+	d.mu.Lock()
+	full := d.full
+	d.mu.Unlock()
+	if full {
+		return &os.PathError{Op: "write", Path: path, Err: syscall.ENOSPC}
+	}
+	return store.WriteJSON(path, v)
+}
+
+// With the store full, a running node's renewal is still ACKed (its
+// binding is already in leases.json), a new client gets no lease, and the
+// failure shows in /status and the counters until a save succeeds.
+func TestRenewalsACKedWhenLeasesCannotBeSaved(t *testing.T) {
+	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := mustConfig(t, fullConfig)
+	c := newClock()
+	disk := &diskFull{}
+	s, err := New(Options{Config: cfg, Store: st, Conn: &nullConn{}, ServerIP: cfg.ServerIP, Now: c.Now, WriteLeases: disk.write})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, s: s, st: st, cfg: cfg, clock: c}
+	old := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x31}
+	ip := f.lease(old)
+
+	disk.set(true)
+	c.Add(5 * time.Minute)
+	renew := request(old, ip, netip.Addr{})
+	ack, _ := s.Handle(renew)
+	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("renewal with the disk full: got %v, want an ACK", ack)
+	}
+	if got, want := yiaddr(ack), ip; got != want {
+		t.Errorf("renewed address: got %s, want %s", got, want)
+	}
+	newcomer := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x32}
+	offer, _ := s.Handle(plainDiscover(newcomer))
+	if offer == nil {
+		t.Fatal("no OFFER for a new client")
+	}
+	if reply, _ := s.Handle(request(newcomer, yiaddr(offer), cfg.ServerIP)); reply != nil && reply.MessageType() == dhcpv4.MessageTypeAck {
+		t.Errorf("new lease ACKed although it could not be saved")
+	}
+	stat := s.Status()
+	if !strings.Contains(stat.LeaseSaveError, "no space left") {
+		t.Errorf("Status.LeaseSaveError: got %q, want the ENOSPC error", stat.LeaseSaveError)
+	}
+	if got, want := s.m.unsaved.get("renewal"), 1; got != want {
+		t.Errorf("unsaved renewal ACKs: got %d, want %d", got, want)
+	}
+	if got, want := s.m.drops.get("store_error"), 1; got != want {
+		t.Errorf("store_error drops: got %d, want %d", got, want)
+	}
+
+	// Space again: the next renewal saves, and the error clears.
+	disk.set(false)
+	if ack, _ := s.Handle(request(old, ip, netip.Addr{})); ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("renewal after space came back: %v", ack)
+	}
+	if got := s.Status().LeaseSaveError; got != "" {
+		t.Errorf("LeaseSaveError after a good save: %q", got)
+	}
+	var lf leaseFile
+	if err := store.ReadJSON(LeasesPath(st), &lf); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, l := range lf.Leases {
+		if l.MAC == old.String() {
+			found = true
+			if got, want := l.Expiry, c.Now().Add(cfg.Lease); !got.Equal(want) {
+				t.Errorf("renewed expiry on disk: got %v, want %v", got, want)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("lease of %s missing from leases.json: %+v", old, lf.Leases)
 	}
 }

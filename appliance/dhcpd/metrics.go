@@ -57,6 +57,10 @@ type metrics struct {
 	drops    *counter
 	foreign  *counter
 	leases   prometheus.Gauge
+	// saveFailures counts failed writes of leases.json; unsaved counts
+	// replies sent for a lease change that is only in memory.
+	saveFailures prometheus.Counter
+	unsaved      *counter
 }
 
 func newMetrics() *metrics {
@@ -67,11 +71,14 @@ func newMetrics() *metrics {
 		foreign:  newCounter("foreign_replies_total", "Replies from other DHCP servers seen on the segment, by message type.", "type"),
 		leases: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ociboot", Subsystem: "dhcpd", Name: "active_leases",
 			Help: "Unexpired leases (full mode)."}),
+		saveFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ociboot", Subsystem: "dhcpd", Name: "lease_save_failures_total",
+			Help: "Failed writes of leases.json (disk full or failing)."}),
+		unsaved: newCounter("unsaved_acks_total", "ACKs sent for lease changes that could not be saved, by kind.", "kind"),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.requests.vec, m.replies.vec, m.drops.vec, m.foreign.vec, m.leases} {
+	for _, c := range []prometheus.Collector{m.requests.vec, m.replies.vec, m.drops.vec, m.foreign.vec, m.leases, m.saveFailures, m.unsaved.vec} {
 		if err := r.Register(c); err != nil {
 			return err
 		}
