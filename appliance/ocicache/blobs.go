@@ -16,6 +16,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/ociboot/ociboot/appliance/store"
 )
@@ -39,6 +40,95 @@ const (
 type Blobs struct {
 	dir string
 	mu  sync.Mutex // serialises index.json read-modify-write
+
+	// minFree bytes must stay free on the store while a blob is
+	// written; free reports the free bytes of a directory's file system.
+	// Both are set by the Cache (Options.MinFree, Options.FreeSpace).
+	minFree int64
+	free    func(dir string) (int64, error)
+}
+
+// FreeSpace reports the bytes available to unprivileged writers on the
+// file system of dir.
+func FreeSpace(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %v", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// DiskError says a blob did not fit on the store. It is never retried:
+// fetching again cannot make room.
+type DiskError struct {
+	Blob    v1.Hash
+	Size    int64 // declared size; -1 if the registry declared none
+	Written int64 // bytes written when the write was cut
+	Free    int64 // free bytes on the store when it was checked
+	MinFree int64
+	Err     error // the write error (ENOSPC, ...), if any
+}
+
+func (e *DiskError) Error() string {
+	mib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+	what := "blob " + e.Blob.String()
+	if e.Size >= 0 {
+		what += " (" + mib(e.Size) + ")"
+	}
+	var why string
+	switch {
+	case e.Err != nil:
+		why = fmt.Sprintf("writing it failed after %s: %v", mib(e.Written), e.Err)
+	case e.Written > 0:
+		why = fmt.Sprintf("cut after %s: the store is down to %s free and -min_free_mib keeps %s free", mib(e.Written), mib(e.Free), mib(e.MinFree))
+	default:
+		why = fmt.Sprintf("does not fit: the store has %s free and -min_free_mib keeps %s free", mib(e.Free), mib(e.MinFree))
+	}
+	return fmt.Sprintf("ocicache: %s %s; free space on the store (/perm), drop unused images from the config, or lower -min_free_mib", what, why)
+}
+
+func (e *DiskError) Unwrap() error { return e.Err }
+
+// diskErr reports whether err is the store's fault rather than the
+// network's: such errors are never retried.
+func diskErr(err error) bool {
+	var de *DiskError
+	return errors.As(err, &de) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) ||
+		errors.Is(err, unix.EROFS) || errors.Is(err, unix.EIO)
+}
+
+// Room checks that size more bytes fit above the floor.
+func (b *Blobs) Room(d v1.Hash, size int64) error {
+	if b.free == nil || size < 0 {
+		return nil
+	}
+	free, err := b.free(b.dir)
+	if err != nil {
+		return err
+	}
+	if free-b.minFree < size {
+		return &DiskError{Blob: d, Size: size, Free: free, MinFree: b.minFree}
+	}
+	return nil
+}
+
+// floorWriter fails a write that would take the store below the floor.
+type floorWriter struct {
+	b       *Blobs
+	d       v1.Hash
+	size    int64
+	written int64
+}
+
+func (w *floorWriter) Write(p []byte) (int, error) {
+	if w.b.free != nil {
+		free, err := w.b.free(w.b.dir)
+		if err == nil && free-int64(len(p)) < w.b.minFree {
+			return 0, &DiskError{Blob: w.d, Size: w.size, Written: w.written, Free: free, MinFree: w.b.minFree}
+		}
+	}
+	w.written += int64(len(p))
+	return len(p), nil
 }
 
 // OpenBlobs opens (creating) the layout in dir and removes temp files a
@@ -146,8 +236,21 @@ func (b *Blobs) Put(d v1.Hash, size int64, r io.Reader, counted func(n int)) err
 		// reading an endless stream.
 		src = io.LimitReader(r, size+1)
 	}
-	n, err := io.CopyBuffer(io.MultiWriter(f, h, countWriter(counted)), src, make([]byte, 256<<10))
+	if err := b.Room(d, size); err != nil {
+		return err
+	}
+	// The floor is checked before each chunk reaches the file.
+	fw := &floorWriter{b: b, d: d, size: size}
+	n, err := io.CopyBuffer(io.MultiWriter(fw, f, h, countWriter(counted)), src, make([]byte, 256<<10))
 	if err != nil {
+		var de *DiskError
+		if errors.As(err, &de) {
+			return de
+		}
+		if diskErr(err) {
+			free, _ := FreeSpace(filepath.Dir(final))
+			return &DiskError{Blob: d, Size: size, Written: fw.written, Free: free, MinFree: b.minFree, Err: err}
+		}
 		return fmt.Errorf("ocicache: fetching blob %s: %w", d, err)
 	}
 	if size >= 0 && n != size {
@@ -160,7 +263,10 @@ func (b *Blobs) Put(d v1.Hash, size int64, r io.Reader, counted func(n int)) err
 		return fmt.Errorf("ocicache: blob %s: %v", d, err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("ocicache: blob %s: fsync: %v", d, err)
+		if diskErr(err) {
+			return &DiskError{Blob: d, Size: size, Written: n, MinFree: b.minFree, Err: err}
+		}
+		return fmt.Errorf("ocicache: blob %s: fsync: %w", d, err)
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("ocicache: blob %s: %v", d, err)

@@ -65,6 +65,9 @@ type Options struct {
 	Backoff time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// FreeSpace reports the free bytes on the store's file system;
+	// default a statfs. Tests pass a small disk.
+	FreeSpace func(dir string) (int64, error)
 }
 
 // Cache owns oci/ and images/ of a store.
@@ -134,10 +137,17 @@ func New(st *store.Store, opts Options) (*Cache, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.MinFree <= 0 {
+		opts.MinFree = 256 << 20
+	}
+	if opts.FreeSpace == nil {
+		opts.FreeSpace = FreeSpace
+	}
 	blobs, err := OpenBlobs(st.Path(store.OCIDir))
 	if err != nil {
 		return nil, err
 	}
+	blobs.minFree, blobs.free = opts.MinFree, opts.FreeSpace
 	if err := store.CleanTemps(st.Path(store.ImagesDir)); err != nil {
 		return nil, fmt.Errorf("ocicache: cleaning half-unpacked trees: %v", err)
 	}
@@ -450,12 +460,16 @@ func (c *Cache) FetchBlob(ctx context.Context, repo name.Repository, d v1.Descri
 		delete(c.progress, d.Digest.String())
 		c.mu.Unlock()
 	}()
+	// A layer that cannot fit is not fetched at all.
+	if err := c.blobs.Room(d.Digest, d.Size); err != nil {
+		return fmt.Errorf("fetching layer %s of %s: %w", d.Digest, label, err)
+	}
 	delay := c.opts.Backoff
 	var err error
 	for attempt := 1; attempt <= c.opts.Attempts; attempt++ {
 		p.Done.Store(0)
 		err = c.fetchOnce(ctx, repo, d, p)
-		if err == nil || ctx.Err() != nil || !retryable(err) {
+		if err == nil || ctx.Err() != nil || !retryable(err) || attempt == c.opts.Attempts {
 			break
 		}
 		c.opts.Log.Warn("blob fetch failed, retrying", "blob", d.Digest.String(), "attempt", attempt, "of", c.opts.Attempts, "in", delay.String(), "err", err)
@@ -473,6 +487,11 @@ func (c *Cache) FetchBlob(ctx context.Context, repo name.Repository, d v1.Descri
 }
 
 func retryable(err error) bool {
+	// syscall.Errno implements net.Error, so disk errors must be told
+	// apart first: ENOSPC is not a network problem.
+	if diskErr(err) {
+		return false
+	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		return te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests
@@ -489,7 +508,10 @@ func retryable(err error) bool {
 }
 
 func (c *Cache) fetchOnce(ctx context.Context, repo name.Repository, d v1.Descriptor, p *layerProgress) error {
-	l, err := remote.Layer(repo.Digest(d.Digest.String()), c.remoteOptions(ctx)...)
+	// FetchBlob owns the retries of blob downloads; go-containerregistry's
+	// own would multiply them (and their sleeps).
+	opts := append(c.remoteOptions(ctx), remote.WithRetryPredicate(func(error) bool { return false }), remote.WithRetryStatusCodes())
+	l, err := remote.Layer(repo.Digest(d.Digest.String()), opts...)
 	if err != nil {
 		return err
 	}
