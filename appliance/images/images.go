@@ -29,6 +29,18 @@ type Entry struct {
 	BootDir  string    // inside the tree, e.g. "boot/firmware"; "" if none was found
 	Kernel   string    `json:",omitempty"` // kernel file found in BootDir, e.g. "kernel8.img"
 	Pulled   time.Time // when the tree was completed
+	// Resolved is what the tag pointed to when the tree was pulled (an
+	// index or the manifest itself); revalidation compares it with a
+	// HEAD of the tag.
+	Resolved string `json:",omitempty"`
+	// StandIn, if set, is the reference whose tree this entry serves
+	// because Ref itself has never been pulled successfully (a typo in
+	// the config must not take nodes off their last working image).
+	StandIn string `json:",omitempty"`
+	// LastAttempt is the last pull of Ref; LastError its error, empty
+	// when it succeeded. A failed attempt leaves Digest serving.
+	LastAttempt time.Time `json:",omitzero"`
+	LastError   string    `json:",omitempty"`
 }
 
 // Index is images/index.json.

@@ -105,6 +105,13 @@ func (c *Cache) collect(cfg *config.Config) (GCResult, error) {
 			wantNames[r.Name()] = true
 		}
 	}
+	// The reference a stand-in serves keeps its name in the mirror too,
+	// so /v2/ clients see what the nodes boot.
+	for _, e := range kept.Entries {
+		if r, err := name.ParseReference(e.StandIn); e.StandIn != "" && err == nil {
+			wantNames[r.Name()] = true
+		}
+	}
 	err = c.blobs.Update(func(oix *v1.IndexManifest) {
 		var keep []v1.Descriptor
 		for _, m := range oix.Manifests {

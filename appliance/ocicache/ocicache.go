@@ -83,6 +83,7 @@ type Cache struct {
 	progress map[string]*layerProgress // digest → progress of a running fetch
 	state    map[string]*ImageStatus   // ref+platform → last outcome
 	lastGC   GCResult
+	rec      record // ocicache/state.json; changed under pullMu and mu
 
 	fetchedBytes atomic.Int64
 }
@@ -151,8 +152,14 @@ func New(st *store.Store, opts Options) (*Cache, error) {
 	if err := store.CleanTemps(st.Path(store.ImagesDir)); err != nil {
 		return nil, fmt.Errorf("ocicache: cleaning half-unpacked trees: %v", err)
 	}
-	return &Cache{st: st, blobs: blobs, opts: opts,
-		progress: map[string]*layerProgress{}, state: map[string]*ImageStatus{}}, nil
+	c := &Cache{st: st, blobs: blobs, opts: opts,
+		progress: map[string]*layerProgress{}, state: map[string]*ImageStatus{}}
+	if c.rec, err = c.loadRecord(); err != nil {
+		// A damaged record only loses stand-ins and refusals; pulls
+		// rebuild it.
+		opts.Log.Error("ocicache state unreadable; starting with an empty one", "path", st.Path(store.CacheDir, stateFile), "err", err)
+	}
+	return c, nil
 }
 
 // Blobs returns the layout the cache stores blobs in.
@@ -223,13 +230,29 @@ func (c *Cache) Sync(ctx context.Context, cfg *config.Config) error {
 		refs = append(refs, r)
 	}
 	sort.Strings(refs)
+	fp := fingerprint(cfg)
 	c.mu.Lock()
 	for k, st := range c.state {
 		if !slices.Contains(want[st.Ref], st.Platform) {
 			delete(c.state, k)
 		}
 	}
+	// Refusals hold under the config they were made with, for references
+	// it still names.
+	pruned := false
+	for d, rj := range c.rec.Rejected {
+		if rj.Config != fp || !slices.Contains(want[rj.Ref], rj.Platform) {
+			delete(c.rec.Rejected, d)
+			pruned = true
+		}
+	}
+	rec := c.rec
 	c.mu.Unlock()
+	if pruned {
+		if err := c.saveRecord(rec); err != nil {
+			c.opts.Log.Error("pruning refused images", "err", err)
+		}
+	}
 	var errs []error
 	for _, ref := range refs {
 		for _, plat := range want[ref] {
@@ -256,27 +279,112 @@ func (c *Cache) pullAndRecord(ctx context.Context, cfg *config.Config, ref, plat
 	log := c.opts.Log.With("ref", ref, "platform", plat)
 	c.setState(ImageStatus{Ref: ref, Platform: plat, State: "pulling"})
 	start := c.opts.Now()
-	e, boot, err := c.pull(ctx, cfg, ref, plat)
+	ix, err := images.LoadIndex(c.st)
 	if err != nil {
-		log.Error("pull failed", "err", err)
-		c.setState(ImageStatus{Ref: ref, Platform: plat, State: "failed", Error: err.Error()})
+		return err
+	}
+	var prev *images.Entry
+	if e, ok := ix.Lookup(ref, plat); ok {
+		prev = &e
+	}
+	e, boot, err := c.pull(ctx, cfg, ref, plat, prev)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		c.recordFailure(cfg, &ix, prev, ref, plat, start, err)
 		return fmt.Errorf("%s (%s): %w", ref, plat, err)
 	}
 	for _, w := range boot.Warnings {
 		log.Warn("boot directory", "warning", w)
 	}
-	ix, err := images.LoadIndex(c.st)
-	if err != nil {
-		return err
+	if prev != nil && prev.StandIn == "" && prev.Digest == e.Digest {
+		e.Pulled = prev.Pulled // same tree: "pulled 3 d ago" stays true
 	}
+	e.LastAttempt, e.LastError, e.StandIn = start.UTC(), "", ""
 	ix.Put(e)
 	if err := images.SaveIndex(c.st, ix); err != nil {
 		c.setState(ImageStatus{Ref: ref, Platform: plat, State: "failed", Error: err.Error()})
 		return err
 	}
-	log.Info("image ready", "digest", e.Digest, "boot_dir", e.BootDir, "kernel", e.Kernel, "took", c.opts.Now().Sub(start).Round(time.Millisecond).String())
+	changed := false
+	c.mu.Lock()
+	for slot, sr := range slots(cfg) {
+		if sr == (SlotRef{ref, plat}) && c.rec.Slots[slot] != sr {
+			c.rec.Slots[slot] = sr
+			changed = true
+		}
+	}
+	for d, rj := range c.rec.Rejected {
+		if rj.Ref == ref && rj.Platform == plat {
+			delete(c.rec.Rejected, d) // the tag moved on to a good image
+			changed = true
+		}
+	}
+	rec := c.rec
+	c.mu.Unlock()
+	if changed {
+		if err := c.saveRecord(rec); err != nil {
+			log.Error("image ready, but its config slot could not be recorded", "err", err)
+		}
+	}
+	if prev == nil || prev.Digest != e.Digest {
+		log.Info("image ready", "digest", e.Digest, "boot_dir", e.BootDir, "kernel", e.Kernel, "took", c.opts.Now().Sub(start).Round(time.Millisecond).String())
+	}
 	c.setState(ImageStatus{Ref: ref, Platform: plat, State: "ready", Digest: e.Digest, BootDir: e.BootDir, Kernel: e.Kernel, Warnings: boot.Warnings})
 	return nil
+}
+
+// recordFailure notes a failed attempt without taking away what serves:
+// the reference's own entry keeps its digest, and a reference that never
+// pulled gets the tree its config slot served before (StandIn). Images
+// refused after fetching are remembered so that they are not fetched
+// again.
+func (c *Cache) recordFailure(cfg *config.Config, ix *images.Index, prev *images.Entry, ref, plat string, start time.Time, perr error) {
+	log := c.opts.Log.With("ref", ref, "platform", plat)
+	c.setState(ImageStatus{Ref: ref, Platform: plat, State: "failed", Error: perr.Error()})
+	var re *rejectErr
+	if errors.As(perr, &re) && re.digest != "" {
+		c.mu.Lock()
+		c.rec.Rejected[re.digest] = Rejection{Ref: ref, Platform: plat, Digest: re.digest, Resolved: re.resolved,
+			Reason: re.err.Error(), Time: start.UTC(), Config: fingerprint(cfg)}
+		rec := c.rec
+		c.mu.Unlock()
+		if err := c.saveRecord(rec); err != nil {
+			log.Error("could not remember the refused image; it will be fetched again", "err", err)
+		}
+	}
+	var e images.Entry
+	if prev != nil {
+		e = *prev
+	} else {
+		c.mu.Lock()
+		for slot, sr := range slots(cfg) {
+			old, ok := c.rec.Slots[slot]
+			if sr != (SlotRef{ref, plat}) || !ok || old == sr || old.Platform != plat {
+				continue
+			}
+			if oe, ok := ix.Lookup(old.Ref, old.Platform); ok {
+				e = oe
+				e.Ref, e.StandIn = ref, old.Ref
+				if oe.StandIn != "" {
+					e.StandIn = oe.StandIn
+				}
+				break
+			}
+		}
+		c.mu.Unlock()
+		if e.Ref == "" {
+			log.Error("pull failed; nothing to serve for this reference yet", "err", perr)
+			return
+		}
+	}
+	e.LastAttempt, e.LastError = start.UTC(), perr.Error()
+	ix.Put(e)
+	if err := images.SaveIndex(c.st, *ix); err != nil {
+		log.Error("could not record the failed attempt", "err", err)
+	}
+	log.Error("pull failed; still serving the last good tree", "serving", e.Digest, "stand_in_for", e.StandIn, "pulled", e.Pulled, "err", perr)
 }
 
 // Pull fetches and unpacks one image for platform and returns its index
@@ -285,10 +393,32 @@ func (c *Cache) Pull(ctx context.Context, cfg *config.Config, ref, platform stri
 	c.pullMu.Lock()
 	defer c.pullMu.Unlock()
 	c.setConfig(cfg)
-	return c.pull(ctx, cfg, ref, platform)
+	return c.pull(ctx, cfg, ref, platform, nil)
 }
 
-func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform string) (images.Entry, Boot, error) {
+// rejected returns the refusal of a manifest the tag resolves to, if the
+// config is the one it was refused under.
+func (c *Cache) rejected(cfg *config.Config, platform string, match func(Rejection) bool) (Rejection, bool) {
+	fp := fingerprint(cfg)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rj := range c.rec.Rejected {
+		if rj.Platform == platform && rj.Config == fp && match(rj) {
+			return rj, true
+		}
+	}
+	return Rejection{}, false
+}
+
+func rejectedError(rj Rejection) error {
+	return fmt.Errorf("ocicache: not fetching %s again: it was refused %s: %s; push a fixed image under the tag or change the config to try again",
+		rj.Digest, rj.Time.Format(time.RFC3339), rj.Reason)
+}
+
+// pull brings ref up to date. prev is what serves ref now: when a HEAD of
+// the tag still names prev's manifest and its tree is there, nothing is
+// fetched and prev is returned.
+func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform string, prev *images.Entry) (images.Entry, Boot, error) {
 	r, err := ParseRef(cfg, ref)
 	if err != nil {
 		return images.Entry{}, Boot{}, err
@@ -298,6 +428,21 @@ func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform stri
 		return images.Entry{}, Boot{}, fmt.Errorf("ocicache: platform %q: %v", platform, err)
 	}
 	ropts := append(c.remoteOptions(ctx), remote.WithPlatform(*plat))
+	// A HEAD is all revalidation costs while the tag is unchanged; when
+	// it fails (some registries refuse HEAD) the GET below tells why.
+	if head, err := remote.Head(r, ropts...); err == nil {
+		hd := head.Digest.String()
+		if prev != nil && prev.StandIn == "" && prev.Resolved == hd {
+			if root, err := images.Root(c.st, prev.Digest); err == nil {
+				if fi, err := os.Stat(root); err == nil && fi.IsDir() {
+					return *prev, Boot{Dir: prev.BootDir, Kernel: prev.Kernel}, nil
+				}
+			}
+		}
+		if rj, ok := c.rejected(cfg, platform, func(rj Rejection) bool { return rj.Resolved == hd }); ok {
+			return images.Entry{}, Boot{}, rejectedError(rj)
+		}
+	}
 	desc, err := remote.Get(r, ropts...)
 	if err != nil {
 		return images.Entry{}, Boot{}, fmt.Errorf("resolving %s: %w%s", ref, err, hint(err, r))
@@ -316,6 +461,22 @@ func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform stri
 	if err != nil {
 		return images.Entry{}, Boot{}, err
 	}
+	if rj, ok := c.rejected(cfg, platform, func(rj Rejection) bool { return rj.Digest == digest.String() }); ok {
+		return images.Entry{}, Boot{}, rejectedError(rj)
+	}
+	e, boot, err := c.fetchAndUnpack(ctx, cfg, r, ref, top, img, digest, plat, platform)
+	var re *rejectErr
+	if errors.As(err, &re) {
+		re.digest, re.resolved = digest.String(), top.Digest.String()
+	}
+	if err != nil {
+		return images.Entry{}, Boot{}, err
+	}
+	e.Ref, e.Resolved = ref, top.Digest.String()
+	return e, boot, nil
+}
+
+func (c *Cache) fetchAndUnpack(ctx context.Context, cfg *config.Config, r name.Reference, ref string, top v1.Descriptor, img v1.Image, digest v1.Hash, plat *v1.Platform, platform string) (images.Entry, Boot, error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return images.Entry{}, Boot{}, err
@@ -337,14 +498,14 @@ func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform stri
 	}
 	cf, err := v1.ParseConfigFile(bytes.NewReader(rawCfg))
 	if err != nil {
-		return images.Entry{}, Boot{}, fmt.Errorf("%s: image config %s: %w", ref, m.Config.Digest, err)
+		return images.Entry{}, Boot{}, &rejectErr{err: fmt.Errorf("%s: image config %s: %w", ref, m.Config.Digest, err)}
 	}
 	if cf.OS != plat.OS || cf.Architecture != plat.Architecture || (plat.Variant != "" && cf.Variant != "" && cf.Variant != plat.Variant) {
 		got := cf.OS + "/" + cf.Architecture
 		if cf.Variant != "" {
 			got += "/" + cf.Variant
 		}
-		return images.Entry{}, Boot{}, fmt.Errorf("ocicache: %s is an image for %s, but the config wants %s; push a %s image (or a multi-platform index) or set the node's Platform", ref, got, platform, platform)
+		return images.Entry{}, Boot{}, &rejectErr{err: fmt.Errorf("ocicache: %s is an image for %s, but the config wants %s; push a %s image (or a multi-platform index) or set the node's Platform", ref, got, platform, platform)}
 	}
 	// Layers are fetched Jobs at a time while the unpacker applies each
 	// as soon as it and those below it are stored.
@@ -364,7 +525,7 @@ func (c *Cache) pull(ctx context.Context, cfg *config.Config, ref, platform stri
 	if err := c.blobs.SetRef(r.Name(), top, false); err != nil {
 		return images.Entry{}, Boot{}, err
 	}
-	return images.Entry{Ref: ref, Platform: platform, Digest: digest.String(), BootDir: boot.Dir, Kernel: boot.Kernel, Pulled: c.opts.Now().UTC()}, boot, nil
+	return images.Entry{Platform: platform, Digest: digest.String(), BootDir: boot.Dir, Kernel: boot.Kernel, Pulled: c.opts.Now().UTC()}, boot, nil
 }
 
 // hint adds what to do for common registry errors.
@@ -570,7 +731,12 @@ func (c *Cache) Progress() []LayerProgress {
 
 // Status is the cache's part of /status.
 type Status struct {
-	Images       []ImageStatus
+	Images []ImageStatus
+	// References is images/index.json: per reference what serves
+	// (Digest, Pulled, StandIn) and how its last attempt went
+	// (LastAttempt, LastError).
+	References   []images.Entry
+	Rejected     []Rejection `json:",omitempty"` // manifests not fetched again
 	Pulling      []LayerProgress
 	FetchedBytes int64
 	LastGC       GCResult
@@ -579,9 +745,17 @@ type Status struct {
 // Status reports images, running fetches and the last GC.
 func (c *Cache) Status() Status {
 	pulling := c.Progress()
+	ix, err := images.LoadIndex(c.st)
+	if err != nil {
+		c.opts.Log.Error("status: reading images/index.json", "err", err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := Status{Pulling: pulling, FetchedBytes: c.fetchedBytes.Load(), LastGC: c.lastGC}
+	s := Status{References: ix.Entries, Pulling: pulling, FetchedBytes: c.fetchedBytes.Load(), LastGC: c.lastGC}
+	for _, rj := range c.rec.Rejected {
+		s.Rejected = append(s.Rejected, rj)
+	}
+	sort.Slice(s.Rejected, func(i, j int) bool { return s.Rejected[i].Digest < s.Rejected[j].Digest })
 	for _, st := range c.state {
 		s.Images = append(s.Images, *st)
 	}
@@ -609,7 +783,8 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 				return Boot{}, err
 			}
 		}
-		return FindBoot(final, bootOverride, platform)
+		boot, err := FindBoot(final, bootOverride, platform)
+		return boot, imageFault(err)
 	}
 	tmp, err := store.TempDir(final)
 	if err != nil {
@@ -636,7 +811,7 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 		}
 		if err := c.applyLayer(u, l); err != nil {
 			u.Close()
-			return Boot{}, fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)
+			return Boot{}, imageFault(fmt.Errorf("layer %d (%s): %w", i, l.Digest, err))
 		}
 	}
 	if err := u.Close(); err != nil {
@@ -644,7 +819,7 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 	}
 	boot, err := FindBoot(tmp, bootOverride, platform)
 	if err != nil {
-		return Boot{}, err
+		return Boot{}, imageFault(err)
 	}
 	// One syncfs instead of an fsync per file: the rename below must not
 	// reach the disk before the tree's content does.
@@ -660,6 +835,15 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 	}
 	ok = true
 	return boot, store.SyncDir(filepath.Dir(final))
+}
+
+// imageFault marks err as the image's fault unless the disk or a read of
+// the store caused it: a full disk is no reason to refuse an image.
+func imageFault(err error) error {
+	if err == nil || diskErr(err) || strings.Contains(err.Error(), "disk full") {
+		return err
+	}
+	return &rejectErr{err: err}
 }
 
 func (c *Cache) applyLayer(u *unpack.Unpacker, l v1.Descriptor) error {

@@ -30,6 +30,9 @@ const (
 	ImagesDir = "images"
 	NodesDir  = "nodes"
 	DHCPDir   = "dhcp"
+	// CacheDir is ocicache's own state (which config slot serves which
+	// reference, manifests it refused).
+	CacheDir = "ocicache"
 )
 
 // Options change how Open checks the store.
@@ -54,7 +57,7 @@ func Open(root string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %v", err)
 	}
-	for _, area := range []string{"", OCIDir, ImagesDir, NodesDir, DHCPDir} {
+	for _, area := range []string{"", OCIDir, ImagesDir, NodesDir, DHCPDir, CacheDir} {
 		if err := os.MkdirAll(filepath.Join(abs, area), 0o755); err != nil {
 			return nil, explain(abs, err)
 		}
