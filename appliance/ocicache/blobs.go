@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -330,9 +331,14 @@ func (b *Blobs) Update(f func(ix *v1.IndexManifest)) error {
 
 // SetRef records that ref (a full reference) names desc.
 func (b *Blobs) SetRef(ref string, desc v1.Descriptor, pullThrough bool) error {
+	fetched := desc.Annotations[AnnotationFetched] // the caller's clock, if it set one
 	desc.Annotations = map[string]string{AnnotationRef: ref}
 	if pullThrough {
+		if fetched == "" {
+			fetched = time.Now().UTC().Format(time.RFC3339)
+		}
 		desc.Annotations[AnnotationPullThrough] = "true"
+		desc.Annotations[AnnotationFetched] = fetched
 	}
 	desc.Platform = nil
 	return b.Update(func(ix *v1.IndexManifest) {
@@ -380,17 +386,18 @@ func sniff(data []byte) (mt types.MediaType, refs []v1.Descriptor, ok bool) {
 	return mt, refs, true
 }
 
-// GC removes every blob not reachable from keep (manifest or index
-// digests) and returns how many bytes it freed. Children of an index that
-// were never fetched are simply absent.
-func (b *Blobs) GC(keep []v1.Hash) (freed int64, err error) {
-	live := map[string]bool{}
+// reachable lists the blobs reachable from roots (manifest or index
+// digests), roots included, whether stored or not.
+func (b *Blobs) reachable(roots []v1.Hash) []v1.Hash {
+	seen := map[string]bool{}
+	var out []v1.Hash
 	var walk func(d v1.Hash)
 	walk = func(d v1.Hash) {
-		if live[d.Hex] || !validHash(d) {
+		if seen[d.Hex] || !validHash(d) {
 			return
 		}
-		live[d.Hex] = true
+		seen[d.Hex] = true
+		out = append(out, d)
 		data, err := b.ReadSmall(d)
 		if err != nil {
 			return
@@ -401,8 +408,19 @@ func (b *Blobs) GC(keep []v1.Hash) (freed int64, err error) {
 			}
 		}
 	}
-	for _, d := range keep {
+	for _, d := range roots {
 		walk(d)
+	}
+	return out
+}
+
+// GC removes every blob not reachable from keep (manifest or index
+// digests) and returns how many bytes it freed. Children of an index that
+// were never fetched are simply absent.
+func (b *Blobs) GC(keep []v1.Hash) (freed int64, err error) {
+	live := map[string]bool{}
+	for _, h := range b.reachable(keep) {
+		live[h.Hex] = true
 	}
 	bdir := filepath.Join(b.dir, "blobs", "sha256")
 	entries, err := os.ReadDir(bdir)

@@ -17,8 +17,9 @@ import (
 // GC removes what no node can boot any more: index entries for references
 // the config no longer names, unpacked trees no entry points to, and blobs
 // unreachable from the remaining references. Pull-through content (fetched
-// for /v2/ clients) is dropped too: it is fetched again on demand. GC takes
-// the pull lock, so it never runs while a pull is writing.
+// for /v2/ clients) stays while it fits in Options.PullThroughCap, least
+// recently used dropped first. GC takes the pull lock, so it never runs
+// while a pull is writing.
 func (c *Cache) GC(cfg *config.Config) GCResult {
 	c.pullMu.Lock()
 	defer c.pullMu.Unlock()
@@ -113,13 +114,26 @@ func (c *Cache) collect(cfg *config.Config) (GCResult, error) {
 		}
 	}
 	err = c.blobs.Update(func(oix *v1.IndexManifest) {
-		var keep []v1.Descriptor
+		var keep, pullThrough []v1.Descriptor
 		for _, m := range oix.Manifests {
-			if m.Annotations[AnnotationPullThrough] == "" && wantNames[m.Annotations[AnnotationRef]] {
+			switch {
+			case m.Annotations[AnnotationPullThrough] != "":
+				pullThrough = append(pullThrough, m)
+			case wantNames[m.Annotations[AnnotationRef]]:
 				keep = append(keep, m)
 				roots = append(roots, m.Digest)
 			}
 		}
+		live := map[string]bool{}
+		for _, h := range c.blobs.reachable(roots) {
+			live[h.Hex] = true
+		}
+		kept, dropped := c.evictPullThrough(pullThrough, live)
+		for _, m := range kept {
+			keep = append(keep, m)
+			roots = append(roots, m.Digest)
+		}
+		res.PullThroughDropped = len(dropped)
 		oix.Manifests = keep
 	})
 	if err != nil {

@@ -68,6 +68,16 @@ type Options struct {
 	// FreeSpace reports the free bytes on the store's file system;
 	// default a statfs. Tests pass a small disk.
 	FreeSpace func(dir string) (int64, error)
+	// PullThroughCap bounds the bytes of pull-through content (fetched
+	// for /v2/ clients, not for the config); GC drops the least recently
+	// used beyond it. Default 2 GiB.
+	PullThroughCap int64
+	// PullThroughTTL is how long a pull-through tag is served before the
+	// upstream is asked again; default 10 minutes.
+	PullThroughTTL time.Duration
+	// UpstreamDownFor is how long an upstream that could not be reached
+	// is not asked again for content that is not held; default 1 minute.
+	UpstreamDownFor time.Duration
 }
 
 // Cache owns oci/ and images/ of a store.
@@ -83,7 +93,9 @@ type Cache struct {
 	progress map[string]*layerProgress // digest → progress of a running fetch
 	state    map[string]*ImageStatus   // ref+platform → last outcome
 	lastGC   GCResult
-	rec      record // ocicache/state.json; changed under pullMu and mu
+	rec      record                  // ocicache/state.json; changed under pullMu and mu
+	down     map[string]upstreamDown // upstream registry → outage
+	used     map[string]time.Time    // pull-through manifest digest → last served
 
 	fetchedBytes atomic.Int64
 }
@@ -112,7 +124,9 @@ type GCResult struct {
 	Time       time.Time
 	TreesFreed []string `json:",omitempty"`
 	BlobBytes  int64
-	Error      string `json:",omitempty"`
+	// PullThroughDropped is how many pull-through tags went over the cap.
+	PullThroughDropped int    `json:",omitempty"`
+	Error              string `json:",omitempty"`
 }
 
 // New opens the cache in st, removing what a crash left half-done.
@@ -144,6 +158,15 @@ func New(st *store.Store, opts Options) (*Cache, error) {
 	if opts.FreeSpace == nil {
 		opts.FreeSpace = FreeSpace
 	}
+	if opts.PullThroughCap <= 0 {
+		opts.PullThroughCap = 2 << 30
+	}
+	if opts.PullThroughTTL <= 0 {
+		opts.PullThroughTTL = 10 * time.Minute
+	}
+	if opts.UpstreamDownFor <= 0 {
+		opts.UpstreamDownFor = time.Minute
+	}
 	blobs, err := OpenBlobs(st.Path(store.OCIDir))
 	if err != nil {
 		return nil, err
@@ -153,7 +176,8 @@ func New(st *store.Store, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("ocicache: cleaning half-unpacked trees: %v", err)
 	}
 	c := &Cache{st: st, blobs: blobs, opts: opts,
-		progress: map[string]*layerProgress{}, state: map[string]*ImageStatus{}}
+		progress: map[string]*layerProgress{}, state: map[string]*ImageStatus{},
+		down: map[string]upstreamDown{}, used: map[string]time.Time{}}
 	if c.rec, err = c.loadRecord(); err != nil {
 		// A damaged record only loses stand-ins and refusals; pulls
 		// rebuild it.

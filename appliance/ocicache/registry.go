@@ -142,19 +142,19 @@ func refMatches(stored name.Reference, repo, ns string) bool {
 	return ns == "" || stored.Context().RegistryStr() == ns
 }
 
-func (c *Cache) lookupTag(repo, tag, ns string) (v1.Hash, bool) {
+func (c *Cache) lookupTag(repo, tag, ns string) (v1.Descriptor, bool) {
 	ix, err := c.blobs.Index()
 	if err != nil {
-		return v1.Hash{}, false
+		return v1.Descriptor{}, false
 	}
 	for _, m := range ix.Manifests {
 		t, err := name.NewTag(m.Annotations[AnnotationRef])
 		if err != nil || t.TagStr() != tag || !refMatches(t, repo, ns) {
 			continue
 		}
-		return m.Digest, true
+		return m, true
 	}
-	return v1.Hash{}, false
+	return v1.Descriptor{}, false
 }
 
 func (c *Cache) tags(repo, ns string) []string {
@@ -194,8 +194,17 @@ func (c *Cache) serveManifest(w http.ResponseWriter, r *http.Request, rt Route, 
 	var d v1.Hash
 	if digestRE.MatchString(rt.Ref) {
 		d, _ = v1.NewHash(rt.Ref)
-	} else if h, ok := c.lookupTag(rt.Name, rt.Ref, ns); ok {
-		d = h
+	} else if m, ok := c.lookupTag(rt.Name, rt.Ref, ns); ok {
+		d = m.Digest
+		if c.stale(m) {
+			// Revalidate; an upstream that fails leaves the cached
+			// manifest serving.
+			if _, nd, err := c.pullThroughManifest(r.Context(), rt, ns); err == nil {
+				d = nd
+			} else {
+				c.opts.Log.Info("pull-through: revalidating tag failed; serving the cached manifest", "repo", rt.Name, "tag", rt.Ref, "err", err)
+			}
+		}
 	}
 	var data []byte
 	var err error = fs.ErrNotExist
@@ -206,13 +215,18 @@ func (c *Cache) serveManifest(w http.ResponseWriter, r *http.Request, rt Route, 
 		data, d, err = c.pullThroughManifest(r.Context(), rt, ns)
 	}
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		var de *downError
+		switch {
+		case errors.As(err, &de):
+			downResponse(w, "manifest "+rt.Name+":"+rt.Ref, de.err)
+		case errors.Is(err, fs.ErrNotExist):
 			writeErr(w, http.StatusNotFound, "MANIFEST_UNKNOWN", fmt.Sprintf("%s:%s is not cached and no upstream has it", rt.Name, rt.Ref))
-			return
+		default:
+			writeErr(w, http.StatusBadGateway, "UNKNOWN", err.Error())
 		}
-		writeErr(w, http.StatusBadGateway, "UNKNOWN", err.Error())
 		return
 	}
+	c.touch(d)
 	mt, _, ok := sniff(data)
 	if !ok {
 		// A digest naming a layer or config is not a manifest.
@@ -229,6 +243,13 @@ func (c *Cache) serveManifest(w http.ResponseWriter, r *http.Request, rt Route, 
 	w.Write(data)
 }
 
+// downError says the manifest could not be fetched because its upstream
+// is unreachable.
+type downError struct{ err error }
+
+func (e *downError) Error() string { return e.err.Error() }
+func (e *downError) Unwrap() error { return e.err }
+
 func (c *Cache) pullThroughManifest(ctx context.Context, rt Route, ns string) ([]byte, v1.Hash, error) {
 	var lastErr error = fs.ErrNotExist
 	for _, up := range c.upstreams(ns) {
@@ -240,10 +261,19 @@ func (c *Cache) pullThroughManifest(ctx context.Context, rt Route, ns string) ([
 		if err != nil {
 			continue
 		}
+		if err := c.upstreamIsDown(up); err != nil {
+			lastErr = &downError{err}
+			continue
+		}
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		desc, err := remote.Get(ref, c.remoteOptions(ctx)...)
 		cancel()
+		c.noteUpstream(up, err)
 		if err != nil {
+			if networkFailure(err) {
+				lastErr = &downError{fmt.Errorf("upstream %s is unreachable: %v", up, err)}
+				continue
+			}
 			c.opts.Log.Info("pull-through: manifest not on upstream", "ref", ref.Name(), "err", err)
 			var te *transport.Error
 			if !errors.As(err, &te) || te.StatusCode != http.StatusNotFound {
@@ -255,7 +285,9 @@ func (c *Cache) pullThroughManifest(ctx context.Context, rt Route, ns string) ([
 			return nil, v1.Hash{}, err
 		}
 		if _, isTag := ref.(name.Tag); isTag {
-			if err := c.blobs.SetRef(ref.Name(), desc.Descriptor, true); err != nil {
+			td := desc.Descriptor
+			td.Annotations = map[string]string{AnnotationFetched: c.opts.Now().UTC().Format(time.RFC3339)}
+			if err := c.blobs.SetRef(ref.Name(), td, true); err != nil {
 				return nil, v1.Hash{}, err
 			}
 		}
@@ -272,22 +304,37 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt Route, ns s
 		return
 	}
 	f, err := c.blobs.Open(d)
+	var down error
 	if errors.Is(err, fs.ErrNotExist) {
 		for _, up := range c.upstreams(ns) {
 			repo, perr := name.NewRepository(up+"/"+rt.Name, nameOptions(c.config(), up)...)
 			if perr != nil {
 				continue
 			}
-			if ferr := c.FetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: -1}, "pull-through "+repo.Name()); ferr != nil {
-				c.opts.Log.Info("pull-through: blob not fetched", "repo", repo.Name(), "blob", d.String(), "err", ferr)
+			if derr := c.upstreamIsDown(up); derr != nil {
+				down = derr
 				continue
 			}
+			ferr := c.FetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: -1}, "pull-through "+repo.Name())
+			c.noteUpstream(up, ferr)
+			if ferr != nil {
+				c.opts.Log.Info("pull-through: blob not fetched", "repo", repo.Name(), "blob", d.String(), "err", ferr)
+				if networkFailure(ferr) {
+					down = fmt.Errorf("upstream %s is unreachable: %v", up, ferr)
+				}
+				continue
+			}
+			down = nil
 			c.opts.Log.Info("pull-through: cached blob", "repo", repo.Name(), "blob", d.String())
 			break
 		}
 		f, err = c.blobs.Open(d)
 	}
 	if err != nil {
+		if down != nil {
+			downResponse(w, "blob "+d.String(), down)
+			return
+		}
 		writeErr(w, http.StatusNotFound, "BLOB_UNKNOWN", fmt.Sprintf("blob %s is not cached", d))
 		return
 	}

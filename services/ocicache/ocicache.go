@@ -1,8 +1,9 @@
 // Binary ocicache pulls, caches and unpacks the OCI images nodes boot, and serves them as a registry.
 //
 // It pulls every image the config names at start, again on SIGHUP and when
-// the config file changes (checked every 10 seconds), and retries failed
-// images every minute. Garbage collection follows each complete pass.
+// the config file changes (checked every 10 seconds), revalidates the tags
+// every -revalidate and retries failed images every -retry. Garbage
+// collection follows each pass.
 package main
 
 import (
@@ -25,13 +26,17 @@ import (
 
 var (
 	registryAddr = flag.String("registry", ":5000", "listen address of the read-only registry (/v2/); empty: off")
-	minFreeMiB   = flag.Int64("min_free_mib", 256, "MiB that must stay free on the store while unpacking")
+	minFreeMiB   = flag.Int64("min_free_mib", 256, "MiB that must stay free on the store: layers that would not fit are not fetched, downloads and unpacking stop before it")
 	retryEvery   = flag.Duration("retry", time.Minute, "how often images that failed to pull are retried")
+	revalidate   = flag.Duration("revalidate", 5*time.Minute, "how often configured tags are re-resolved (HEAD) and new content pulled")
+	ptCapMiB     = flag.Int64("pull_through_cap_mib", 2048, "MiB of pull-through content (fetched for /v2/ clients) kept; least recently used dropped first")
+	ptTTL        = flag.Duration("pull_through_ttl", 10*time.Minute, "how long a pull-through tag is served before the upstream is asked again")
 )
 
 func main() {
 	service.Main("ocicache", ":9050", func(ctx context.Context, env *service.Env) error {
-		c, err := ocicache.New(env.Store, ocicache.Options{Log: env.Log, MinFree: *minFreeMiB << 20})
+		c, err := ocicache.New(env.Store, ocicache.Options{Log: env.Log, MinFree: *minFreeMiB << 20,
+			PullThroughCap: *ptCapMiB << 20, PullThroughTTL: *ptTTL})
 		if err != nil {
 			return err
 		}
@@ -60,7 +65,6 @@ func main() {
 		}
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
-		cfg := env.Config
 		modTime := func() time.Time {
 			fi, err := os.Stat(env.ConfigPath)
 			if err != nil {
@@ -68,43 +72,37 @@ func main() {
 			}
 			return fi.ModTime()
 		}
-		seen := modTime()
-		poll := time.NewTicker(10 * time.Second)
-		defer poll.Stop()
-		for {
-			failed := c.Sync(ctx, cfg) != nil
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			var retry <-chan time.Time
-			if failed {
-				retry = time.After(*retryEvery)
-			}
-		wait:
+		reload := make(chan *config.Config)
+		go func() {
+			seen := modTime()
+			poll := time.NewTicker(10 * time.Second)
+			defer poll.Stop()
 			for {
 				select {
 				case <-ctx.Done():
-					return ctx.Err()
-				case <-retry:
-					break wait
+					return
 				case <-hup:
 					env.Log.Info("SIGHUP: reloading config")
 				case <-poll.C:
-					if m := modTime(); !m.Equal(seen) {
-						seen = m
-						env.Log.Info("config file changed: reloading")
-					} else {
+					m := modTime()
+					if m.Equal(seen) {
 						continue
 					}
+					seen = m
+					env.Log.Info("config file changed: reloading")
 				}
 				next, err := config.Load(env.ConfigPath)
 				if err != nil {
 					env.Log.Error("config reload failed; keeping the previous config", "err", err)
 					continue
 				}
-				cfg = next
-				break wait
+				select {
+				case reload <- next:
+				case <-ctx.Done():
+					return
+				}
 			}
-		}
+		}()
+		return c.Run(ctx, env.Config, ocicache.RunOptions{Revalidate: *revalidate, Retry: *retryEvery, Reload: reload})
 	})
 }
