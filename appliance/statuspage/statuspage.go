@@ -341,7 +341,7 @@ pre { background: #f7f7f7; padding: .5em; max-height: 16em; overflow: auto; font
 </table>
 <h2>Image cache</h2>
 <table id="images"><tr><th>Reference</th><th>Platform</th><th>Digest</th><th>Boot dir</th><th>Kernel</th><th>Pulled</th></tr>
-{{range .Images}}<tr><td>{{.Ref}}</td><td>{{.Platform}}</td><td><code>{{short .Digest}}</code></td><td>{{.BootDir}}</td><td>{{.Kernel}}</td><td>{{ago $now .Pulled}}</td></tr>
+{{range .Images}}<tr><td>{{.Ref}}</td><td>{{.Platform}}</td><td>serving <code>{{short .Digest}}</code>{{if .StandIn}} (the tree of {{.StandIn}}){{end}}</td><td>{{.BootDir}}</td><td>{{.Kernel}}</td><td>pulled {{ago $now .Pulled}}{{if .LastError}}; <span class="err">last attempt failed ({{ago $now .LastAttempt}}): {{.LastError}}</span>{{end}}</td></tr>
 {{else}}<tr><td colspan="6">Nothing pulled yet.</td></tr>{{end}}
 </table>
 <h2>Services</h2>
