@@ -3,10 +3,14 @@ package ocicache
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/ociboot/ociboot/appliance/images"
@@ -178,5 +182,85 @@ func TestRefusedUpdateKeepsServingAndIsNotRefetched(t *testing.T) {
 	ix, _ = images.LoadIndex(f.st)
 	if e, _ := ix.Lookup(ref, "linux/arm64"); e.Digest != digestOf(t, fixed).String() || e.LastError != "" {
 		t.Errorf("entry after the fix: %+v", e)
+	}
+}
+
+// breaker makes registry requests fail the way the mode says.
+type breaker struct {
+	mu   sync.Mutex
+	mode string // "", "404", "403", "down"
+}
+
+func (b *breaker) set(m string) { b.mu.Lock(); b.mode = m; b.mu.Unlock() }
+
+func (b *breaker) RoundTrip(r *http.Request) (*http.Response, error) {
+	b.mu.Lock()
+	mode := b.mode
+	b.mu.Unlock()
+	status := map[string]int{"404": 404, "403": 403}[mode]
+	switch {
+	case mode == "down":
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	case status != 0 && r.URL.Path != "/v2/":
+		return &http.Response{StatusCode: status, Status: http.StatusText(status), Header: http.Header{"Content-Type": {"application/json"}},
+			Body: io.NopCloser(strings.NewReader(`{"errors":[{"code":"DENIED","message":"no"}]}`)), Request: r}, nil
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// Whatever makes an update fail, the tree that served keeps serving, GC
+// included.
+func TestFailedUpdateKeepsServing(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		fail func(f *fixture, b *breaker)
+		want string
+	}{
+		{"tag gone (404)", func(f *fixture, b *breaker) { b.set("404") }, "check the repository and tag"},
+		{"auth (403)", func(f *fixture, b *breaker) { b.set("403") }, "docker login"},
+		{"network", func(f *fixture, b *breaker) { b.set("down") }, "connection refused"},
+		{"too big", func(f *fixture, b *breaker) {
+			f.push(t, "rpi/node:v1", ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("big", 0o644, string(ocitest.Random(5, 1<<20))))))
+			f.reopen(t, b, func(o *Options) {
+				o.MinFree = 64 << 20
+				o.FreeSpace = func(string) (int64, error) { return 64<<20 + 512<<10, nil }
+			})
+		}, "-min_free_mib"},
+		{"boot check", func(f *fixture, b *breaker) {
+			f.push(t, "rpi/node:v1", ocitest.Image(t, "linux/arm64", ocitest.Layer(t, ocitest.File("etc/hostname", 0o644, "x"))))
+		}, "no boot directory"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := &breaker{}
+			f := newFixture(t, b)
+			good := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("g", 0o644, "g")))
+			ref := f.push(t, "rpi/node:v1", good)
+			dGood := digestOf(t, good).String()
+			cfg := f.config(t, fmt.Sprintf(`{"DefaultImage":%q,"Enroll":"auto"}`, ref))
+			if err := f.cache.Sync(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			tt.fail(f, b)
+			err := f.cache.Sync(context.Background(), cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("sync: got %v, want an error containing %q", err, tt.want)
+			}
+			img, ierr := nodes.ImageOf(cfg, f.st, "1234abcd")
+			if ierr != nil || img.Entry.Digest != dGood || !strings.Contains(img.Entry.LastError, tt.want) {
+				t.Errorf("node image: %+v, %v", img.Entry, ierr)
+			}
+			if !treeExists(t, f, dGood) {
+				t.Error("serving tree removed")
+			}
+			layers, _ := good.Layers()
+			for _, l := range layers {
+				if !f.cache.Blobs().Has(digestOf(t, l), -1) {
+					t.Errorf("serving layer %s removed", digestOf(t, l))
+				}
+			}
+			if got := mirrorDigest(t, f.cache, "rpi/node", "v1"); got != dGood {
+				t.Errorf("mirror: got %s, want %s", got, dGood)
+			}
+		})
 	}
 }
