@@ -396,7 +396,7 @@ func (u *Unpacker) checkFree(need int64) error {
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
 	if free-need < u.opts.MinFree {
-		return fmt.Errorf("disk full: %d MiB free on %s, %d MiB more needed and %d MiB must stay free; free space or use a smaller image (a layer this large may be a decompression bomb)",
+		return fmt.Errorf("disk full: %d MiB free on %s, %d MiB more needed and -min_free_mib keeps %d MiB free; free space on the store, drop unused images from the config, or use a smaller image (a layer this large may be a decompression bomb)",
 			free>>20, u.root, need>>20, u.opts.MinFree>>20)
 	}
 	return nil
