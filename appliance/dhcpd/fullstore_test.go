@@ -1,0 +1,68 @@
+package dhcpd
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/ociboot/ociboot/appliance/store"
+)
+
+// The store on a real tmpfs (in a mount namespace of its own) that a
+// node's big file fills: the renewal of an existing lease is still ACKed.
+func TestRenewalACKedOnFullTmpfs(t *testing.T) {
+	if os.Getenv("OCIBOOT_FULLSTORE_HELPER") == "" {
+		if os.Geteuid() != 0 {
+			if os.Getenv("CI") == "true" {
+				t.Fatal("needs root for a tmpfs in a mount namespace")
+			}
+			t.Skip("needs root for a tmpfs in a mount namespace")
+		}
+		cmd := exec.Command("unshare", "-m", "sh", "-c", `mount -t tmpfs -o size=2m tmpfs "$D" && exec "$0" -test.run '^TestRenewalACKedOnFullTmpfs$' -test.v`, os.Args[0])
+		cmd.Env = append(os.Environ(), "D="+t.TempDir(), "OCIBOOT_FULLSTORE_HELPER=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS") {
+			t.Fatalf("%v: %v\n%s", cmd.Args, err, out)
+		}
+		return
+	}
+	st, err := store.Open(os.Getenv("D"), store.Options{AllowTmpfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, fullConfig, st, nil)
+	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x41}
+	ip := f.lease(mac)
+
+	// A node writes until the disk is full.
+	big, err := os.Create(filepath.Join(st.Root, store.NodesDir, "bigfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := big.Write(buf); err != nil {
+			t.Logf("filled the store: %v", err)
+			break
+		}
+	}
+	big.Close()
+
+	ack, _ := f.s.Handle(request(mac, ip, netip.Addr{}))
+	if ack == nil || ack.MessageType() != dhcpv4.MessageTypeAck || yiaddr(ack) != ip {
+		t.Fatalf("renewal on a full store: got %v, want an ACK of %s", ack, ip)
+	}
+	if got := f.s.Status().LeaseSaveError; !strings.Contains(got, "no space left on device") {
+		t.Errorf("LeaseSaveError: got %q, want ENOSPC", got)
+	}
+	left, _ := filepath.Glob(filepath.Join(st.Root, store.DHCPDir, ".*tmp*"))
+	if len(left) != 0 {
+		t.Errorf("temp files left by the failed save: %v", left)
+	}
+}
