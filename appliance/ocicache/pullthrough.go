@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -92,7 +93,7 @@ func (c *Cache) touch(d v1.Hash) {
 
 // stale reports whether a pull-through tag entry should be asked again.
 func (c *Cache) stale(m v1.Descriptor) bool {
-	if m.Annotations[AnnotationPullThrough] == "" {
+	if m.Annotations[AnnotationPullThrough] == "" || strings.Contains(m.Annotations[AnnotationRef], "@") {
 		return false
 	}
 	t, err := time.Parse(time.RFC3339, m.Annotations[AnnotationFetched])
@@ -118,6 +119,17 @@ func (c *Cache) evictPullThrough(entries []v1.Descriptor, live map[string]bool) 
 		counted[k] = true
 	}
 	var total int64
+	keptDigests := map[string]bool{}
+	defer func() {
+		// Forget the use of what is gone, so that used stays small.
+		c.mu.Lock()
+		for d := range c.used {
+			if !keptDigests[d] {
+				delete(c.used, d)
+			}
+		}
+		c.mu.Unlock()
+	}()
 	for _, m := range entries {
 		var size int64
 		for _, h := range c.blobs.reachable([]v1.Hash{m.Digest}) {
@@ -134,6 +146,7 @@ func (c *Cache) evictPullThrough(entries []v1.Descriptor, live map[string]bool) 
 		}
 		total += size
 		keep = append(keep, m)
+		keptDigests[m.Digest.String()] = true
 		for _, h := range c.blobs.reachable([]v1.Hash{m.Digest}) {
 			counted[h.Hex] = true
 		}

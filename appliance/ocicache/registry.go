@@ -284,12 +284,13 @@ func (c *Cache) pullThroughManifest(ctx context.Context, rt Route, ns string) ([
 		if _, err := c.blobs.PutBytes(desc.Manifest); err != nil {
 			return nil, v1.Hash{}, err
 		}
-		if _, isTag := ref.(name.Tag); isTag {
-			td := desc.Descriptor
-			td.Annotations = map[string]string{AnnotationFetched: c.opts.Now().UTC().Format(time.RFC3339)}
-			if err := c.blobs.SetRef(ref.Name(), td, true); err != nil {
-				return nil, v1.Hash{}, err
-			}
+		// Manifests asked for by digest are recorded too (as
+		// repo@digest, which no tag lookup matches), so that GC keeps
+		// them under the cap like tags.
+		td := desc.Descriptor
+		td.Annotations = map[string]string{AnnotationFetched: c.opts.Now().UTC().Format(time.RFC3339)}
+		if err := c.blobs.SetRef(ref.Name(), td, true); err != nil {
+			return nil, v1.Hash{}, err
 		}
 		c.opts.Log.Info("pull-through: cached manifest", "ref", ref.Name(), "digest", desc.Digest.String())
 		return desc.Manifest, desc.Digest, nil
