@@ -636,6 +636,10 @@ func (c *Cache) startFetch(ctx context.Context, r name.Reference, layers []v1.De
 // backoff; each attempt starts over, so a failed or corrupted transfer
 // never reaches the blob's final name.
 func (c *Cache) FetchBlob(ctx context.Context, repo name.Repository, d v1.Descriptor, label string) error {
+	return c.fetchBlob(ctx, repo, d, label, c.opts.Attempts)
+}
+
+func (c *Cache) fetchBlob(ctx context.Context, repo name.Repository, d v1.Descriptor, label string, attempts int) error {
 	p := &layerProgress{Ref: label, Total: d.Size}
 	c.mu.Lock()
 	c.progress[d.Digest.String()] = p
@@ -651,13 +655,13 @@ func (c *Cache) FetchBlob(ctx context.Context, repo name.Repository, d v1.Descri
 	}
 	delay := c.opts.Backoff
 	var err error
-	for attempt := 1; attempt <= c.opts.Attempts; attempt++ {
+	for attempt := 1; attempt <= attempts; attempt++ {
 		p.Done.Store(0)
 		err = c.fetchOnce(ctx, repo, d, p)
-		if err == nil || ctx.Err() != nil || !retryable(err) || attempt == c.opts.Attempts {
+		if err == nil || ctx.Err() != nil || !retryable(err) || attempt == attempts {
 			break
 		}
-		c.opts.Log.Warn("blob fetch failed, retrying", "blob", d.Digest.String(), "attempt", attempt, "of", c.opts.Attempts, "in", delay.String(), "err", err)
+		c.opts.Log.Warn("blob fetch failed, retrying", "blob", d.Digest.String(), "attempt", attempt, "of", attempts, "in", delay.String(), "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -316,7 +316,8 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt Route, ns s
 				down = derr
 				continue
 			}
-			ferr := c.FetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: -1}, "pull-through "+repo.Name())
+			// Two attempts: a /v2/ client is waiting, and retries itself.
+			ferr := c.fetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: -1}, "pull-through "+repo.Name(), min(2, c.opts.Attempts))
 			c.noteUpstream(up, ferr)
 			if ferr != nil {
 				c.opts.Log.Info("pull-through: blob not fetched", "repo", repo.Name(), "blob", d.String(), "err", ferr)
