@@ -178,3 +178,28 @@ func TestNoSleepAfterLastAttempt(t *testing.T) {
 		t.Errorf("pull took %v, want < %v (no sleep after the last attempt)", took, 3*backoff)
 	}
 }
+
+// endless counts what is read from it and never ends.
+type endless struct{ n int64 }
+
+func (e *endless) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	e.n += int64(len(p))
+	return len(p), nil
+}
+
+// A stream that runs past its declared size is cut one byte after it.
+func TestStreamPastDeclaredSizeIsCut(t *testing.T) {
+	f := newFixture(t, nil)
+	src := &endless{}
+	d := digestOf(t, ocitest.Layer(t, ocitest.File("x", 0o644, "x")))
+	err := f.cache.Blobs().Put(d, 1000, io.LimitReader(src, 1<<30), nil)
+	if err == nil || !strings.Contains(err.Error(), "got 1001 bytes, want 1000") {
+		t.Errorf("Put of an endless stream: got %v, want the size error", err)
+	}
+	if src.n > 256<<10 {
+		t.Errorf("read %d bytes of a stream declared as 1000", src.n)
+	}
+}

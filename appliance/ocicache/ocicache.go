@@ -11,6 +11,14 @@
 // with one rename. Only after that is images/index.json rewritten. A pull
 // killed at any point leaves only temp files, which the next start removes;
 // blobs that were complete are reused.
+//
+// What serves is only ever replaced by something ready: a failed pull
+// leaves the reference's entry (and GC its tree and blobs) in place and
+// records the attempt on it; a reference that never pulled stands in with
+// the tree its config slot served before (state.go). Blobs are written
+// only while the store keeps Options.MinFree free (blobs.go). Manifests
+// refused by the boot check or unpacking are remembered and not fetched
+// again under the same config. Run revalidates tags with a HEAD each.
 package ocicache
 
 import (
