@@ -97,6 +97,19 @@ func TestTypoInDefaultImageKeepsLastGood(t *testing.T) {
 		}
 	}
 
+	// Another typo on top: the slot still serves the last good tree.
+	typo2 := f.host + "/rpi/nod:v1"
+	bad2 := f.config(t, fmt.Sprintf(`{"DefaultImage":%q,"Enroll":"auto"}`, typo2))
+	if err := f.cache.Sync(context.Background(), bad2); err == nil {
+		t.Fatal("sync with a second typo succeeded")
+	}
+	if img, err := nodes.ImageOf(bad2, f.st, "1234abcd"); err != nil || img.Entry.Digest != dA || img.Entry.StandIn != refA {
+		t.Errorf("after a second typo: %+v, %v", img.Entry, err)
+	}
+	if !treeExists(t, f, dA) {
+		t.Fatal("GC removed the last good tree after a second typo")
+	}
+
 	// The typo fixed to a new image: it replaces the stand-in, and GC
 	// frees the old tree.
 	imgB := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("b", 0o644, "b")))

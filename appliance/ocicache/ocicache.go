@@ -396,12 +396,20 @@ func (c *Cache) recordFailure(cfg *config.Config, ix *images.Index, prev *images
 			if sr != (SlotRef{ref, plat}) || !ok || old == sr || old.Platform != plat {
 				continue
 			}
-			if oe, ok := ix.Lookup(old.Ref, old.Platform); ok {
+			oe, ok := ix.Lookup(old.Ref, old.Platform)
+			if !ok {
+				// A second failing reference in a row: the first
+				// one's stand-in still holds the slot's tree.
+				for _, se := range ix.Entries {
+					if se.StandIn == old.Ref && se.Platform == plat {
+						oe, ok = se, true
+						break
+					}
+				}
+			}
+			if ok {
 				e = oe
 				e.Ref, e.StandIn = ref, old.Ref
-				if oe.StandIn != "" {
-					e.StandIn = oe.StandIn
-				}
 				break
 			}
 		}
