@@ -277,3 +277,22 @@ func TestFailedUpdateKeepsServing(t *testing.T) {
 		})
 	}
 }
+
+// A node moved from DefaultImage to an Image of its own that fails keeps
+// booting what it booted.
+func TestNodeMovedToFailingImageKeepsDefault(t *testing.T) {
+	f := newFixture(t, nil)
+	imgA := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("a", 0o644, "a")))
+	refA := f.push(t, "rpi/node:v1", imgA)
+	if err := f.cache.Sync(context.Background(), f.config(t, fmt.Sprintf(`{"DefaultImage":%q}`, refA))); err != nil {
+		t.Fatal(err)
+	}
+	moved := f.config(t, fmt.Sprintf(`{"DefaultImage":%q,"Nodes":[{"Serial":"1234abcd","Image":%q}]}`, refA, f.host+"/rpi/special:v1"))
+	if err := f.cache.Sync(context.Background(), moved); err == nil {
+		t.Fatal("sync with a missing node image succeeded")
+	}
+	img, err := nodes.ImageOf(moved, f.st, "1234abcd")
+	if err != nil || img.Entry.Digest != digestOf(t, imgA).String() {
+		t.Errorf("node image: %+v, %v", img.Entry, err)
+	}
+}

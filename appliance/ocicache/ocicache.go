@@ -393,6 +393,11 @@ func (c *Cache) recordFailure(cfg *config.Config, ix *images.Index, prev *images
 		c.mu.Lock()
 		for slot, sr := range slots(cfg) {
 			old, ok := c.rec.Slots[slot]
+			if !ok && strings.HasPrefix(slot, "Nodes[") {
+				// The node booted DefaultImage before it got an
+				// Image of its own.
+				old, ok = c.rec.Slots["DefaultImage"]
+			}
 			if sr != (SlotRef{ref, plat}) || !ok || old == sr || old.Platform != plat {
 				continue
 			}
