@@ -18,9 +18,11 @@
 //     file, and "rdump" needs a writable directory and root to keep owners.
 //   - github.com/diskfs/go-diskfs (MIT, maintained; v1.9.4 exposes inode
 //     numbers, device numbers and xattrs) is a read-write library built
-//     around path lookups, pulls eleven modules into go.mod (lz4, lzo,
+//     around path lookups, pulls ten more modules into go.mod (lz4, lzo,
 //     logrus, uuid, ...), and its behaviour on hostile input is not ours to
-//     fix or fuzz.
+//     fix or fuzz. Walking a 1 GB test image of 57,000 entries with its
+//     ReadDir and OpenFile read 18,000 entries in 22 s and then made no
+//     progress for two minutes; this package reads the whole image in 2.5 s.
 //   - A read-only reader of our own is small (superblock, group descriptors,
 //     inodes, extent trees and block maps, linear directory blocks, which
 //     also covers htree directories, inline data, in-inode and block xattrs),
