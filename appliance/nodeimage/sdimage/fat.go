@@ -305,7 +305,7 @@ func (fs *fatFS) copyFile(ctx context.Context, e fatEntry, w io.Writer) error {
 	}
 	cs, err := fs.chain(e.cluster)
 	if err != nil {
-		return fmt.Errorf("%s: %w", e.name, err)
+		return fmt.Errorf("%s: %w", pq(e.name), err)
 	}
 	if int64(len(cs))*fs.clusterSize < int64(e.size) {
 		return fatCorrupt("file %q has %d bytes but its cluster chain only %d", e.name, e.size, int64(len(cs))*fs.clusterSize)
