@@ -281,6 +281,9 @@ func (fs *ext4FS) inode(num uint32) (*inode, error) {
 		fileACL: uint64(le.Uint32(raw[0x68:])) | uint64(le.Uint16(raw[0x76:]))<<32,
 		blocks:  uint64(le.Uint32(raw[0x1C:])) | uint64(le.Uint16(raw[0x74:]))<<32,
 	}
+	if in.size > maxLogicalBlocks*uint64(fs.blockSize) {
+		return nil, corrupt("inode %d: size %d is beyond the ext4 maximum", num, in.size)
+	}
 	if fs.metadataCsum {
 		if err := fs.verifyInode(in); err != nil {
 			return nil, err
