@@ -53,7 +53,8 @@
 // system.posix_acl_default in the Linux getxattr(2) format. The second and
 // later names of a multiply linked inode are tar hard-link entries naming
 // the first. Sparse files are written as plain files with their holes as
-// zeros. Device nodes, fifos and sockets keep their type and numbers.
+// zeros. Device nodes and fifos keep their type and numbers; sockets, which
+// tar cannot hold, are left out and logged. lost+found is kept.
 //
 // The boot partition's files are owned by 0:0 with mode 0755 (directories)
 // or 0644 (files), and the FAT write time is read as UTC. When the root
