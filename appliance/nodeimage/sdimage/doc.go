@@ -18,9 +18,11 @@
 //     file, and "rdump" needs a writable directory and root to keep owners.
 //   - github.com/diskfs/go-diskfs (MIT, maintained; v1.9.4 exposes inode
 //     numbers, device numbers and xattrs) is a read-write library built
-//     around path lookups, pulls eleven modules into go.mod (lz4, lzo,
+//     around path lookups, pulls ten more modules into go.mod (lz4, lzo,
 //     logrus, uuid, ...), and its behaviour on hostile input is not ours to
-//     fix or fuzz.
+//     fix or fuzz. Walking a 1 GB test image of 57,000 entries with its
+//     ReadDir and OpenFile read 18,000 entries in 22 s and then made no
+//     progress for two minutes; this package reads the whole image in 2.5 s.
 //   - A read-only reader of our own is small (superblock, group descriptors,
 //     inodes, extent trees and block maps, linear directory blocks, which
 //     also covers htree directories, inline data, in-inode and block xattrs),
@@ -51,7 +53,8 @@
 // system.posix_acl_default in the Linux getxattr(2) format. The second and
 // later names of a multiply linked inode are tar hard-link entries naming
 // the first. Sparse files are written as plain files with their holes as
-// zeros. Device nodes, fifos and sockets keep their type and numbers.
+// zeros. Device nodes and fifos keep their type and numbers; sockets, which
+// tar cannot hold, are left out and logged. lost+found is kept.
 //
 // The boot partition's files are owned by 0:0 with mode 0755 (directories)
 // or 0644 (files), and the FAT write time is read as UTC. When the root

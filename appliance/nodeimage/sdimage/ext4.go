@@ -69,6 +69,10 @@ type ext4FS struct {
 	needsRecovery  bool
 	csumSeed       uint32 // crc32c of the uuid (or s_checksum_seed); used with metadata_csum
 	metadataCsum   bool
+	// dirBudget is the directory bytes left to read: each block belongs
+	// to one directory, so a valid tree has no more than the filesystem;
+	// directories sharing blocks would otherwise make reading unbounded.
+	dirBudget uint64
 }
 
 func corrupt(format string, args ...any) error {
@@ -168,6 +172,7 @@ func openExt4(r io.ReaderAt, size int64) (*ext4FS, error) {
 	if fs.blocksCount > uint64(size/fs.blockSize) {
 		return nil, fmt.Errorf("%w: the ext4 filesystem has %d bytes but its partition only %d", ErrTruncated, fs.blocksCount*uint64(fs.blockSize), size)
 	}
+	fs.dirBudget = fs.blocksCount * uint64(fs.blockSize)
 	groups := (fs.blocksCount - firstDataBlock + blocksPerGroup - 1) / blocksPerGroup
 	if uint64(fs.inodesCount) > groups*uint64(fs.inodesPerGroup) || fs.inodesCount < rootIno {
 		return nil, corrupt("ext4 superblock: %d inodes in %d groups of %d", fs.inodesCount, groups, fs.inodesPerGroup)
@@ -275,6 +280,9 @@ func (fs *ext4FS) inode(num uint32) (*inode, error) {
 		block:   raw[0x28 : 0x28+60],
 		fileACL: uint64(le.Uint32(raw[0x68:])) | uint64(le.Uint16(raw[0x76:]))<<32,
 		blocks:  uint64(le.Uint32(raw[0x1C:])) | uint64(le.Uint16(raw[0x74:]))<<32,
+	}
+	if in.size > maxLogicalBlocks*uint64(fs.blockSize) {
+		return nil, corrupt("inode %d: size %d is beyond the ext4 maximum", num, in.size)
 	}
 	if fs.metadataCsum {
 		if err := fs.verifyInode(in); err != nil {
@@ -679,6 +687,10 @@ func (fs *ext4FS) readDir(in *inode) ([]dirent, error) {
 	if mapped < in.size {
 		return nil, corrupt("directory inode %d: %d bytes but %d mapped", in.num, in.size, mapped)
 	}
+	if in.size > fs.dirBudget {
+		return nil, corrupt("directory inode %d: the directories hold more bytes than the filesystem (blocks shared between directories)", in.num)
+	}
+	fs.dirBudget -= in.size
 	if err := fs.copyExtents(context.Background(), in, exts, p); err != nil {
 		return nil, err
 	}

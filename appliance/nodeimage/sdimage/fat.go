@@ -24,6 +24,9 @@ type fatFS struct {
 	clusters    uint32 // data clusters; valid numbers are 2..clusters+1
 	fat         []byte
 	label       string
+	// dirBudget is the directory bytes left to read; as in ext4FS, a
+	// valid tree's directories fit in the partition.
+	dirBudget int64
 }
 
 func fatCorrupt(format string, args ...any) error {
@@ -63,7 +66,7 @@ func openFAT(r io.ReaderAt, size int64) (*fatFS, error) {
 	if dataSector >= total {
 		return nil, fatCorrupt("FAT boot sector: data area starts at sector %d of %d", dataSector, total)
 	}
-	fs := &fatFS{r: r, clusterSize: spc * bps, dataStart: dataSector * bps}
+	fs := &fatFS{r: r, clusterSize: spc * bps, dataStart: dataSector * bps, dirBudget: size}
 	n := (total - dataSector) / spc
 	if n < 4085 {
 		return nil, fmt.Errorf("%w: the boot partition is FAT12 (%d clusters); only FAT16 and FAT32 are read", ErrNoFAT, n)
@@ -163,6 +166,10 @@ func (fs *fatFS) readDir(cluster uint32, root bool) ([]fatEntry, error) {
 		if int64(len(cs))*fs.clusterSize > maxFATDir {
 			return nil, fatCorrupt("directory of %d clusters", len(cs))
 		}
+		if int64(len(cs))*fs.clusterSize > fs.dirBudget {
+			return nil, fatCorrupt("the directories hold more bytes than the partition (clusters shared between directories)")
+		}
+		fs.dirBudget -= int64(len(cs)) * fs.clusterSize
 		data = make([]byte, int64(len(cs))*fs.clusterSize)
 		for i, c := range cs {
 			if _, err := fs.r.ReadAt(data[int64(i)*fs.clusterSize:int64(i+1)*fs.clusterSize], fs.clusterOffset(c)); err != nil {
@@ -298,7 +305,7 @@ func (fs *fatFS) copyFile(ctx context.Context, e fatEntry, w io.Writer) error {
 	}
 	cs, err := fs.chain(e.cluster)
 	if err != nil {
-		return fmt.Errorf("%s: %w", e.name, err)
+		return fmt.Errorf("%s: %w", pq(e.name), err)
 	}
 	if int64(len(cs))*fs.clusterSize < int64(e.size) {
 		return fatCorrupt("file %q has %d bytes but its cluster chain only %d", e.name, e.size, int64(len(cs))*fs.clusterSize)

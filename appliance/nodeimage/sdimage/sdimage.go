@@ -11,8 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Importer reads SD-card images. The zero value is ready to use.
@@ -45,24 +48,24 @@ func (im *Importer) WriteTar(ctx context.Context, src string, w io.Writer) error
 	case bytes.HasPrefix(m, []byte("\xFD7zXZ\x00")):
 		tmp, err := im.unxz(ctx, src)
 		if err != nil {
-			return fmt.Errorf("%s: %w", src, err)
+			return fmt.Errorf("%s: %w", pq(src), err)
 		}
 		defer os.Remove(tmp.Name())
 		defer tmp.Close()
 		f = tmp
 	case bytes.HasPrefix(m, []byte{0x1F, 0x8B}):
-		return fmt.Errorf("%s: %w: it is gzip-compressed; gunzip it, or recompress with xz", src, ErrNotDiskImage)
+		return fmt.Errorf("%s: %w: it is gzip-compressed; gunzip it, or recompress with xz", pq(src), ErrNotDiskImage)
 	case bytes.HasPrefix(m, []byte("PK\x03\x04")):
-		return fmt.Errorf("%s: %w: it is a zip archive; unzip it and import the .img inside", src, ErrNotDiskImage)
+		return fmt.Errorf("%s: %w: it is a zip archive; unzip it and import the .img inside", pq(src), ErrNotDiskImage)
 	}
 	// Seek rather than Stat: an SD card read straight from its block
 	// device has no size in stat.
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return fmt.Errorf("%s: %v", src, err)
+		return fmt.Errorf("%s: %v", pq(src), err)
 	}
 	if err := im.WriteTarFrom(ctx, f, size, w); err != nil {
-		return fmt.Errorf("%s: %w", src, err)
+		return fmt.Errorf("%s: %w", pq(src), err)
 	}
 	return nil
 }
@@ -260,10 +263,10 @@ func (t *tarWalk) walkRoot() error {
 // the path without it, "" for the root) and everything below.
 func (t *tarWalk) dir(name, rel string, in *inode, depth int) error {
 	if depth > maxDepth {
-		return corrupt("%s: directories nested deeper than %d", rel, maxDepth)
+		return corrupt("%s: directories nested deeper than %d", pq(rel), maxDepth)
 	}
 	if t.dirs[in.num] {
-		return corrupt("%s: directory inode %d appears twice in the tree", rel, in.num)
+		return corrupt("%s: directory inode %d appears twice in the tree", pq(rel), in.num)
 	}
 	t.dirs[in.num] = true
 	if err := t.header(name, in, tar.TypeDir, ""); err != nil {
@@ -271,12 +274,12 @@ func (t *tarWalk) dir(name, rel string, in *inode, depth int) error {
 	}
 	ents, err := t.root.readDir(in)
 	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %w", pq(name), err)
 	}
 	sort.Slice(ents, func(i, j int) bool { return ents[i].name < ents[j].name })
 	for i := 1; i < len(ents); i++ {
 		if ents[i].name == ents[i-1].name {
-			return corrupt("%s: name %q twice", name, ents[i].name)
+			return corrupt("%s: name %q twice", pq(name), ents[i].name)
 		}
 	}
 	// On the way to boot/firmware, make the directories the root
@@ -309,10 +312,10 @@ func (t *tarWalk) dir(name, rel string, in *inode, depth int) error {
 		}
 		cin, err := t.root.inode(e.ino)
 		if err != nil {
-			return fmt.Errorf("%s: %w", crel, err)
+			return fmt.Errorf("%s: %w", pq(crel), err)
 		}
 		if e.name == want && cin.typ() != sIFDIR {
-			return fmt.Errorf("%w: /%s in the root partition is not a directory (mode %#o); cannot put the boot partition there", ErrCorrupt, crel, cin.mode)
+			return fmt.Errorf("%w: /%s in the root partition is not a directory (mode %#o); cannot put the boot partition there", ErrCorrupt, pq(crel), cin.mode)
 		}
 		if err := t.entry(crel, cin, depth+1); err != nil {
 			return err
@@ -325,7 +328,7 @@ func (t *tarWalk) dir(name, rel string, in *inode, depth int) error {
 // partition lacks, and continues the way.
 func (t *tarWalk) synthDir(rel string, depth int) error {
 	if err := t.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: rel + "/", Mode: 0o755, ModTime: t.rootMT, Format: tar.FormatPAX}); err != nil {
-		return fmt.Errorf("writing tar header for %s: %v", rel, err)
+		return fmt.Errorf("writing tar header for %s: %v", pq(rel), err)
 	}
 	t.entries++
 	if depth == len(bootDir) {
@@ -343,7 +346,7 @@ func (t *tarWalk) entry(rel string, in *inode, depth int) error {
 		return t.dir(rel+"/", rel, in, depth)
 	case sIFREG, sIFLNK, sIFCHR, sIFBLK, sIFIFO, sIFSOCK:
 	default:
-		return corrupt("%s: inode %d has file type %#o", rel, in.num, in.typ())
+		return corrupt("%s: inode %d has file type %#o", pq(rel), in.num, in.typ())
 	}
 	if in.links > 1 {
 		if first, ok := t.links[in.num]; ok {
@@ -358,17 +361,17 @@ func (t *tarWalk) entry(rel string, in *inode, depth int) error {
 		}
 		cw := &countWriter{w: t.tw}
 		if err := t.root.copyData(t.ctx, in, cw); err != nil {
-			return fmt.Errorf("%s: %w", rel, err)
+			return fmt.Errorf("%s: %w", pq(rel), err)
 		}
 		t.bytes += cw.n
 		return nil
 	case sIFLNK:
 		target, err := t.root.readSmall(in, 4096, "symlink target")
 		if err != nil {
-			return fmt.Errorf("%s: %w", rel, err)
+			return fmt.Errorf("%s: %w", pq(rel), err)
 		}
 		if len(target) == 0 || bytes.IndexByte(target, 0) >= 0 {
-			return corrupt("%s: symlink target %q", rel, target)
+			return corrupt("%s: symlink target %q", pq(rel), target)
 		}
 		return t.header(rel, in, tar.TypeSymlink, string(target))
 	case sIFCHR:
@@ -391,7 +394,7 @@ func (t *tarWalk) mountPoint(rel string, in *inode) error {
 	}
 	t.dirs[in.num] = true
 	if ents, err := t.root.readDir(in); err != nil {
-		return fmt.Errorf("%s: %w", rel, err)
+		return fmt.Errorf("%s: %w", pq(rel), err)
 	} else if len(ents) > 0 {
 		t.log.Warn("leaving out files of the root partition hidden below the boot partition's mount point", "path", rel, "entries", len(ents))
 	}
@@ -409,16 +412,16 @@ func (t *tarWalk) bootFiles(rel string) error {
 
 func (t *tarWalk) fatDir(rel string, cluster uint32, root bool, depth int) error {
 	if depth > maxDepth {
-		return fatCorrupt("%s: directories nested deeper than %d", rel, maxDepth)
+		return fatCorrupt("%s: directories nested deeper than %d", pq(rel), maxDepth)
 	}
 	ents, err := t.boot.readDir(cluster, root)
 	if err != nil {
-		return fmt.Errorf("%s: %w", rel, err)
+		return fmt.Errorf("%s: %w", pq(rel), err)
 	}
 	sort.Slice(ents, func(i, j int) bool { return ents[i].name < ents[j].name })
 	for i := 1; i < len(ents); i++ {
 		if ents[i].name == ents[i-1].name {
-			return fatCorrupt("%s: name %q twice", rel, ents[i].name)
+			return fatCorrupt("%s: name %q twice", pq(rel), ents[i].name)
 		}
 	}
 	for _, e := range ents {
@@ -429,7 +432,7 @@ func (t *tarWalk) fatDir(rel string, cluster uint32, root bool, depth int) error
 		h := &tar.Header{Name: name, ModTime: e.mtime, Format: tar.FormatPAX}
 		if e.dir {
 			if e.cluster == 0 || e.cluster == t.boot.rootCluster {
-				return fatCorrupt("%s: directory points at the root directory", name)
+				return fatCorrupt("%s: directory points at the root directory", pq(name))
 			}
 			h.Typeflag, h.Name, h.Mode = tar.TypeDir, name+"/", 0o755
 			if err := t.write(h); err != nil {
@@ -438,7 +441,7 @@ func (t *tarWalk) fatDir(rel string, cluster uint32, root bool, depth int) error
 			// A FAT directory's chain can only be reached once from the
 			// root; seeing a cluster again means a loop.
 			if t.fatDirs[e.cluster] {
-				return fatCorrupt("%s: directory cluster %d appears twice in the tree", name, e.cluster)
+				return fatCorrupt("%s: directory cluster %d appears twice in the tree", pq(name), e.cluster)
 			}
 			t.fatDirs[e.cluster] = true
 			if err := t.fatDir(name, e.cluster, false, depth+1); err != nil {
@@ -452,7 +455,7 @@ func (t *tarWalk) fatDir(rel string, cluster uint32, root bool, depth int) error
 		}
 		cw := &countWriter{w: t.tw}
 		if err := t.boot.copyFile(t.ctx, e, cw); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return fmt.Errorf("%s: %w", pq(name), err)
 		}
 		t.bytes += cw.n
 	}
@@ -478,7 +481,7 @@ func (t *tarWalk) header(name string, in *inode, typ byte, link string) error {
 	}
 	xs, err := t.root.xattrs(in)
 	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %w", pq(name), err)
 	}
 	for _, n := range xs.names {
 		if h.PAXRecords == nil {
@@ -491,7 +494,7 @@ func (t *tarWalk) header(name string, in *inode, typ byte, link string) error {
 
 func (t *tarWalk) write(h *tar.Header) error {
 	if err := t.tw.WriteHeader(h); err != nil {
-		return fmt.Errorf("writing tar header for %s: %v", h.Name, err)
+		return fmt.Errorf("writing tar header for %s: %v", pq(h.Name), err)
 	}
 	t.entries++
 	return nil
@@ -506,4 +509,16 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// pq returns a path for an error message: as it is when it prints as one
+// plain line, else quoted, since names in a hostile image can hold
+// newlines and terminal escapes.
+func pq(p string) string {
+	for _, r := range p {
+		if r < 0x20 || r == 0x7F || r == utf8.RuneError || !unicode.IsPrint(r) {
+			return strconv.Quote(p)
+		}
+	}
+	return p
 }

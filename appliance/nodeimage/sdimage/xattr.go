@@ -117,7 +117,7 @@ func (fs *ext4FS) xattrEntries(in *inode, ents, base []byte, xs *xattrSet) error
 			}
 			v, err := aclToXattr(value)
 			if err != nil {
-				return corrupt("inode %d: %s: %v", in.num, name, err)
+				return corrupt("inode %d: %s: %v", in.num, pq(name), err)
 			}
 			value = v
 		}

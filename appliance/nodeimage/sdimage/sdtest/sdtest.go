@@ -5,8 +5,9 @@
 // The image has an MBR (sfdisk) with two primary partitions: 1, FAT32
 // labelled "bootfs" (mkfs.vfat, files copied with mcopy) holding the
 // tree's boot/firmware, and 2, ext4 labelled "rootfs" (mkfs.ext4 -d, which
-// keeps owners, modes, xattrs, hard links, device nodes and sparse files)
-// holding the rest, with an empty boot/firmware as the mount point. As on
+// keeps owners, modes, xattrs, hard links, device nodes and sparse files,
+// but mtimes in whole seconds only, as of e2fsprogs 1.47) holding the rest,
+// with an empty boot/firmware as the mount point. As on
 // Raspberry Pi OS, cmdline.txt says root=PARTUUID=<disk id>-02 and
 // etc/fstab mounts both partitions by PARTUUID. The source tree is not
 // changed.
