@@ -20,6 +20,12 @@
             dosfstools
             mtools
             xz
+            # node images: make node-image (mmdebstrap; arm64 maintainer
+            # scripts run through qemu-user's binfmt handler, which the host
+            # registers), SSH logins into booted nodes
+            mmdebstrap
+            openssh
+            libcap
             squashfsTools
             iproute2
             qemu
