@@ -18,9 +18,9 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/dhcpd"
 	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/appliance/store"
 	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
-	"github.com/ociboot/ociboot/tests/piemu"
 )
 
 func openStore(t *testing.T, dir string) *store.Store {

@@ -1,6 +1,6 @@
 // Package dhcpd_test runs the real dhcpd binary in network namespaces
 // against real DHCP peers: busybox udhcpc and ISC dhclient as clients,
-// dnsmasq as the LAN's own DHCP server, and the Pi 4 emulator (tests/piemu).
+// dnsmasq as the LAN's own DHCP server, and the Pi 4 emulator (appliance/piemu).
 // Needs root; see netlab for the topology.
 package dhcpd_test
 
@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
-	"github.com/ociboot/ociboot/tests/piemu"
 )
 
 const nsPrefix = "obdt"

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
 	"github.com/ociboot/ociboot/tests/guest"
-	"github.com/ociboot/ociboot/tests/piemu"
 )
 
 // TestPiBoot: a Pi 4 emulator on the segment does what a CM4's bootloader

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ociboot/ociboot/tests/piemu"
+	"github.com/ociboot/ociboot/appliance/piemu"
 )
 
 func need(t *testing.T, tool string) {

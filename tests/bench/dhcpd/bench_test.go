@@ -21,8 +21,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
-	"github.com/ociboot/ociboot/tests/piemu"
 )
 
 const (
