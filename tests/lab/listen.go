@@ -12,7 +12,7 @@ import (
 // restarts of the service, so nothing else can take it in between (as a
 // port found free, closed and passed as a number could be).
 type Listener struct {
-	Addr string   // 127.0.0.1:port
+	Addr string // 127.0.0.1:port
 	Port int
 	File *os.File // for Cmd.Files
 	// UDP is the UDP socket on the same port, for ListenTCPUDP.
