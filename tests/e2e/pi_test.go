@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/piemu"
-	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
 	"github.com/ociboot/ociboot/tests/guest"
+	testlab "github.com/ociboot/ociboot/tests/lab"
 )
 
 // TestPiBoot: a Pi 4 emulator on the segment does what a CM4's bootloader
@@ -56,7 +56,7 @@ func TestPiBoot(t *testing.T) {
 	var lease piemu.Lease
 	var rep piemu.TFTPReport
 	var dhcpErr, tftpErr error
-	netlab.InNS(t, piNS, func() {
+	testlab.InNS(t, piNS, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		pi := piemu.Pi{MAC: []byte{0xdc, 0xa6, 0x32, 0x5b, 0x15, 0x45}, Serial: serial}
