@@ -66,13 +66,13 @@ func main() {
 // address, the same on every Pi), with the UDP socket only holding the port;
 // without CAP_NET_RAW through the UDP socket alone, by sender address.
 func serveLogs(env *service.Env, rcv *netconsole.Receiver, done chan struct{}) error {
-	a, err := net.ResolveUDPAddr("udp4", *logAddr)
-	if err != nil {
-		return fmt.Errorf("tftpd: -netconsole %q: %v", *logAddr, err)
-	}
-	u, err := net.ListenUDP("udp4", a)
+	lc, err := service.ListenPacket("udp4", *logAddr)
 	if err != nil {
 		return fmt.Errorf("tftpd: listen on UDP %s for boot logs: %v (set -netconsole, empty to disable)", *logAddr, err)
+	}
+	u, ok := lc.(*net.UDPConn)
+	if !ok {
+		return fmt.Errorf("tftpd: -netconsole %s: got a %T, want a UDP socket", *logAddr, lc)
 	}
 	byMAC := false
 	if pc, err := netconsole.ListenPacket(env.Config.Interface); err != nil {

@@ -13,20 +13,21 @@ import (
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/piemu"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
+// packages name the Debian package of each client.
+var packages = map[string]string{"curl": "curl", "tftp": "tftp-hpa", "atftp": "atftp"}
+
 func need(t *testing.T, tool string) {
-	if _, err := exec.LookPath(tool); err != nil {
-		t.Skipf("%s not installed (see .ci/run)", tool)
-	}
+	t.Helper()
+	testenv.NeedTool(t, tool, packages[tool])
 }
 
 var sizes = map[string]int{"start4.elf": 2_200_000, "kernel8.img": 9_500_000, "fixup4.dat": 5_400, "exact.bin": 1468 * 10}
 
 func TestClients(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs tftpd")
-	}
+	testenv.Short(t, "builds and runs tftpd")
 	s := StartServer(t, sizes)
 	dir := t.TempDir()
 	host := "127.0.0.1"
