@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -41,9 +40,7 @@ type result struct {
 }
 
 func TestBenchDHCP(t *testing.T) {
-	if os.Getenv("OCIBOOT_BENCH") != "1" {
-		t.Skip("benchmark: set OCIBOOT_BENCH=1 (needs root, dnsmasq and kea-admin's perfdhcp)")
-	}
+	testenv.OptIn(t, "OCIBOOT_BENCH", "benchmark (needs root, dnsmasq and kea-admin's perfdhcp)")
 	lab.NeedNetns(t)
 	testenv.NeedTool(t, "dnsmasq", "dnsmasq")
 	testenv.NeedTool(t, "perfdhcp", "kea-admin")
