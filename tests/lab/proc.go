@@ -234,52 +234,50 @@ func (p *Proc) Type(s string) error {
 // returns that line. It fails when the process ends first or timeout
 // passes.
 func (p *Proc) WaitLine(timeout time.Duration, substrs ...string) (string, error) {
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		p.mu.Lock()
-		out, changed := p.out.String(), p.changed
-		p.mu.Unlock()
+	return p.wait(timeout, fmt.Sprintf("%q", substrs), func(out string) (string, bool) {
 		for _, line := range strings.SplitAfter(out, "\n") {
 			for _, s := range substrs {
 				if strings.Contains(line, s) {
-					return strings.TrimSuffix(line, "\n"), nil
+					return strings.TrimSuffix(line, "\n"), true
 				}
 			}
 		}
-		select {
-		case <-changed:
-		case <-p.done:
-			if out == p.Output() {
-				return "", fmt.Errorf("%s exited (%v) before printing %q", p.Name, p.Err(), substrs)
-			}
-		case <-timer.C:
-			return "", fmt.Errorf("%s did not print %q within %v", p.Name, substrs, timeout)
-		}
-	}
+		return "", false
+	})
 }
 
 // WaitFor waits until the output contains substr, or fails t with the
 // output's tail when the process ends first or timeout passes.
 func (p *Proc) WaitFor(t testing.TB, substr string, timeout time.Duration) {
 	t.Helper()
+	_, err := p.wait(timeout, fmt.Sprintf("%q", substr), func(out string) (string, bool) {
+		return "", strings.Contains(out, substr)
+	})
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, p.Tail(5000))
+	}
+}
+
+// wait calls match on the output each time it grows until match reports
+// true, the process ends with no new output or timeout passes.
+func (p *Proc) wait(timeout time.Duration, what string, match func(out string) (string, bool)) (string, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
 		p.mu.Lock()
 		out, changed := p.out.String(), p.changed
 		p.mu.Unlock()
-		if strings.Contains(out, substr) {
-			return
+		if m, ok := match(out); ok {
+			return m, nil
 		}
 		select {
 		case <-changed:
 		case <-p.done:
 			if out == p.Output() {
-				t.Fatalf("%s exited (%v) before printing %q:\n%s", p.Name, p.Err(), substr, Tail(out, 5000))
+				return "", fmt.Errorf("%s exited (%v) before printing %s", p.Name, p.Err(), what)
 			}
 		case <-timer.C:
-			t.Fatalf("%s did not print %q within %v:\n%s", p.Name, substr, timeout, Tail(out, 5000))
+			return "", fmt.Errorf("%s did not print %s within %v", p.Name, what, timeout)
 		}
 	}
 }
