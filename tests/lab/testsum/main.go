@@ -179,7 +179,7 @@ func (s *summary) table() {
 	}
 	fmt.Fprintf(s.out, "%-50s %6d %6d %6d %7d\n", "total", t.run, t.passed, t.failed, t.skipped)
 	if len(s.skips) > 0 {
-		fmt.Fprintf(s.out, "\nskipped (set OCIBOOT_REQUIRE_ALL=1 to make these fail):\n")
+		fmt.Fprintf(s.out, "\nskipped (opt-in runs and -short always skip; with OCIBOOT_REQUIRE_ALL=1 a test missing root, a peer or a kernel fails instead):\n")
 		for _, l := range s.skips {
 			fmt.Fprintf(s.out, "  %s\n", l)
 		}
