@@ -109,9 +109,7 @@ func TestClients(t *testing.T) {
 // a Pi 5 and a CM5 sequence (no start4.elf in the image), and a Pi 4's
 // size probe whose ERROR 0 must go unanswered.
 func TestPi5AndEarlyTerminate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs tftpd")
-	}
+	testenv.Short(t, "builds and runs tftpd")
 	s := StartServer(t, map[string]int{"bcm2712-rpi-5-b.dtb": 70_000, "bcm2712-rpi-cm5-cm5io.dtb": 71_000, "kernel_2712.img": 4_000_000, "start4.elf": 100_000})
 	server := fmt.Sprintf("127.0.0.1:%d", s.Port)
 	for _, board := range []string{"pi5", "cm5"} {
