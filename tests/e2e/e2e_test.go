@@ -314,6 +314,8 @@ func TestKillDuringBoot(t *testing.T) {
 	n.Proc.WaitFor(t, "Linux version", slow*30*time.Second)
 	h.Restart(t, "tftpd")
 	n.Proc.WaitFor(t, "initramfs: mounting "+lab.Addr(1)+":/nodes/"+key, slow*45*time.Second)
+	// The root is mounted once the node's init runs from it.
+	checkRootLine(t, lab, n, n.WaitUp(t, slow*60*time.Second))
 	if !strings.Contains(n.Proc.Output(), "initramfs: eth0 "+lab.Addr(100)+"/") {
 		t.Errorf("after dhcpd's restart the node did not get its address %s again", lab.Addr(100))
 	}
