@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -79,7 +78,5 @@ func TestWriteLayout(t *testing.T) {
 	var m struct{ Layers []struct{ MediaType string } }
 	if err := json.Unmarshal(out, &m); err != nil || len(m.Layers) != 1 {
 		t.Errorf("skopeo inspect: %s (%v)", out, err)
-	} else if os.Getenv("CI") != "" {
-		t.Fatalf("skopeo is missing: %v", err)
 	}
 }
