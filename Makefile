@@ -25,11 +25,15 @@ SERVICES := dhcpd tftpd ocicache nfsd status
 NODE_IMAGE       ?= $(CURDIR)/.build/node-image
 NODE_IMAGE_FLAGS ?=
 
-.PHONY: image update root run test unit bench demo builddir-sync node-image node-import
+# `make test` needs pipefail: go test's status must survive the summary.
+SHELL := /bin/bash
+
+.PHONY: image update root run deps test unit bench demo builddir-sync node-image node-import
 
 ## image: build a full Raspberry Pi image (boot, root, and an ext4 /perm)
 image:
-	@command -v mkfs.ext4 >/dev/null || { echo "make image: mkfs.ext4 not found; install e2fsprogs" >&2; exit 1; }
+	@command -v mkfs.ext4 >/dev/null || [ "$$(id -u)" != 0 ] || apt-get -o DPkg::Lock::Timeout=600 install -y -qq e2fsprogs
+	@command -v mkfs.ext4 >/dev/null || { echo "make image: mkfs.ext4 not found; install e2fsprogs (as root: apt-get install e2fsprogs)" >&2; exit 1; }
 	mkdir -p .build
 	$(GOK) $(GOKFLAGS) overwrite --full $(IMAGE) --target_storage_bytes=$(TARGET_STORAGE_BYTES) 2>&1 | tee .build/gok-image.log
 	@# gok leaves the perm partition unformatted and prints the mkfs command
@@ -69,10 +73,16 @@ run:
 	  echo "status page: http://localhost:8080/  (Ctrl-C stops all)"; \
 	  wait
 
-## test: vet, unit tests, root tests (network namespaces, QEMU) and the image build check
-test:
+## deps: install the Debian packages the tests use (as root; quick when all are there)
+deps:
+	tests/lab/install-deps.sh
+
+## test: deps, vet, every test (network namespaces, QEMU, the image build), a summary by package
+test: deps
 	go vet ./...
-	go test -count=1 -timeout 45m ./...
+	mkdir -p .build
+	go build -o .build/testsum ./tests/lab/testsum
+	set -o pipefail; go test -count=1 -timeout 45m -json ./... 2>&1 | .build/testsum
 
 ## unit: only what runs without root or network namespaces
 unit:

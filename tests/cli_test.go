@@ -6,16 +6,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // TestBadConfigOneLinePerProblem runs each real service binary against a
 // config.json with several mistakes: each must refuse to start and name every
 // problem on its own line.
 func TestBadConfigOneLinePerProblem(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the service binaries")
-	}
-	root := repoRoot(t)
+	testenv.Short(t, "builds the service binaries")
+	bins := lab.Binaries(t, "dhcpd", "tftpd", "ocicache", "nfsd")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.json")
 	os.WriteFile(cfg, []byte(`{
@@ -38,11 +39,7 @@ func TestBadConfigOneLinePerProblem(t *testing.T) {
 		`Netboot.Nodes[2]: needs a Serial or a MAC to recognise the node`,
 	}
 	for _, svc := range []string{"dhcpd", "tftpd", "ocicache", "nfsd"} {
-		bin := filepath.Join(dir, svc)
-		if out, err := exec.Command("go", "build", "-C", root, "-o", bin, "./services/"+svc).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", svc, err, out)
-		}
-		cmd := exec.Command(bin, "-config", cfg, "-store", filepath.Join(dir, "store"), "-status", "")
+		cmd := exec.Command(filepath.Join(bins, svc), "-config", cfg, "-store", filepath.Join(dir, "store"), "-status", "")
 		out, err := cmd.CombinedOutput()
 		if err == nil {
 			t.Errorf("%s started with a bad config", svc)

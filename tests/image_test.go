@@ -7,24 +7,20 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
-// repoRoot is the checkout this test file lives in: the gokrazy instance.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(file))
-}
+// packages name the Debian package of each program the tests here run.
+var packages = map[string]string{"unsquashfs": "squashfs-tools", "mkfs.ext4": "e2fsprogs", "dumpe2fs": "e2fsprogs", "make": "make", "chromium": "chromium"}
 
 func need(t *testing.T, cmds ...string) {
 	t.Helper()
 	for _, c := range cmds {
-		if _, err := exec.LookPath(c); err != nil {
-			t.Skipf("%s not installed (see .ci/run): %v", c, err)
-		}
+		testenv.NeedTool(t, c, packages[c])
 	}
 }
 
@@ -45,11 +41,9 @@ func builddirState(t *testing.T, root string) []byte {
 // TestImage builds the head-node image exactly as `make image` does and
 // checks that it holds the services, the config and a formatted /perm.
 func TestImage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the gokrazy image (about 2 minutes on a cold module cache)")
-	}
+	testenv.Short(t, "builds the gokrazy image (about 2 minutes on a cold module cache)")
 	need(t, "unsquashfs", "mkfs.ext4", "dumpe2fs", "make")
-	root := repoRoot(t)
+	root := lab.RepoRoot()
 	before := builddirState(t, root)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "ociboot.img")

@@ -1,10 +1,8 @@
 package tests
 
 import (
-	"bufio"
 	"fmt"
 	"image/png"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +12,8 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // chromium runs Debian's headless Chromium with the flags that keep it off
@@ -35,11 +35,8 @@ func chromium(t *testing.T, args ...string) []byte {
 // two nodes, renders its page in headless Chromium and checks both the DOM
 // and the pixels of a screenshot (the boot-stage badges are coloured).
 func TestStatusPageInChromium(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts the status service and Chromium")
-	}
+	testenv.Short(t, "starts the status service and Chromium")
 	need(t, "chromium")
-	root := repoRoot(t)
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "store"), store.Options{AllowTmpfs: true})
 	if err != nil {
@@ -53,31 +50,12 @@ func TestStatusPageInChromium(t *testing.T) {
 	cfg := filepath.Join(dir, "config.json")
 	os.WriteFile(cfg, []byte(`{"Netboot": {"Nodes": [{"Name": "node2", "Serial": "abcd0002"}]}}`), 0o644)
 
-	bin := filepath.Join(dir, "status")
-	if out, err := exec.Command("go", "build", "-C", root, "-o", bin, "./services/status").CombinedOutput(); err != nil {
-		t.Fatalf("go build status: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	ln := lab.ListenTCP(t)
+	addr := ln.Addr
 	// The other services are not running: the page must say so, not hang.
-	svc := exec.Command(bin, "-config", cfg, "-store", st.Root, "-allow_tmpfs", "-status", addr,
-		"-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", "http://127.0.0.1:1", "-nfsd", "http://127.0.0.1:1")
-	stdout, _ := svc.StdoutPipe()
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Process.Kill(); svc.Wait() })
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() && !strings.Contains(sc.Text(), "status listening") {
-	}
-	go func() {
-		for sc.Scan() {
-		}
-	}()
+	svc := lab.Cmd{Name: "status", Files: ln.Files(), Args: []string{lab.Binary(t, "status"), "-config", cfg, "-store", st.Root, "-allow_tmpfs", "-status", addr,
+		"-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", "http://127.0.0.1:1", "-nfsd", "http://127.0.0.1:1"}}.Start(t)
+	svc.WaitFor(t, "status listening", 10*time.Second)
 	url := fmt.Sprintf("http://%s/", addr)
 
 	dom := string(chromium(t, "--dump-dom", url))

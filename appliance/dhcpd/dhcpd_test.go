@@ -18,8 +18,8 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/appliance/store"
-	"github.com/ociboot/ociboot/tests/piemu"
 )
 
 type clock struct {

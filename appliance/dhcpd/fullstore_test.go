@@ -12,18 +12,14 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 // The store on a real tmpfs (in a mount namespace of its own) that a
 // node's big file fills: the renewal of an existing lease is still ACKed.
 func TestRenewalACKedOnFullTmpfs(t *testing.T) {
 	if os.Getenv("OCIBOOT_FULLSTORE_HELPER") == "" {
-		if os.Geteuid() != 0 {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("needs root for a tmpfs in a mount namespace")
-			}
-			t.Skip("needs root for a tmpfs in a mount namespace")
-		}
+		testenv.NeedRoot(t, "a tmpfs in a mount namespace")
 		cmd := exec.Command("unshare", "-m", "sh", "-c", `mount -t tmpfs -o size=2m tmpfs "$D" && exec "$0" -test.run '^TestRenewalACKedOnFullTmpfs$' -test.v`, os.Args[0])
 		cmd.Env = append(os.Environ(), "D="+t.TempDir(), "OCIBOOT_FULLSTORE_HELPER=1")
 		out, err := cmd.CombinedOutput()

@@ -3,7 +3,6 @@ package dhcpd
 import (
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/ociboot/ociboot/appliance/rawip"
 )
 
 // Observed is a DHCP server reply seen on the segment.
@@ -179,32 +180,15 @@ func ListenSniffer(iface string) (*PacketSniffer, error) {
 
 // SendDiscover broadcasts m from 0.0.0.0:68 as a client without an address.
 func (p *PacketSniffer) SendDiscover(m *dhcpv4.DHCPv4) error {
-	payload := m.ToBytes()
-	b := make([]byte, 28+len(payload))
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-	b[8] = 64
-	b[9] = unix.IPPROTO_UDP
-	copy(b[16:20], net.IPv4bcast.To4())
-	binary.BigEndian.PutUint16(b[10:], ipChecksum(b[:20]))
-	binary.BigEndian.PutUint16(b[20:], ClientPort)
-	binary.BigEndian.PutUint16(b[22:], ServerPort)
-	binary.BigEndian.PutUint16(b[24:], uint16(8+len(payload)))
-	copy(b[28:], payload)
-	_, err := p.conn.WriteTo(b, &packet.Addr{HardwareAddr: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
+	b := rawip.UDP(netip.AddrPortFrom(netip.IPv4Unspecified(), ClientPort), netip.AddrPortFrom(broadcast, ServerPort), m.ToBytes())
+	_, err := p.conn.WriteTo(b, &packet.Addr{HardwareAddr: ethernetBroadcast})
 	return err
 }
 
-func ipChecksum(h []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(h); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(h[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
-}
+var (
+	broadcast         = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	ethernetBroadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+)
 
 // Recv returns the next DHCP reply on the segment.
 func (p *PacketSniffer) Recv(ctx context.Context) (Observed, error) {
@@ -220,20 +204,15 @@ func (p *PacketSniffer) Recv(ctx context.Context) (Observed, error) {
 			}
 			return Observed{}, err
 		}
-		b := buf[:n]
-		if len(b) < 20 || b[0]>>4 != 4 {
+		from, _, payload, ok := rawip.ParseUDP(buf[:n])
+		if !ok {
 			continue
 		}
-		ihl := int(b[0]&0xf) * 4
-		if len(b) < ihl+8 {
-			continue
-		}
-		m, err := dhcpv4.FromBytes(b[ihl+8:])
+		m, err := dhcpv4.FromBytes(payload)
 		if err != nil || m.OpCode != dhcpv4.OpcodeBootReply {
 			continue
 		}
-		from, _ := netip.AddrFromSlice(b[12:16])
-		return Observed{From: from, Msg: m}, nil
+		return Observed{From: from.Addr(), Msg: m}, nil
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 // imageAndRoot makes an "image" tree and a node root whose files are hard
@@ -98,15 +100,12 @@ func TestWriteLeavesImageAlone(t *testing.T) {
 			t.Errorf("%s: .pub %s does not match the private key's %s", typ, got, want)
 		}
 		// OpenSSH itself must read what sshd will load.
-		if _, err := exec.LookPath("ssh-keygen"); err != nil && os.Getenv("CI") != "" {
-			t.Fatalf("ssh-keygen (openssh-client) is missing: %v", err)
-		} else if err == nil {
-			out, err := exec.Command("ssh-keygen", "-y", "-f", priv).CombinedOutput()
-			if err != nil {
-				t.Errorf("ssh-keygen -y %s: %v\n%s", priv, err, out)
-			} else if p2, _, _, _, err := ssh.ParseAuthorizedKey(out); err != nil || ssh.FingerprintSHA256(p2) != ssh.FingerprintSHA256(pub) {
-				t.Errorf("ssh-keygen derives another public key from %s: %s", priv, out)
-			}
+		testenv.NeedTool(t, "ssh-keygen", "openssh-client")
+		out, err := exec.Command("ssh-keygen", "-y", "-f", priv).CombinedOutput()
+		if err != nil {
+			t.Errorf("ssh-keygen -y %s: %v\n%s", priv, err, out)
+		} else if p2, _, _, _, err := ssh.ParseAuthorizedKey(out); err != nil || ssh.FingerprintSHA256(p2) != ssh.FingerprintSHA256(pub) {
+			t.Errorf("ssh-keygen derives another public key from %s: %s", priv, out)
 		}
 	}
 	if got, want := read("root/.ssh/authorized_keys"), "ssh-ed25519 AAAAimage image\n"+key+"\n"; got != want {

@@ -12,7 +12,6 @@
 package netconsole
 
 import (
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -229,27 +228,6 @@ func (r *Receiver) ServeUDP(conn net.PacketConn, keyed bool) error {
 		}
 		r.Handle(nil, ua.AddrPort(), buf[:n])
 	}
-}
-
-// ParseIPv4UDP takes an IPv4 packet (as a packet socket of type
-// SOCK_DGRAM delivers it) and returns its source and UDP payload if it is
-// an unfragmented UDP datagram to port.
-func ParseIPv4UDP(b []byte, port uint16) (netip.AddrPort, []byte, bool) {
-	if len(b) < 20 || b[0]>>4 != 4 || b[9] != 17 {
-		return netip.AddrPort{}, nil, false
-	}
-	ihl := int(b[0]&0x0f) * 4
-	total := int(binary.BigEndian.Uint16(b[2:]))
-	if ihl < 20 || total < ihl+8 || total > len(b) || binary.BigEndian.Uint16(b[6:])&0x3fff != 0 {
-		return netip.AddrPort{}, nil, false
-	}
-	udp := b[ihl:total]
-	ulen := int(binary.BigEndian.Uint16(udp[4:]))
-	if binary.BigEndian.Uint16(udp[2:]) != port || ulen < 8 || ulen > len(udp) {
-		return netip.AddrPort{}, nil, false
-	}
-	src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[12:16])), binary.BigEndian.Uint16(udp[0:]))
-	return src, udp[8:ulen], true
 }
 
 // Status is what /status shows of the receiver.

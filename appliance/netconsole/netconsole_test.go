@@ -10,8 +10,9 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/rawip"
 	"github.com/ociboot/ociboot/appliance/store"
-	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 func setup(t *testing.T, netboot string) (*store.Store, *Receiver) {
@@ -104,19 +105,17 @@ func TestSplitLines(t *testing.T) {
 // the same for every Pi; the packet socket files them by the sender's MAC
 // under the record dhcpd keeps for it (by serial).
 func TestBootloaderNetconsoleByMAC(t *testing.T) {
-	netlab.NeedRoot(t)
-	netlab.RemoveStale("obdnc")
-	seg := netlab.NewSegment(t, "obdnc")
+	seg := lab.NewSegment(t)
 	head := seg.Attach("head", 1, "")
 	pi := seg.Attach("pi", 0, "dc:a6:32:10:20:01")
-	netlab.Run(t, "ip", "-n", pi, "addr", "add", "169.254.1.1/16", "dev", "obd0")
-	netlab.Run(t, "ip", "-n", pi, "route", "add", "255.255.255.255", "dev", "obd0")
+	lab.Run(t, "ip", "-n", pi, "addr", "add", "169.254.1.1/16", "dev", "eth0")
+	lab.Run(t, "ip", "-n", pi, "route", "add", "255.255.255.255", "dev", "eth0")
 	st, r := setup(t, `{}`)
 	nodes.Save(st, nodes.Record{Serial: "5b154510", MAC: "dc:a6:32:10:20:01", IP: seg.Addr(7)})
 	done := make(chan struct{})
 	defer close(done)
-	netlab.InNS(t, head, func() {
-		c, err := ListenPacket("obd0")
+	lab.InNS(t, head, func() {
+		c, err := ListenPacket("eth0")
 		if err != nil {
 			t.Error(err)
 			return
@@ -131,8 +130,7 @@ func TestBootloaderNetconsoleByMAC(t *testing.T) {
 		go func() { <-done; u.Close() }()
 		go r.ServeUDP(u, false)
 	})
-	time.Sleep(100 * time.Millisecond)
-	netlab.InNS(t, pi, func() {
+	lab.InNS(t, pi, func() {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(169, 254, 1, 1), Port: 6665})
 		if err != nil {
 			t.Error(err)
@@ -168,8 +166,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("\x4f\x00\x00\x14"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, payload, ok := ParseIPv4UDP(b, Port)
-		if !ok {
+		_, dst, payload, ok := rawip.ParseUDP(b)
+		if !ok || dst.Port() != Port {
 			return
 		}
 		for _, l := range SplitLines(payload) {

@@ -8,6 +8,8 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/ociboot/ociboot/appliance/rawip"
 )
 
 // ListenPacket opens a packet socket on iface that sees only unfragmented
@@ -51,8 +53,8 @@ func (r *Receiver) ServePacket(c *packet.Conn) error {
 			}
 			return err
 		}
-		src, payload, ok := ParseIPv4UDP(buf[:n], Port)
-		if !ok {
+		src, dst, payload, ok := rawip.ParseUDP(buf[:n])
+		if !ok || dst.Port() != Port {
 			continue
 		}
 		var mac net.HardwareAddr

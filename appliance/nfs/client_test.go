@@ -16,6 +16,7 @@ import (
 	"github.com/ociboot/ociboot/appliance/images"
 	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 const testDigest = "sha256:89abcdef0123456789abcdef0123456789abcdef0123456789abcdef01234567"
@@ -65,9 +66,7 @@ type testEnv struct {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("nfsd sets owners and trusted xattrs: run as root")
-	}
+	testenv.NeedRoot(t, "nfsd sets owners and trusted xattrs")
 }
 
 // newEnv makes a store with one image tree:

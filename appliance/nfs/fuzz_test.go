@@ -12,6 +12,7 @@ import (
 	"github.com/ociboot/ociboot/appliance/images"
 	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 // fuzzKey signs the handles in the committed seed corpus, so that seeds
@@ -151,9 +152,7 @@ func seedCalls() [][]byte {
 // TestWriteFuzzSeeds regenerates testdata/fuzz/FuzzRPC when
 // OCIBOOT_WRITE_SEEDS is set.
 func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("OCIBOOT_WRITE_SEEDS") == "" {
-		t.Skip("set OCIBOOT_WRITE_SEEDS=1 to rewrite the seed corpus")
-	}
+	testenv.OptIn(t, "OCIBOOT_WRITE_SEEDS", "rewriting the seed corpus")
 	dir := filepath.Join("testdata", "fuzz", "FuzzRPC")
 	os.MkdirAll(dir, 0o755)
 	for i, s := range seedCalls() {
@@ -197,9 +196,7 @@ func FuzzNFS(f *testing.F) {
 	for _, s := range nfsSeeds() {
 		f.Add(s.proc, s.args)
 	}
-	if os.Geteuid() != 0 {
-		f.Skip("needs root: the server sets owners")
-	}
+	testenv.NeedRoot(f, "the server sets owners")
 	srv := fuzzServer(f)
 	e := srv.exports[exportID("node1")]
 	root := srv.key.handle(e, e.rootID)

@@ -5,13 +5,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 func TestWriteLayout(t *testing.T) {
@@ -69,16 +70,13 @@ func TestWriteLayout(t *testing.T) {
 		t.Errorf("layer: got %+v", got)
 	}
 	// skopeo reads it as any OCI layout (the documented push).
-	if _, err := exec.LookPath("skopeo"); err == nil {
-		out, err := exec.Command("skopeo", "inspect", "--raw", "oci:"+dir1).Output()
-		if err != nil {
-			t.Fatalf("skopeo inspect: %v", err)
-		}
-		var m struct{ Layers []struct{ MediaType string } }
-		if err := json.Unmarshal(out, &m); err != nil || len(m.Layers) != 1 {
-			t.Errorf("skopeo inspect: %s (%v)", out, err)
-		}
-	} else if os.Getenv("CI") != "" {
-		t.Fatalf("skopeo is missing: %v", err)
+	testenv.NeedTool(t, "skopeo", "skopeo")
+	out, err := exec.Command("skopeo", "inspect", "--raw", "oci:"+dir1).Output()
+	if err != nil {
+		t.Fatalf("skopeo inspect: %v", err)
+	}
+	var m struct{ Layers []struct{ MediaType string } }
+	if err := json.Unmarshal(out, &m); err != nil || len(m.Layers) != 1 {
+		t.Errorf("skopeo inspect: %s (%v)", out, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/ocicache/ocitest"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 // A real full file system: the store on an 8 MiB tmpfs (in a mount
@@ -20,12 +21,7 @@ import (
 // for once, and nothing half-written is left.
 func TestRealENOSPCIsADiskError(t *testing.T) {
 	if os.Getenv("OCIBOOT_ENOSPC_HELPER") == "" {
-		if os.Geteuid() != 0 {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("needs root for a tmpfs in a mount namespace")
-			}
-			t.Skip("needs root for a tmpfs in a mount namespace")
-		}
+		testenv.NeedRoot(t, "a tmpfs in a mount namespace")
 		cmd := exec.Command("unshare", "-m", "sh", "-c", `mount -t tmpfs -o size=8m tmpfs "$D" && exec "$0" -test.run '^TestRealENOSPCIsADiskError$' -test.v`, os.Args[0])
 		cmd.Env = append(os.Environ(), "D="+t.TempDir(), "OCIBOOT_ENOSPC_HELPER=1")
 		out, err := cmd.CombinedOutput()

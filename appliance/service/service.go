@@ -114,7 +114,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 	env.Mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	env.Mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if *f.Status != "" {
-		ln, err := net.Listen("tcp", *f.Status)
+		ln, err := Listen("tcp", *f.Status)
 		if err != nil {
 			return nil, fmt.Errorf("%s: status listener: %v; pass another -status address", name, err)
 		}

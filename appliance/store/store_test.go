@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 func TestOpenCreatesAreas(t *testing.T) {
@@ -31,11 +33,9 @@ func TestOpenCreatesAreas(t *testing.T) {
 // (a shell snippet working on $D, a fresh temp dir) and returns its output.
 func inMountNS(t *testing.T, setup, helper string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a mount namespace")
-	}
-	if err := exec.Command("unshare", "-m", "true").Run(); err != nil {
-		t.Skipf("no mount namespaces: %v", err)
+	testenv.NeedRoot(t, "a mount namespace")
+	if out, err := exec.Command("unshare", "-m", "true").CombinedOutput(); err != nil {
+		testenv.Need(t, "no mount namespaces (unshare -m: %v %s)", err, out)
 	}
 	cmd := exec.Command("unshare", "-m", "sh", "-c", setup+" && exec \"$0\" -test.run \"^"+helper+"$\" -test.v", os.Args[0])
 	cmd.Env = append(os.Environ(), "D="+t.TempDir(), "OCIBOOT_STORE_HELPER=1")
@@ -76,9 +76,7 @@ func TestOpenTmpfsRefused(t *testing.T) {
 // TestOpenHelper prints what Open says about $D/store; the tests above run it
 // inside their mount namespaces.
 func TestOpenHelper(t *testing.T) {
-	if os.Getenv("OCIBOOT_STORE_HELPER") != "1" {
-		t.Skip("helper for TestOpenReadOnly and TestOpenTmpfsRefused")
-	}
+	testenv.OptIn(t, "OCIBOOT_STORE_HELPER", "helper for TestOpenReadOnly and TestOpenTmpfsRefused")
 	_, err := Open(filepath.Join(os.Getenv("D"), "store"), Options{})
 	t.Logf("Open: %v", err)
 }

@@ -3,7 +3,7 @@ package tftpd
 import (
 	"testing"
 
-	"github.com/ociboot/ociboot/tests/piemu"
+	"github.com/ociboot/ociboot/appliance/piemu"
 )
 
 func TestConfigTxtExtrasApplyAfterAConditionalSection(t *testing.T) {

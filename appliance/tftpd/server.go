@@ -136,9 +136,18 @@ func New(o Options) *Server {
 	return s
 }
 
-// Listen opens the UDP socket for Serve on addr (e.g. ":69") with
-// IP_PKTINFO already enabled, so that even the first request carries the
-// local address the generated cmdline.txt names.
+// EnablePacketInfo turns on IP_PKTINFO on the socket for Serve, so that
+// each request carries the local address the generated cmdline.txt names.
+// Call it right after binding: a request queued before lacks it.
+func EnablePacketInfo(conn *net.UDPConn) error {
+	if err := ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true); err != nil {
+		return fmt.Errorf("tftpd: enabling IP_PKTINFO on %s: %v", conn.LocalAddr(), err)
+	}
+	return nil
+}
+
+// Listen opens a UDP socket for Serve on addr (e.g. "127.0.0.1:0") with
+// IP_PKTINFO enabled.
 func Listen(addr string) (*net.UDPConn, error) {
 	a, err := net.ResolveUDPAddr("udp4", addr)
 	if err != nil {
@@ -148,9 +157,9 @@ func Listen(addr string) (*net.UDPConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true); err != nil {
+	if err := EnablePacketInfo(conn); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("tftpd: enabling IP_PKTINFO on %s: %v", addr, err)
+		return nil, err
 	}
 	return conn, nil
 }

@@ -19,8 +19,8 @@ import (
 	"github.com/ociboot/ociboot/appliance/images"
 	"github.com/ociboot/ociboot/appliance/nfs"
 	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/appliance/store"
-	"github.com/ociboot/ociboot/tests/piemu"
 )
 
 const (

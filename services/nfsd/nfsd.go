@@ -81,14 +81,14 @@ func main() {
 			}
 		}()
 		serve := func(addr, what string, progs []nfs.Program) error {
-			ln, err := net.Listen("tcp", addr)
+			ln, err := service.Listen("tcp", addr)
 			if err != nil {
 				return fmt.Errorf("nfsd: listen on TCP %s for %s: %v; is another NFS server or rpcbind running? (set -%s)", addr, what, err, map[string]string{"NFS": "nfs_addr", "portmap": "portmap_addr"}[what])
 			}
 			closers = append(closers, ln.Close)
 			port := ln.Addr().(*net.TCPAddr).Port
 			go func() { errc <- srv.ServeTCP(ln) }()
-			pc, err := net.ListenPacket("udp", net.JoinHostPort(host(addr), strconv.Itoa(port)))
+			pc, err := service.ListenPacket("udp", net.JoinHostPort(host(addr), strconv.Itoa(port)))
 			if err != nil {
 				return fmt.Errorf("nfsd: listen on UDP %s for %s: %v", addr, what, err)
 			}

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -50,7 +49,7 @@ func main() {
 			return map[string]any{"service": "ocicache", "registry": *registryAddr, "cache": c.Status()}
 		})
 		if *registryAddr != "" {
-			ln, err := net.Listen("tcp", *registryAddr)
+			ln, err := service.Listen("tcp", *registryAddr)
 			if err != nil {
 				return err
 			}

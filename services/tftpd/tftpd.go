@@ -22,9 +22,16 @@ func main() {
 	service.Main("tftpd", ":9069", func(ctx context.Context, env *service.Env) error {
 		// All addresses: the generated cmdline.txt names the address each
 		// request arrived on, read from IP_PKTINFO.
-		conn, err := tftpd.Listen(fmt.Sprintf(":%d", *port))
+		pc, err := service.ListenPacket("udp4", fmt.Sprintf(":%d", *port))
 		if err != nil {
 			return fmt.Errorf("tftpd: listen on UDP %d: %v; is another TFTP server (tftpd-hpa, dnsmasq) running?", *port, err)
+		}
+		conn, ok := pc.(*net.UDPConn)
+		if !ok {
+			return fmt.Errorf("tftpd: UDP port %d: got a %T, want a UDP socket", *port, pc)
+		}
+		if err := tftpd.EnablePacketInfo(conn); err != nil {
+			return err
 		}
 		srv := tftpd.New(tftpd.Options{Config: env.Config, Store: env.Store, Log: env.Log, Metrics: env.Metrics})
 		rcv := netconsole.New(netconsole.Options{Config: env.Config, Store: env.Store, Log: env.Log})
@@ -59,13 +66,13 @@ func main() {
 // address, the same on every Pi), with the UDP socket only holding the port;
 // without CAP_NET_RAW through the UDP socket alone, by sender address.
 func serveLogs(env *service.Env, rcv *netconsole.Receiver, done chan struct{}) error {
-	a, err := net.ResolveUDPAddr("udp4", *logAddr)
-	if err != nil {
-		return fmt.Errorf("tftpd: -netconsole %q: %v", *logAddr, err)
-	}
-	u, err := net.ListenUDP("udp4", a)
+	lc, err := service.ListenPacket("udp4", *logAddr)
 	if err != nil {
 		return fmt.Errorf("tftpd: listen on UDP %s for boot logs: %v (set -netconsole, empty to disable)", *logAddr, err)
+	}
+	u, ok := lc.(*net.UDPConn)
+	if !ok {
+		return fmt.Errorf("tftpd: -netconsole %s: got a %T, want a UDP socket", *logAddr, lc)
 	}
 	byMAC := false
 	if pc, err := netconsole.ListenPacket(env.Config.Interface); err != nil {

@@ -18,9 +18,10 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/dhcpd"
 	"github.com/ociboot/ociboot/appliance/nodes"
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/appliance/store"
-	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
-	"github.com/ociboot/ociboot/tests/piemu"
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 func openStore(t *testing.T, dir string) *store.Store {
@@ -52,14 +53,14 @@ func waitRecord(t *testing.T, storeDir, key, wantIP string) nodes.Record {
 // A Pi on a LAN whose router (dnsmasq) leases addresses: it hears two
 // offers, boots from ours, takes its address from dnsmasq.
 func TestProxyBehindDnsmasq(t *testing.T) {
-	s := netlab.NewSegment(t, nsPrefix)
+	s := lab.NewSegment(t)
 	lan := s.Attach("lan", 254, "")
 	head := s.Attach("head", 1, "")
 	p := piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x00, 0x01}, Serial: 0x5b154510}
 	piNS := s.Attach("pi", 0, p.MAC.String())
 
 	startDnsmasq(t, s, lan)
-	d := startDHCPD(t, head, `{"Interface": "obd0", "DefaultImage": "registry.test:5000/pi/node:1"}`, "")
+	d := startDHCPD(t, head, `{"Interface": "eth0", "DefaultImage": "registry.test:5000/pi/node:1"}`, "")
 	d.WaitFor(t, "serving DHCP", 5*time.Second)
 
 	l, err := piDHCP(t, piNS, p, 20*time.Second)
@@ -70,7 +71,7 @@ func TestProxyBehindDnsmasq(t *testing.T) {
 		t.Errorf("Pi heard %d offers, want %d (dnsmasq's and ours)", got, want)
 	}
 	ip := l.IP.String()
-	if !strings.HasPrefix(ip, fmt.Sprintf("10.67.%d.1", s.Net)) || l.IP.As4()[3] < 150 {
+	if !strings.HasPrefix(ip, s.Prefix()+".1") || l.IP.As4()[3] < 150 {
 		t.Errorf("address %s is not from dnsmasq's range", ip)
 	}
 	check(t, "TFTP server", l.TFTP.String(), s.Addr(1))
@@ -108,21 +109,21 @@ func TestProxyBehindDnsmasq(t *testing.T) {
 }
 
 const fullNetboot = `{
-	"Interface": "obd0", "Mode": "full", "ServerIP": "%[1]s.1",
+	"Interface": "eth0", "Mode": "full", "ServerIP": "%[1]s.1",
 	"Subnet": "%[1]s.0/24", "Range": "%[1]s.100-%[1]s.120",
 	"Router": "%[1]s.254", "DNS": ["%[1]s.53"], "LeaseSeconds": 600,
 	"DefaultImage": "registry.test:5000/pi/node:1",
 	"Nodes": [{"Name": "reserved", "MAC": "52:54:00:67:00:99", "IP": "%[1]s.50"}]
 }`
 
-func fullConfig(s *netlab.Segment) string {
-	return fmt.Sprintf(fullNetboot, fmt.Sprintf("10.67.%d", s.Net))
+func fullConfig(s *lab.Segment) string {
+	return fmt.Sprintf(fullNetboot, s.Prefix())
 }
 
 // Full mode against udhcpc with a PXE vendor class, dhclient with a
 // reservation, and a Pi whose kernel and OS then ask again.
 func TestFullModeClients(t *testing.T) {
-	s := netlab.NewSegment(t, nsPrefix)
+	s := lab.NewSegment(t)
 	head := s.Attach("head", 1, "")
 	d := startDHCPD(t, head, fullConfig(s), "", "-probe_wait=1s")
 	d.WaitFor(t, "serving DHCP", 5*time.Second)
@@ -183,18 +184,18 @@ func TestFullModeClients(t *testing.T) {
 // Full mode refuses to start beside another server unless forced, and
 // warns about it when forced.
 func TestFullModeRefusesBesideDnsmasq(t *testing.T) {
-	s := netlab.NewSegment(t, nsPrefix)
+	s := lab.NewSegment(t)
 	lan := s.Attach("lan", 254, "")
 	head := s.Attach("head", 1, "")
 	startDnsmasq(t, s, lan)
 
 	d := startDHCPD(t, head, fullConfig(s), "", "-probe_wait=5s")
 	select {
-	case <-d.Done:
+	case <-d.Done():
 	case <-time.After(15 * time.Second):
 		t.Fatalf("full mode kept running beside dnsmasq:\n%s", d.Output())
 	}
-	if d.Err == nil {
+	if d.Err() == nil {
 		t.Errorf("dhcpd exited 0 beside dnsmasq")
 	}
 	if out := d.Output(); !strings.Contains(out, "another DHCP server answers on this segment") || !strings.Contains(out, s.Addr(254)) {
@@ -213,7 +214,7 @@ func TestFullModeRefusesBesideDnsmasq(t *testing.T) {
 // Leases survive kill -9 of the service: after a restart every node gets
 // its address back and a newcomer gets a different one.
 func TestFullModeLeasesSurviveKill9(t *testing.T) {
-	s := netlab.NewSegment(t, nsPrefix)
+	s := lab.NewSegment(t)
 	head := s.Attach("head", 1, "")
 	store := filepath.Join(t.TempDir(), "store")
 	d := startDHCPD(t, head, fullConfig(s), store, "-probe_wait=1s")
@@ -234,7 +235,7 @@ func TestFullModeLeasesSurviveKill9(t *testing.T) {
 		before[p.MAC.String()] = l.IP.String()
 	}
 	d.Kill(syscall.SIGKILL)
-	<-d.Done
+	<-d.Done()
 
 	b, err := os.ReadFile(filepath.Join(store, "dhcp", "leases.json"))
 	if err != nil {
@@ -274,18 +275,18 @@ func TestFullModeLeasesSurviveKill9(t *testing.T) {
 // pxe-service=0,"Raspberry Pi Boot" in proxy mode (the setup of the official
 // netboot tutorial), and both proxies answer the Pi the same way.
 func TestProxyRepliesMatchDnsmasq(t *testing.T) {
-	s := netlab.NewSegment(t, nsPrefix)
+	s := lab.NewSegment(t)
 	lan := s.Attach("dnsmasq", 2, "")
 	head := s.Attach("head", 1, "")
 	p := piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x02, 0x01}, Serial: 0x12345678}
 	piNS := s.Attach("pi", 0, p.MAC.String())
-	netlab.StartDnsmasq(t, lan, "--log-dhcp", "--dhcp-range="+s.Addr(0)+",proxy", "--pxe-service=0,Raspberry Pi Boot")
-	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	lab.Dnsmasq(t, lan, "--log-dhcp", "--dhcp-range="+s.Addr(0)+",proxy", "--pxe-service=0,Raspberry Pi Boot")
+	d := startDHCPD(t, head, `{"Interface": "eth0"}`, "")
 	d.WaitFor(t, "serving DHCP", 5*time.Second)
 
 	offers := map[string]*dhcpv4.DHCPv4{}
-	netlab.InNS(t, piNS, func() {
-		c, err := piemu.Open("obd0")
+	lab.InNS(t, piNS, func() {
+		c, err := piemu.Open("eth0")
 		if err != nil {
 			t.Error(err)
 			return
@@ -330,27 +331,27 @@ func TestProxyRepliesMatchDnsmasq(t *testing.T) {
 // A Pi behind a DHCP relay (dnsmasq --dhcp-relay) gets the boot offer
 // through it: the proxy replies to giaddr:67, not by broadcast.
 func TestProxyThroughRelay(t *testing.T) {
-	a := netlab.NewSegment(t, nsPrefix) // head node's segment
-	b := netlab.NewSegment(t, nsPrefix) // the Pi's segment
+	a := lab.NewSegment(t) // head node's segment
+	b := lab.NewSegment(t) // the Pi's segment
 	head := a.Attach("head", 1, "")
 	relay := a.Attach("relay", 2, "")
 	b.Plug(relay, "obd1", 1)
-	netlab.Run(t, "ip", "-n", head, "route", "add", b.Prefix()+".0/24", "via", a.Addr(2))
+	lab.Run(t, "ip", "-n", head, "route", "add", b.Prefix()+".0/24", "via", a.Addr(2))
 	p := piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0x67, 0x03, 0x01}, Serial: 0x0000beef}
 	piNS := b.Attach("pi", 0, p.MAC.String())
 
-	netlab.NeedTool(t, "dnsmasq", "dnsmasq")
+	testenv.NeedTool(t, "dnsmasq", "dnsmasq")
 	dir := t.TempDir()
-	r := netlab.Start(t, relay, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
+	r := lab.Start(t, relay, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--user=root",
 		"--log-facility=-", "--log-dhcp", "--pid-file="+filepath.Join(dir, "pid"), "--dhcp-leasefile="+filepath.Join(dir, "leases"),
 		"--dhcp-relay="+b.Addr(1)+","+a.Addr(1))
 	r.WaitFor(t, "DHCP relay", 5*time.Second)
-	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	d := startDHCPD(t, head, `{"Interface": "eth0"}`, "")
 	d.WaitFor(t, "serving DHCP", 5*time.Second)
 
 	var offer *dhcpv4.DHCPv4
-	netlab.InNS(t, piNS, func() {
-		c, err := piemu.Open("obd0")
+	lab.InNS(t, piNS, func() {
+		c, err := piemu.Open("eth0")
 		if err != nil {
 			t.Error(err)
 			return
@@ -383,16 +384,16 @@ func TestProxyThroughRelay(t *testing.T) {
 // A second DHCP server on the same host and interface makes start-up fail
 // with a hint, instead of two servers silently sharing port 67.
 func TestPortTakenByDnsmasq(t *testing.T) {
-	s := netlab.NewSegment(t, nsPrefix)
+	s := lab.NewSegment(t)
 	head := s.Attach("head", 1, "")
 	startDnsmasq(t, s, head)
-	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	d := startDHCPD(t, head, `{"Interface": "eth0"}`, "")
 	select {
-	case <-d.Done:
+	case <-d.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatalf("dhcpd kept running with dnsmasq on port 67:\n%s", d.Output())
 	}
-	if d.Err == nil {
+	if d.Err() == nil {
 		t.Errorf("dhcpd exited 0")
 	}
 	if out := d.Output(); !strings.Contains(out, "is another DHCP server such as dnsmasq running on this host?") {
@@ -403,11 +404,11 @@ func TestPortTakenByDnsmasq(t *testing.T) {
 // At boot the head node's address may arrive after dhcpd starts; proxy mode
 // waits for it instead of failing.
 func TestProxyWaitsForInterfaceAddress(t *testing.T) {
-	s := netlab.NewSegment(t, nsPrefix)
+	s := lab.NewSegment(t)
 	head := s.Attach("head", 0, "")
-	d := startDHCPD(t, head, `{"Interface": "obd0"}`, "")
+	d := startDHCPD(t, head, `{"Interface": "eth0"}`, "")
 	d.WaitFor(t, "waiting for an IPv4 address", 5*time.Second)
-	netlab.Run(t, "ip", "-n", head, "addr", "add", s.Addr(1)+"/24", "dev", "obd0")
+	lab.Run(t, "ip", "-n", head, "addr", "add", s.Addr(1)+"/24", "dev", "eth0")
 	d.WaitFor(t, "serving DHCP", 5*time.Second)
 	if out := d.Output(); !strings.Contains(out, "server_ip="+s.Addr(1)) {
 		t.Errorf("server address not taken from the interface:\n%s", out)

@@ -1,7 +1,7 @@
 // Package dhcpd_test runs the real dhcpd binary in network namespaces
 // against real DHCP peers: busybox udhcpc and ISC dhclient as clients,
-// dnsmasq as the LAN's own DHCP server, and the Pi 4 emulator (tests/piemu).
-// Needs root; see netlab for the topology.
+// dnsmasq as the LAN's own DHCP server, and the Pi 4 emulator (appliance/piemu).
+// Needs root; see tests/lab for the topology.
 package dhcpd_test
 
 import (
@@ -16,43 +16,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
-	"github.com/ociboot/ociboot/tests/piemu"
+	"github.com/ociboot/ociboot/appliance/piemu"
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
-const nsPrefix = "obdt"
-
-var dhcpdBin string
-
-func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 {
-		netlab.RemoveStale(nsPrefix)
-		dir, err := os.MkdirTemp("", "obd-bin-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		dhcpdBin, err = netlab.BuildDHCPD(dir)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
-}
-
-func startDHCPD(t *testing.T, ns, netboot, store string, extra ...string) *netlab.DHCPD {
+func startDHCPD(t *testing.T, ns, netboot, store string, extra ...string) *lab.DHCPD {
 	t.Helper()
-	return netlab.StartDHCPD(t, dhcpdBin, ns, netboot, store, extra...)
+	return lab.StartDHCPD(t, ns, netboot, store, extra...)
 }
 
 // startDnsmasq runs dnsmasq as the LAN's ordinary DHCP server (no PXE).
-func startDnsmasq(t *testing.T, s *netlab.Segment, ns string) *netlab.Proc {
+func startDnsmasq(t *testing.T, s *lab.Segment, ns string) *lab.Proc {
 	t.Helper()
-	return netlab.StartDnsmasq(t, ns, "--log-dhcp",
+	return lab.Dnsmasq(t, ns, "--log-dhcp",
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", s.Addr(150), s.Addr(199)),
 		"--dhcp-option=option:router,"+s.Addr(254))
 }
@@ -61,10 +38,10 @@ func piDHCP(t *testing.T, ns string, p piemu.Pi, timeout time.Duration) (piemu.L
 	t.Helper()
 	var l piemu.Lease
 	var err error
-	netlab.InNS(t, ns, func() {
+	lab.InNS(t, ns, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		l, err = p.DHCP(ctx, "obd0")
+		l, err = p.DHCP(ctx, "eth0")
 	})
 	return l, err
 }
@@ -117,13 +94,13 @@ func readEnv(t *testing.T, path string, timeout time.Duration) map[string]string
 // udhcpc runs busybox udhcpc once in ns and returns what it was given.
 func udhcpc(t *testing.T, ns string, extra ...string) map[string]string {
 	t.Helper()
-	netlab.NeedTool(t, "busybox", "busybox")
+	testenv.NeedTool(t, "busybox", "busybox")
 	out := filepath.Join(t.TempDir(), "env")
-	args := append([]string{"busybox", "udhcpc", "-f", "-q", "-n", "-i", "obd0", "-t", "6", "-T", "1", "-A", "1",
+	args := append([]string{"busybox", "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-t", "6", "-T", "1", "-A", "1",
 		"-s", writeScript(t, udhcpcScript, out)}, extra...)
-	p := netlab.Start(t, ns, args...)
+	p := lab.Start(t, ns, args...)
 	select {
-	case <-p.Done:
+	case <-p.Done():
 	case <-time.After(15 * time.Second):
 		t.Fatalf("udhcpc did not finish:\n%s", p.Output())
 	}
@@ -133,11 +110,11 @@ func udhcpc(t *testing.T, ns string, extra ...string) map[string]string {
 // dhclient runs ISC dhclient in ns until it is bound.
 func dhclient(t *testing.T, ns string) map[string]string {
 	t.Helper()
-	netlab.NeedTool(t, "dhclient", "isc-dhcp-client")
+	testenv.NeedTool(t, "dhclient", "isc-dhcp-client")
 	dir := t.TempDir()
 	out := filepath.Join(dir, "env")
-	p := netlab.Start(t, ns, "dhclient", "-4", "-d", "-1", "-cf", "/dev/null",
-		"-sf", writeScript(t, dhclientScript, out), "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "obd0")
+	p := lab.Start(t, ns, "dhclient", "-4", "-d", "-1", "-cf", "/dev/null",
+		"-sf", writeScript(t, dhclientScript, out), "-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "eth0")
 	env := readEnv(t, out, 20*time.Second)
 	p.Kill(syscall.SIGKILL)
 	return env

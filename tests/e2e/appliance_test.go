@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/testenv"
 	"github.com/ociboot/ociboot/tests/guest"
+	testlab "github.com/ociboot/ociboot/tests/lab"
 )
 
 // The amd64 kernel gokrazy publishes; the Pi image uses kernel.rpi.
@@ -121,16 +123,10 @@ func poll(timeout time.Duration, f func() error) error {
 // writes its other root partition and reboots while the node keeps running
 // from its NFS root, which works again once the appliance is back.
 func TestApplianceServesANodeThroughUpdate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and boots the appliance in QEMU")
-	}
-	for _, tool := range []string{"mkfs.ext4", "curl", "docker-registry", "skopeo"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (see .ci/run)", tool)
-		}
-	}
+	testenv.Short(t, "builds and boots the appliance in QEMU")
+	testenv.NeedTool(t, "mkfs.ext4", "e2fsprogs")
 	lab := NewLab(t)
-	acc, slow := guest.Accel()
+	acc, slow := testlab.Accel()
 	t.Logf("QEMU with %v", acc)
 	head := lab.Addr(1)
 	// The lab's head namespace is the admin's machine here: it holds the
@@ -174,14 +170,13 @@ func TestApplianceServesANodeThroughUpdate(t *testing.T) {
 	}
 	os.WriteFile(vars, varsData, 0o644)
 	tap := lab.Tap()
-	vm := lab.Start("appliance", lab.Hub, append(append([]string{"qemu-system-x86_64"}, acc...),
+	// No -no-reboot: `gok update` reboots the appliance.
+	args := append(append([]string{"qemu-system-x86_64"}, acc...),
 		"-m", "1024", "-smp", "2", "-nographic", "-machine", "q35",
 		"-drive", "if=pflash,format=raw,readonly=on,file="+filepath.Join(edk, "OVMF_CODE_4M.fd"),
 		"-drive", "if=pflash,format=raw,file="+vars,
-		"-drive", "file="+img+",format=raw,if=virtio",
-		"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:0a:00:01",
-		"-serial", "stdio", "-monitor", "none")...)
+		"-drive", "file="+img+",format=raw,if=virtio")
+	vm := lab.Start("appliance", lab.Hub, append(args, testlab.TapNIC(tap, "52:54:00:0a:00:01")...)...)
 	defer func() {
 		if t.Failed() {
 			t.Logf("appliance console:\n%s", tail(vm.Output()))

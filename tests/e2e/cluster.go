@@ -16,7 +16,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 
 	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
+	"github.com/ociboot/ociboot/appliance/testenv"
 	"github.com/ociboot/ociboot/tests/guest"
+	testlab "github.com/ociboot/ociboot/tests/lab"
 )
 
 // Head is the head node: its namespace, store, config and services.
@@ -32,17 +34,15 @@ type Head struct {
 
 // Service names in start order: the cache first, so that images are in
 // place when nodes ask for them.
-var Services = []string{"ocicache", "nfsd", "tftpd", "dhcpd", "status"}
+var Services = testlab.Services
 
 // NewHead starts a docker-registry in the head namespace, pushes a node
 // image built by package guest with skopeo, and writes config.json with
 // netboot as its Netboot section (DefaultImage is filled in).
 func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
 	t.Helper()
-	for _, tool := range []string{"docker-registry", "skopeo"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (see .ci/run)", tool)
-		}
+	for _, tool := range []string{"docker-registry", "skopeo", "curl"} {
+		testenv.NeedTool(t, tool, tool)
 	}
 	h := &Head{lab: lab, Store: filepath.Join(lab.Dir, "store"), Config: filepath.Join(lab.Dir, "config.json"),
 		Procs: map[string]*Proc{}, bin: Binaries(t), Registry: "127.0.0.1:5001"}
@@ -65,15 +65,10 @@ func NewHead(t testing.TB, lab *Lab, netboot map[string]any) *Head {
 // reference.
 func StartRegistry(t testing.TB, lab *Lab, ns, addr string) string {
 	t.Helper()
-	regDir := filepath.Join(lab.Dir, "registry")
-	regCfg := filepath.Join(lab.Dir, "registry.yml")
-	os.WriteFile(regCfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", regDir, addr)), 0o644)
-	reg := lab.Start("docker-registry", ns, "docker-registry", "serve", regCfg)
-	waitHTTP(t, ns, "http://"+addr+"/v2/", 30*time.Second, reg)
-
+	testlab.DockerRegistry(t, ns, addr)
 	k, err := guest.HostKernel()
 	if err != nil {
-		t.Skip(err)
+		testenv.Need(t, "%v", err)
 	}
 	img, err := guest.Image(k, "node-v1")
 	if err != nil {
@@ -202,18 +197,6 @@ func (h *Head) WaitFor(t testing.TB, ref string, timeout time.Duration) {
 	t.Fatalf("ocicache did not unpack %s within %v:\n%s", ref, timeout, tail(h.Procs["ocicache"].Output()))
 }
 
-func waitHTTP(t testing.TB, ns, url string, timeout time.Duration, p *Proc) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if exec.Command("ip", "netns", "exec", ns, "curl", "-s", "-o", "/dev/null", "--max-time", "2", url).Run() == nil {
-			return
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	t.Fatalf("%s did not answer within %v:\n%s", url, timeout, tail(p.Output()))
-}
-
 // Node is a QEMU machine that netboots through iPXE (the PXE ROM QEMU
 // loads for its NIC).
 type Node struct {
@@ -224,13 +207,8 @@ type Node struct {
 // BootNode starts a diskless QEMU machine on the lab's segment.
 func (l *Lab) BootNode(t testing.TB, mac string) *Node {
 	t.Helper()
-	acc, _ := guest.Accel()
-	tap := l.Tap()
-	args := append([]string{"qemu-system-x86_64"}, acc...)
-	args = append(args, "-m", "384", "-nographic", "-no-reboot", "-boot", "n",
-		"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac="+mac,
-		"-serial", "stdio", "-monitor", "none")
+	args := append(testlab.X86(384), "-boot", "n")
+	args = append(args, testlab.TapNIC(l.Tap(), mac)...)
 	p := l.Start("node "+mac, l.Hub, args...)
 	return &Node{MAC: mac, Proc: p}
 }

@@ -10,15 +10,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 // TestDemo is `make demo`: a small simulated cluster (a head node and three
 // QEMU nodes in full mode) that stays up until Ctrl-C, printing where to
 // look. It is skipped unless OCIBOOT_DEMO=1.
 func TestDemo(t *testing.T) {
-	if os.Getenv("OCIBOOT_DEMO") != "1" {
-		t.Skip("run with `make demo`")
-	}
+	testenv.OptIn(t, "OCIBOOT_DEMO", "the demo cluster (`make demo`)")
 	lab := NewLab(t)
 	h := NewHead(t, lab, FullMode(lab))
 	h.Start(t)

@@ -5,22 +5,23 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/testenv"
 	"github.com/ociboot/ociboot/tests/guest"
+	testlab "github.com/ociboot/ociboot/tests/lab"
 )
 
 // TestHeadPullsNodeImage: the node image goes registry → ocicache → an
 // unpacked tree with its boot directory found.
 func TestHeadPullsNodeImage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	testenv.Short(t, "end-to-end")
 	lab := NewLab(t)
 	h := NewHead(t, lab, map[string]any{"Interface": "eth0", "ServerIP": lab.Addr(1)})
 	h.StartService(t, "ocicache")
@@ -56,7 +57,7 @@ func macFor(i int) string { return fmt.Sprintf("52:54:00:0b:00:%02x", i) }
 
 // bootNodes starts n QEMU machines at once and waits for each node's init.
 func bootNodes(t *testing.T, lab *Lab, n int) []*Node {
-	_, slow := guest.Accel()
+	_, slow := testlab.Accel()
 	var ns []*Node
 	for i := 1; i <= n; i++ {
 		ns = append(ns, lab.BootNode(t, macFor(i)))
@@ -123,9 +124,7 @@ func waitHeartbeats(t *testing.T, nodes []*Node, before []int, timeout time.Dura
 // segment; five diskless QEMU machines power on at once, netboot through
 // iPXE and run from their own NFS roots.
 func TestFullModeFiveNodes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	testenv.Short(t, "end-to-end")
 	lab, h := fullModeHead(t)
 	nodes := bootNodes(t, lab, 5)
 	for _, n := range nodes {
@@ -148,20 +147,28 @@ func TestFullModeFiveNodes(t *testing.T) {
 	}
 }
 
+// faultSeedEnv replays a fault schedule: the seed a run logged.
+const faultSeedEnv = "OCIBOOT_FAULT_SEED"
+
 // TestFaultsDuringFiveNodeBoot kills a random head-node service with
 // SIGKILL every few seconds while five nodes boot, each service at least
-// once: every node still boots, and no lease, enrolment or node root is
+// once (else the test fails), on a schedule drawn from a seed that is
+// logged and replayed with OCIBOOT_FAULT_SEED: every node still boots, and no lease, enrolment or node root is
 // lost. Then nfsd is killed and restarted under the running nodes, whose
 // roots keep working.
 func TestFaultsDuringFiveNodeBoot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	testenv.Short(t, "end-to-end")
 	lab, h := fullModeHead(t)
-	_, slow := guest.Accel()
+	_, slow := testlab.Accel()
 	seed := time.Now().UnixNano()
+	if env := os.Getenv(faultSeedEnv); env != "" {
+		var err error
+		if seed, err = strconv.ParseInt(env, 10, 64); err != nil {
+			t.Fatalf("%s=%q: want a number (a seed an earlier run logged)", faultSeedEnv, env)
+		}
+	}
 	rng := rand.New(rand.NewSource(seed))
-	t.Logf("fault schedule seed %d", seed)
+	t.Logf("fault schedule seed %d (replay with %s=%d)", seed, faultSeedEnv, seed)
 	var nodes []*Node
 	for i := 1; i <= 5; i++ {
 		nodes = append(nodes, lab.BootNode(t, macFor(10+i)))
@@ -174,6 +181,9 @@ func TestFaultsDuringFiveNodeBoot(t *testing.T) {
 		}
 		return true
 	}
+	// The first round kills every service once, in an order of the seed's,
+	// with short gaps so that it falls inside the boot; then random
+	// services at random moments until every node is up.
 	victims := []string{"dhcpd", "tftpd", "ocicache", "nfsd"}
 	order := rng.Perm(len(victims))
 	var kills []string
@@ -183,21 +193,27 @@ func TestFaultsDuringFiveNodeBoot(t *testing.T) {
 			for _, n := range nodes {
 				t.Logf("%s:\n%s", n.MAC, tail(n.Proc.Output()))
 			}
-			t.Fatalf("not every node booted; killed %v", kills)
+			t.Fatalf("not every node booted; killed %v (seed %d)", kills, seed)
 		}
-		time.Sleep(time.Duration(1000+rng.Intn(5000)) * time.Millisecond)
 		var v string
 		if len(kills) < len(order) {
+			time.Sleep(time.Duration(1000+rng.Intn(2000)) * time.Millisecond)
 			v = victims[order[len(kills)]]
 		} else {
+			time.Sleep(time.Duration(1000+rng.Intn(5000)) * time.Millisecond)
 			v = victims[rng.Intn(len(victims))]
+		}
+		if len(kills) < len(victims) && allUp() {
+			break
 		}
 		h.Restart(t, v)
 		kills = append(kills, v)
 	}
 	t.Logf("killed during the boot: %v", kills)
-	if len(kills) < len(victims) {
-		t.Logf("nodes were up before every service was killed once")
+	for _, v := range victims {
+		if !slices.Contains(kills, v) {
+			t.Fatalf("the nodes were up before %s was killed (kills %v, seed %d): the run did not test what it claims", v, kills, seed)
+		}
 	}
 	for _, n := range nodes {
 		line := n.WaitUp(t, time.Second)
@@ -222,6 +238,8 @@ func TestFaultsDuringFiveNodeBoot(t *testing.T) {
 		before[i], _ = heartbeat(n.Proc.Output())
 	}
 	h.Procs["nfsd"].Kill(syscall.SIGKILL)
+	// The fault itself: nfsd stays down for more than one heartbeat period
+	// (3 s), so every node's root blocks and must recover.
 	time.Sleep(5 * time.Second)
 	h.StartService(t, "nfsd")
 	waitHeartbeats(t, nodes, before, slow*60*time.Second)
@@ -232,9 +250,7 @@ func TestFaultsDuringFiveNodeBoot(t *testing.T) {
 // TestProxyModeBehindDnsmasq: a separate DHCP server (dnsmasq) hands out
 // addresses; ociboot only adds the boot options.
 func TestProxyModeBehindDnsmasq(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	testenv.Short(t, "end-to-end")
 	lab := NewLab(t)
 	startDnsmasq(t, lab)
 	h := NewHead(t, lab, map[string]any{
@@ -276,25 +292,17 @@ func checkStatus(t *testing.T, h *Head, want int) {
 // startDnsmasq runs a plain DHCP server (no PXE) in its own namespace: the
 // home router of proxy mode.
 func startDnsmasq(t *testing.T, lab *Lab) {
-	if _, err := exec.LookPath("dnsmasq"); err != nil {
-		t.Skip("dnsmasq not installed")
-	}
 	router := lab.NewNS("router", 254)
-	lab.Start("dnsmasq", router, "dnsmasq", "--no-daemon", "--port=0", "--no-resolv", "--no-hosts",
-		"--interface=eth0", "--bind-interfaces", "--dhcp-authoritative",
-		"--dhcp-range="+lab.Addr(50)+","+lab.Addr(99)+",255.255.255.0,1h",
-		"--dhcp-leasefile="+filepath.Join(lab.Dir, "dnsmasq.leases"))
+	testlab.Dnsmasq(t, router, "--dhcp-authoritative", "--dhcp-range="+lab.Addr(50)+","+lab.Addr(99)+",255.255.255.0,1h")
 }
 
 // TestKillDuringBoot kills dhcpd, tftpd and ocicache with SIGKILL while a
 // node boots and starts them again: the node still reaches its root mount
 // with the address it was first given, and no lease or node record is lost.
 func TestKillDuringBoot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	testenv.Short(t, "end-to-end")
 	lab, h := fullModeHead(t)
-	_, slow := guest.Accel()
+	_, slow := testlab.Accel()
 	n := lab.BootNode(t, macFor(7))
 	key := strings.ReplaceAll(macFor(7), ":", "-")
 
@@ -306,6 +314,8 @@ func TestKillDuringBoot(t *testing.T) {
 	n.Proc.WaitFor(t, "Linux version", slow*30*time.Second)
 	h.Restart(t, "tftpd")
 	n.Proc.WaitFor(t, "initramfs: mounting "+lab.Addr(1)+":/nodes/"+key, slow*45*time.Second)
+	// The root is mounted once the node's init runs from it.
+	checkRootLine(t, lab, n, n.WaitUp(t, slow*60*time.Second))
 	if !strings.Contains(n.Proc.Output(), "initramfs: eth0 "+lab.Addr(100)+"/") {
 		t.Errorf("after dhcpd's restart the node did not get its address %s again", lab.Addr(100))
 	}

@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
+	"github.com/ociboot/ociboot/appliance/piemu"
+	"github.com/ociboot/ociboot/appliance/testenv"
 	"github.com/ociboot/ociboot/tests/guest"
-	"github.com/ociboot/ociboot/tests/piemu"
+	testlab "github.com/ociboot/ociboot/tests/lab"
 )
 
 // TestPiBoot: a Pi 4 emulator on the segment does what a CM4's bootloader
@@ -20,20 +21,19 @@ import (
 // the bytes of its image (an arm64 Raspberry Pi OS layout pushed to the
 // registry) and a command line pointing at its own NFS export.
 func TestPiBoot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	testenv.Short(t, "end-to-end")
 	lab := NewLab(t)
 	netboot := FullMode(lab)
 	netboot["KernelArgs"] = []string{"console=ttyAMA0", "panic=-1"} // the QEMU arm64 machine's serial port; a Pi has serial0
 	h := NewHead(t, lab, netboot)
-	var arm *guest.Kernel
-	if k, err := guest.Arm64Kernel(); err == nil {
-		arm = &k
-	} else {
-		t.Logf("no arm64 kernel: the Pi's kernel will not be booted: %v", err)
+	// The test is the Pi's boot: without the arm64 kernel nothing would
+	// boot, so it does not pass without one.
+	testlab.NeedQEMU(t, "aarch64")
+	k, err := guest.Arm64Kernel()
+	if err != nil {
+		testenv.Need(t, "%v", err)
 	}
-	img, files, err := guest.PiImage(arm)
+	img, files, err := guest.PiImage(&k)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestPiBoot(t *testing.T) {
 	var lease piemu.Lease
 	var rep piemu.TFTPReport
 	var dhcpErr, tftpErr error
-	netlab.InNS(t, piNS, func() {
+	testlab.InNS(t, piNS, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		pi := piemu.Pi{MAC: []byte{0xdc, 0xa6, 0x32, 0x5b, 0x15, 0x45}, Serial: serial}
@@ -106,9 +106,6 @@ func TestPiBoot(t *testing.T) {
 		t.Errorf("status page: got %+v", st.Nodes)
 	}
 
-	if arm == nil {
-		return
-	}
 	if !bytes.Equal(rep.Files["initramfs8"], files["initramfs8"]) {
 		t.Fatalf("initramfs8 named by config.txt: got %d bytes that differ from the image's", len(rep.Files["initramfs8"]))
 	}
@@ -123,12 +120,9 @@ func TestPiBoot(t *testing.T) {
 	os.WriteFile(kernel, rep.Files["kernel8.img"], 0o644)
 	os.WriteFile(initrd, rep.Files["initramfs8"], 0o644)
 	tap := lab.Tap()
-	pi := lab.Start("pi-qemu", lab.Hub, "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-m", "512",
-		"-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
-		"-append", strings.TrimSpace(string(rep.Files["cmdline.txt"])),
-		"-netdev", "tap,id=n0,ifname="+tap+",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac=dc:a6:32:5b:15:45",
-		"-serial", "stdio", "-monitor", "none")
+	args := append(testlab.Arm64(512), "-kernel", kernel, "-initrd", initrd,
+		"-append", strings.TrimSpace(string(rep.Files["cmdline.txt"])))
+	pi := lab.Start("pi-qemu", lab.Hub, append(args, testlab.TapNIC(tap, "dc:a6:32:5b:15:45")...)...)
 	node := &Node{MAC: "dc:a6:32:5b:15:45", Proc: pi}
 	line := node.WaitUp(t, 6*time.Minute) // always TCG: an arm64 guest on this machine
 	t.Logf("Pi kernel in QEMU: %s", line)

@@ -23,18 +23,17 @@
 package ganesha
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // Default ports, deliberately not 2049 and not rpcbind's choice.
@@ -62,9 +61,7 @@ type Server struct {
 	Dir       string   // config, log and recovery directory
 	LogFile   string
 
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
+	proc *lab.Proc
 }
 
 // Available reports why ganesha cannot run here, or nil.
@@ -73,7 +70,7 @@ func Available() error {
 		return errors.New("ganesha: needs root")
 	}
 	for _, tool := range []string{"ganesha.nfsd", "rpcbind", "ip", "unshare"} {
-		if _, err := lookPath(tool); err != nil {
+		if _, err := testenv.LookPath(tool); err != nil {
 			return fmt.Errorf("ganesha: %s not installed (apt-get install nfs-ganesha nfs-ganesha-vfs iproute2)", tool)
 		}
 	}
@@ -85,24 +82,10 @@ func Available() error {
 	return nil
 }
 
-// lookPath also searches the sbin directories, which a non-login root
-// shell may lack in PATH.
-func lookPath(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", exec.ErrNotFound
-}
-
 // Start runs ganesha in a private network namespace exporting dirs (absolute
-// paths), waits until it serves, and stops it at cleanup. It skips the test
-// when ganesha cannot run here (see Available).
+// paths), waits until it serves, and stops it at cleanup. When ganesha
+// cannot run here (see Available) the test skips, or fails in CI (package
+// testenv).
 func Start(t testing.TB, dirs ...string) *Server {
 	t.Helper()
 	return StartWith(t, Options{}, dirs...)
@@ -112,12 +95,12 @@ func Start(t testing.TB, dirs ...string) *Server {
 func StartWith(t testing.TB, opts Options, dirs ...string) *Server {
 	t.Helper()
 	if err := Available(); err != nil {
-		t.Skip(err)
+		testenv.Need(t, "%v", err)
 	}
 	if len(dirs) == 0 {
 		t.Fatal("ganesha: no export")
 	}
-	s := &Server{NS: opts.NS, NFSPort: opts.NFSPort, MountPort: opts.MountPort, Dir: t.TempDir(), out: &syncBuffer{}, done: make(chan struct{})}
+	s := &Server{NS: opts.NS, NFSPort: opts.NFSPort, MountPort: opts.MountPort, Dir: t.TempDir()}
 	if s.NFSPort == 0 {
 		s.NFSPort = DefaultNFSPort
 	}
@@ -135,16 +118,7 @@ func StartWith(t testing.TB, opts Options, dirs ...string) *Server {
 		s.Exports = append(s.Exports, abs)
 	}
 	if s.NS == "" {
-		s.NS = fmt.Sprintf("obganesha%d-%d", os.Getpid(), nsSeq.Add(1))
-		exec.Command("ip", "netns", "delete", s.NS).Run()
-		if out, err := exec.Command("ip", "netns", "add", s.NS).CombinedOutput(); err != nil {
-			t.Fatalf("ip netns add %s: %v\n%s", s.NS, err, out)
-		}
-		ns := s.NS
-		t.Cleanup(func() { exec.Command("ip", "netns", "delete", ns).Run() })
-		if out, err := exec.Command("ip", "-n", s.NS, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-			t.Fatalf("ip link set lo up: %v\n%s", err, out)
-		}
+		s.NS = lab.NewNS(t, "ganesha")
 	}
 
 	conf := filepath.Join(s.Dir, "ganesha.conf")
@@ -154,8 +128,8 @@ func StartWith(t testing.TB, opts Options, dirs ...string) *Server {
 	if err := os.WriteFile(conf, []byte(s.config(recovery)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ganesha, _ := lookPath("ganesha.nfsd")
-	rpcbind, _ := lookPath("rpcbind")
+	ganesha, _ := testenv.LookPath("ganesha.nfsd")
+	rpcbind, _ := testenv.LookPath("rpcbind")
 	script := fmt.Sprintf(`set -e
 mount -t tmpfs -o mode=0755 ociboot-ganesha-run /run
 mkdir -p /run/ganesha /run/rpcbind
@@ -164,37 +138,27 @@ i=0
 while [ ! -S /run/rpcbind.sock ]; do i=$((i+1)); [ $i -lt 100 ] || { echo rpcbind did not start >&2; exit 1; }; sleep 0.05; done
 exec %s -F -L %s -f %s -p /run/ganesha/ganesha.pid
 `, rpcbind, ganesha, s.LogFile, conf)
-	s.cmd = exec.Command("ip", "netns", "exec", s.NS, "unshare", "--mount", "--propagation", "private", "sh", "-c", script)
-	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// rpcbind holds the output pipes open after ganesha exits.
-	s.cmd.WaitDelay = time.Second
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.cmd.Wait(); close(s.done) }()
+	s.proc = lab.Cmd{Name: "ganesha", NS: s.NS, Args: []string{"unshare", "--mount", "--propagation", "private", "sh", "-c", script}}.Start(t)
 	t.Cleanup(func() {
 		s.Stop()
 		if t.Failed() {
-			t.Logf("ganesha output:\n%s\nganesha log (tail):\n%s", s.out.String(), tail(s.Log(), 40))
+			t.Logf("ganesha log (tail):\n%s", tail(s.Log(), 40))
 		}
 	})
 
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(s.Log(), "NFS SERVER INITIALIZED") {
 		select {
-		case <-s.done:
-			t.Fatalf("ganesha exited: %v\n%s\nlog:\n%s", s.cmd.ProcessState, s.out.String(), s.Log())
+		case <-s.proc.Done():
+			t.Fatalf("ganesha exited: %v\n%s\nlog:\n%s", s.proc.Err(), s.proc.Output(), s.Log())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ganesha did not start within 30s\n%s\nlog:\n%s", s.out.String(), s.Log())
+			t.Fatalf("ganesha did not start within 30s\n%s\nlog:\n%s", s.proc.Output(), s.Log())
 		}
 	}
 	return s
 }
-
-var nsSeq atomic.Int32
 
 func (s *Server) config(recovery string) string {
 	var b strings.Builder
@@ -264,38 +228,6 @@ func (s *Server) Command(name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", s.NS, name}, args...)...)
 }
 
-// Stop terminates ganesha and its rpcbind; Start's cleanup calls it.
-func (s *Server) Stop() {
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	pg := -s.cmd.Process.Pid
-	syscall.Kill(pg, syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(5 * time.Second):
-		syscall.Kill(pg, syscall.SIGKILL)
-		<-s.done
-	}
-	// rpcbind is ganesha's child; a SIGTERMed ganesha may leave it.
-	syscall.Kill(pg, syscall.SIGKILL)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
+// Stop terminates ganesha and its rpcbind (ganesha's child, which a
+// SIGTERMed ganesha may leave); Start's cleanup calls it.
+func (s *Server) Stop() { s.proc.Stop(5 * time.Second) }

@@ -2,22 +2,19 @@ package ganesha
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 // TestStart checks the reference server itself with libnfs-utils: a file
 // written through NFS lands in the export, and one on disk reads back.
 func TestStart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs root and network namespaces")
-	}
+	testenv.Short(t, "runs nfs-ganesha in a network namespace")
 	for _, tool := range []string{"nfs-cp", "nfs-cat", "nfs-ls"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (libnfs-utils)", tool)
-		}
+		testenv.NeedTool(t, tool, "libnfs-utils")
 	}
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("hello from disk\n"), 0o644); err != nil {

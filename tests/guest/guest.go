@@ -50,7 +50,7 @@ type Kernel struct {
 	Arch    string // "amd64" or "arm64"
 }
 
-// Arm64Root is where .ci/run unpacks Debian's arm64 kernel and
+// Arm64Root is where tests/lab/install-deps.sh unpacks Debian's arm64 kernel and
 // busybox-static (dpkg -x), unless OCIBOOT_ARM64_ROOT says otherwise.
 const Arm64Root = "/opt/ociboot-arm64"
 
@@ -74,7 +74,7 @@ func Arm64Kernel() (Kernel, error) {
 		}
 		return Kernel{Path: paths[i], Release: rel, Root: root, Busybox: bb, Arch: "arm64"}, nil
 	}
-	return Kernel{}, fmt.Errorf("guest: no arm64 kernel with modules and busybox under %s (.ci/run unpacks linux-image-arm64 and busybox-static:arm64 there)", root)
+	return Kernel{}, fmt.Errorf("guest: no arm64 kernel with modules and busybox under %s (`make deps` unpacks linux-image-arm64 and busybox-static:arm64 there)", root)
 }
 
 // HostKernel finds the newest /boot/vmlinuz-* whose modules are installed.

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // TestInitramfsBringsUpNetwork boots the host kernel with the initramfs in
@@ -16,15 +19,11 @@ import (
 // command line. Nothing listens for NFS on the host side of 10.0.2.2 (the
 // host's loopback), so the mount fails and the guest powers off.
 func TestInitramfsBringsUpNetwork(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots QEMU")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not installed")
-	}
+	testenv.Short(t, "boots QEMU")
+	lab.NeedQEMU(t, "x86_64")
 	k, err := HostKernel()
 	if err != nil {
-		t.Skip(err)
+		testenv.Need(t, "%v", err)
 	}
 	initrd, err := Initramfs(k)
 	if err != nil {
@@ -33,10 +32,11 @@ func TestInitramfsBringsUpNetwork(t *testing.T) {
 	dir := t.TempDir()
 	ip := filepath.Join(dir, "initrd")
 	os.WriteFile(ip, initrd, 0o644)
-	acc, slow := Accel()
+	_, slow := lab.Accel()
 	ctx, cancel := context.WithTimeout(context.Background(), slow*90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", append(acc, "-m", "512", "-nographic", "-no-reboot",
+	qemu := lab.X86(512)
+	cmd := exec.CommandContext(ctx, qemu[0], append(qemu[1:],
 		"-kernel", k.Path, "-initrd", ip,
 		"-append", "console=ttyS0 panic=-1 root=/dev/nfs nfsroot=10.0.2.2:/nodes/none,vers=3,tcp,port=1,mountport=1",
 		"-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0")...)

@@ -5,12 +5,13 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/testenv"
 	"github.com/ociboot/ociboot/tests/guest"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // nodeKey is the node whose export the guest mounts (/nodes/<key>).
@@ -18,20 +19,14 @@ const nodeKey = "aabbccdd"
 
 func needKernelClient(t *testing.T) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("boots QEMU")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the image tree has files of other owners, setuid bits and device nodes")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not installed")
-	}
+	testenv.Short(t, "boots QEMU")
+	testenv.NeedRoot(t, "the image tree has files of other owners, setuid bits and device nodes")
+	lab.NeedQEMU(t, "x86_64")
 	if _, err := guest.HostKernel(); err != nil {
-		t.Skip(err)
+		testenv.Need(t, "%v", err)
 	}
 	if _, err := guest.Busybox(); err != nil {
-		t.Skip(err)
+		testenv.Need(t, "%v", err)
 	}
 }
 
@@ -46,12 +41,7 @@ func needKernelClient(t *testing.T) {
 func TestKernelClient(t *testing.T) {
 	needKernelClient(t)
 	dir := t.TempDir()
-	t.Cleanup(func() { keepLogs(t, dir) })
-	bin, err := BuildNfsd(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := NewNfsd(bin, dir, WriteImage)
+	srv, err := NewNfsd(t, dir, WriteImage)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +53,7 @@ func TestKernelClient(t *testing.T) {
 		t.Fatalf("nfsd: %v", err)
 	}
 	t.Cleanup(srv.Kill)
-	run := &KernelRun{Server: srv, NFSPort: srv.Port, MountPort: srv.Port, Export: "/nodes/" + nodeKey, Dir: dir, Logf: t.Logf}
+	run := &KernelRun{Server: srv, NFSPort: srv.Port, MountPort: srv.Port, Export: "/nodes/" + nodeKey, Dir: dir, Logf: t.Logf, View: srv.View(nodeKey)}
 	runKernel(t, run)
 	checkImage(t, srv.Image, before)
 	checkView(t, srv.View(nodeKey), run.BigMD5)
@@ -73,24 +63,10 @@ func TestKernelClient(t *testing.T) {
 	}
 }
 
-// keepLogs copies the console and server logs to $OCIBOOT_NFSTEST_LOGS.
-func keepLogs(t *testing.T, dir string) {
-	keep := os.Getenv("OCIBOOT_NFSTEST_LOGS")
-	if keep == "" {
-		return
-	}
-	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
-	for _, l := range logs {
-		if b, err := os.ReadFile(l); err == nil {
-			os.WriteFile(filepath.Join(keep, t.Name()+"-"+filepath.Base(l)), b, 0o644)
-		}
-	}
-}
-
 // runKernel runs the guest and reports every failed check.
 func runKernel(t *testing.T, run *KernelRun) {
 	t.Helper()
-	err := run.Run()
+	err := run.Run(t)
 	for _, b := range run.Bad {
 		t.Errorf("guest: %s", b)
 	}

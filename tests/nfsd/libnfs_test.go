@@ -11,26 +11,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // startForLibnfs runs nfsd on a loopback port with a small image: etc/motd,
 // bin/su (setuid), a 1777 tmp and a symlink.
 func startForLibnfs(t *testing.T) *Nfsd {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("nfsd sets owners: run as root")
-	}
+	testenv.NeedRoot(t, "nfsd sets owners")
 	for _, tool := range []string{"nfs-ls", "nfs-cp", "nfs-cat"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (Debian libnfs-utils, see .ci/run)", tool)
-		}
+		testenv.NeedTool(t, tool, "libnfs-utils")
 	}
 	dir := t.TempDir()
-	bin, err := BuildNfsd(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := NewNfsd(bin, dir, func(root string) error {
+	s, err := NewNfsd(t, dir, func(root string) error {
 		for _, d := range []string{"etc", "bin", "tmp"} {
 			os.MkdirAll(filepath.Join(root, d), 0o755)
 		}
@@ -152,7 +147,7 @@ func TestLibnfsRefusedAndUnknown(t *testing.T) {
 		t.Errorf("nfs-ls from an address that is not the node's: %v\n%s", err, out)
 	}
 	// The log arrives through a pipe: wait for the line, do not race it.
-	if _, err := s.proc.WaitFor(10*time.Second, "mount refused"); err != nil {
+	if _, err := s.proc.WaitLine(10*time.Second, "mount refused"); err != nil {
 		t.Errorf("nfsd did not log the refusal: %v\n%s", err, s.Log())
 	}
 }
@@ -163,20 +158,10 @@ func TestLibnfsRefusedAndUnknown(t *testing.T) {
 func TestLibnfsThroughPortmapper(t *testing.T) {
 	s := startForLibnfs(t)
 	s.Kill()
-	ns := fmt.Sprintf("obn%d", os.Getpid())
-	exec.Command("ip", "netns", "delete", ns).Run()
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Skipf("ip netns add: %v %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "delete", ns).Run()
-	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
-	p, err := StartProc("nfsd-ns", filepath.Join(s.Dir, "nfsd-ns.log"), "ip", "netns", "exec", ns,
-		s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0", "-reply_log", s.ReplyLog(100))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Kill(syscall.SIGKILL)
-	if _, err := p.WaitFor(30*time.Second, `what=portmap`); err != nil {
+	ns := lab.NewNS(t, "nfsd")
+	p := lab.Cmd{Name: "nfsd-ns", NS: ns, Log: filepath.Join(s.Dir, "nfsd-ns.log"),
+		Args: []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0", "-reply_log", s.ReplyLog(100)}}.Start(t)
+	if _, err := p.WaitLine(30*time.Second, `what=portmap`); err != nil {
 		t.Fatalf("%v\n%s", err, p.Tail(3000))
 	}
 	out, err := exec.Command("ip", "netns", "exec", ns, "nfs-cat", "nfs://127.0.0.1/nodes/aabbccdd/etc/motd").CombinedOutput()
@@ -197,9 +182,8 @@ func TestLibnfsThroughPortmapper(t *testing.T) {
 		{[]string{"rpcinfo", "-t", "127.0.0.1", "nfs", "3"}, []string{"program 100003 version 3 ready and waiting"}},
 		{[]string{"showmount", "-e", "127.0.0.1"}, []string{"/nodes/aabbccdd 127.0.0.0/8"}},
 	} {
-		if _, err := exec.LookPath(tc.args[0]); err != nil {
-			t.Errorf("%s not installed (rpcbind, nfs-common; see .ci/run)", tc.args[0])
-			continue
+		if _, err := testenv.LookPath(tc.args[0]); err != nil {
+			testenv.Need(t, "%s not installed: install the Debian packages rpcbind and nfs-common", tc.args[0])
 		}
 		out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, tc.args...)...).CombinedOutput()
 		for _, want := range tc.want {

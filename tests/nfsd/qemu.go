@@ -7,9 +7,11 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/ociboot/ociboot/tests/guest"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // Server is an NFS server the kernel test can kill and start again on the
@@ -31,6 +33,7 @@ type KernelRun struct {
 	Dir       string // scratch: initrd, console log
 	Logf      func(format string, args ...any)
 	Wrap      []string // prefix of the QEMU command, e.g. ip netns exec <ns>
+	View      string   // the node's view on the host, where the guest's writes land
 
 	// Filled in by Run.
 	Console string   // the whole console output
@@ -53,7 +56,7 @@ var (
 // Run boots the guest, restarts the server when the guest asks for it and
 // waits for the verdict. An error means no verdict (boot failure, timeout);
 // failed checks are in r.Bad.
-func (r *KernelRun) Run() error {
+func (r *KernelRun) Run(t testing.TB) error {
 	logf := r.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -70,11 +73,11 @@ func (r *KernelRun) Run() error {
 	if err := os.WriteFile(ip, initrd, 0o644); err != nil {
 		return err
 	}
-	acc, slow := guest.Accel()
+	acc, slow := lab.Accel()
 	cmdline := r.Cmdline(30*slow*time.Second + 40*time.Second)
 	logf("qemu %s, kernel %s, cmdline %q", strings.Join(acc, " "), k.Release, cmdline)
-	args := append(append(append([]string{}, r.Wrap...), "qemu-system-x86_64"), acc...)
-	args = append(args, "-m", "768", "-smp", "1", "-nographic", "-no-reboot",
+	args := append(append([]string{}, r.Wrap...), lab.X86(768)...)
+	args = append(args, "-smp", "1",
 		"-kernel", k.Path, "-initrd", ip, "-append", cmdline,
 		// User-mode networking: 10.0.2.2 is the host's 127.0.0.1 and
 		// nothing else is reached (the guest resolves no names and talks
@@ -82,10 +85,7 @@ func (r *KernelRun) Run() error {
 		// slirp then drops the guest's connections to 10.0.2.2 too.
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
 	consoleLog := filepath.Join(r.Dir, "console.log")
-	q, err := StartProc("qemu", consoleLog, args...)
-	if err != nil {
-		return err
-	}
+	q := lab.Cmd{Name: "qemu", Log: consoleLog, Args: args, Stdin: true}.Start(t)
 	defer func() {
 		select {
 		case <-q.Done():
@@ -99,7 +99,7 @@ func (r *KernelRun) Run() error {
 		}
 	}()
 	start := time.Now()
-	line, err := q.WaitFor(60*slow*time.Second, RestartLine, PassLine, FailLine)
+	line, err := q.WaitLine(60*slow*time.Second, RestartLine, PassLine, FailLine)
 	if err != nil {
 		return fmt.Errorf("guest: %v; console log %s, tail:\n%s", err, consoleLog, q.Tail(6000))
 	}
@@ -107,10 +107,14 @@ func (r *KernelRun) Run() error {
 		return fmt.Errorf("guest printed %q before the restart; console tail:\n%s", line, q.Tail(6000))
 	}
 	logf("guest reached the restart after %v", time.Since(start).Round(time.Second))
-	// Let the guest's loop run against the server, kill the server in the
-	// middle of it and keep it down for a moment (reconnects back off).
-	time.Sleep(2 * time.Second)
+	// Kill the server in the middle of the guest's loop: once the loop's
+	// second file is in the node's view, the guest's writes are going on.
+	if err := waitFile(filepath.Join(r.View, "t", "r", "loop2"), 30*slow*time.Second); err != nil {
+		return fmt.Errorf("guest's restart loop: %v; console tail:\n%s", err, q.Tail(6000))
+	}
 	r.Server.Kill()
+	// The fault itself: the server stays down while the guest's calls
+	// queue up and its reconnects back off.
 	time.Sleep(2 * time.Second)
 	if err := r.Server.Start(30 * time.Second); err != nil {
 		return fmt.Errorf("restart: %v", err)
@@ -119,7 +123,7 @@ func (r *KernelRun) Run() error {
 	if err := q.Type(RestartedInput + "\n"); err != nil {
 		return err
 	}
-	line, err = q.WaitFor(30*slow*time.Second+60*time.Second, PassLine, FailLine)
+	line, err = q.WaitLine(30*slow*time.Second+60*time.Second, PassLine, FailLine)
 	if err != nil {
 		return fmt.Errorf("guest after the restart: %v; console log %s, tail:\n%s\nserver log tail:\n%s", err, consoleLog, q.Tail(6000), r.Server.Log())
 	}
@@ -128,4 +132,18 @@ func (r *KernelRun) Run() error {
 	}
 	logf("guest: %s after %v", strings.TrimSpace(line), time.Since(start).Round(time.Second))
 	return nil
+}
+
+// waitFile waits until path exists.
+func waitFile(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no %s after %v", path, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

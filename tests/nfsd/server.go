@@ -3,9 +3,7 @@ package nfsd
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +11,7 @@ import (
 	"github.com/ociboot/ociboot/appliance/images"
 	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // Digest is the manifest digest the test image is stored under.
@@ -21,23 +20,9 @@ const Digest = "sha256:6e6673746573740000000000000000000000000000000000000000000
 // Ref is the image reference the config boots by default.
 const Ref = "registry.test/node:1"
 
-// RepoRoot is the module root.
-func RepoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
-}
-
-// BuildNfsd builds services/nfsd into dir and returns the binary's path.
-func BuildNfsd(dir string) (string, error) {
-	bin := filepath.Join(dir, "nfsd")
-	if out, err := exec.Command("go", "build", "-C", RepoRoot(), "-o", bin, "./services/nfsd").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./services/nfsd: %v\n%s", err, out)
-	}
-	return bin, nil
-}
-
-// Nfsd is a store holding one image tree and an nfsd serving it on
-// 127.0.0.1:Port, restartable on the same port and store.
+// Nfsd is a store holding one image tree and the built nfsd serving it on
+// 127.0.0.1:Port (TCP, and UDP for MOUNT), restartable on the same port and
+// store: the test holds the sockets and hands them to each run.
 type Nfsd struct {
 	Bin    string
 	Dir    string // holds config.json, the store and the logs
@@ -45,13 +30,17 @@ type Nfsd struct {
 	Image  string // the image tree, images/<digest>/
 	Config string
 	Port   int
-	proc   *Proc
+	t      testing.TB
+	ln     *lab.Listener
+	proc   *lab.Proc
 	runs   int
 }
 
 // NewNfsd creates a store under dir whose default image is a tree written
 // by fill (called with the tree's path) and a config exporting to loopback.
-func NewNfsd(bin, dir string, fill func(root string) error) (*Nfsd, error) {
+func NewNfsd(t testing.TB, dir string, fill func(root string) error) (*Nfsd, error) {
+	t.Helper()
+	bin := lab.Binary(t, "nfsd")
 	st, err := store.Open(filepath.Join(dir, "store"), store.Options{AllowTmpfs: true})
 	if err != nil {
 		return nil, err
@@ -73,11 +62,8 @@ func NewNfsd(bin, dir string, fill func(root string) error) (*Nfsd, error) {
 	if err := os.WriteFile(cfg, []byte(`{"Netboot": {"DefaultImage": "`+Ref+`", "ExportTo": ["127.0.0.0/8"]}}`), 0o644); err != nil {
 		return nil, err
 	}
-	port, err := FreeTCPPort()
-	if err != nil {
-		return nil, err
-	}
-	return &Nfsd{Bin: bin, Dir: dir, Store: st.Root, Image: root, Config: cfg, Port: port}, nil
+	ln := lab.ListenTCPUDP(t)
+	return &Nfsd{Bin: bin, Dir: dir, Store: st.Root, Image: root, Config: cfg, Port: ln.Port, t: t, ln: ln}, nil
 }
 
 // View is the node's writable view of its image on the host.
@@ -86,14 +72,12 @@ func (s *Nfsd) View(key string) string { return filepath.Join(s.Store, store.Nod
 // Start runs nfsd and waits until it serves NFS.
 func (s *Nfsd) Start(timeout time.Duration) error {
 	s.runs++
-	p, err := StartProc(fmt.Sprintf("nfsd#%d", s.runs), filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
-		s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
-		"-nfs_addr", fmt.Sprintf("127.0.0.1:%d", s.Port), "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs))
-	if err != nil {
-		return err
-	}
+	p := lab.Cmd{Name: fmt.Sprintf("nfsd#%d", s.runs), Log: filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
+		Args: []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
+			"-nfs_addr", s.ln.Addr, "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs)},
+		Files: s.ln.Files()}.Start(s.t)
 	s.proc = p
-	if _, err := p.WaitFor(timeout, `msg="nfs listening"`); err != nil {
+	if _, err := p.WaitLine(timeout, `msg="nfs listening"`); err != nil {
 		p.Kill(syscall.SIGKILL)
 		return fmt.Errorf("%v:\n%s", err, p.Tail(4000))
 	}

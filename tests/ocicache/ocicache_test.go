@@ -25,59 +25,33 @@ import (
 	"github.com/ociboot/ociboot/appliance/ocicache"
 	"github.com/ociboot/ociboot/appliance/ocicache/ocitest"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
-
-var serviceBin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "ocicache-bin-")
-	if err != nil {
-		panic(err)
-	}
-	serviceBin = filepath.Join(dir, "ocicache")
-	out, err := exec.Command("go", "build", "-o", serviceBin, "github.com/ociboot/ociboot/services/ocicache").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building the service: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
 
 // svc is one run of the service binary.
 type svc struct {
-	cmd      *exec.Cmd
-	log      *bytes.Buffer
+	proc     *lab.Proc
 	status   string // http://addr/status
 	cfgPath  string
 	registry string // host:port of /v2/
 }
 
+// startService runs the built ocicache on storeDir with netboot as the
+// Netboot section; its status and registry listeners are sockets the test
+// binds and hands down.
 func startService(t *testing.T, storeDir, netboot string) *svc {
 	t.Helper()
 	cfgPath := filepath.Join(t.TempDir(), "config.json")
 	if err := os.WriteFile(cfgPath, []byte(`{"Hostname":"head","Netboot":`+netboot+`}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &svc{log: &bytes.Buffer{}, cfgPath: cfgPath}
-	statusAddr, regAddr := ocitest.FreePort(t), ocitest.FreePort(t)
-	s.status, s.registry = "http://"+statusAddr+"/status", regAddr
-	s.cmd = exec.Command(serviceBin, "-config", cfgPath, "-store", storeDir, "-allow_tmpfs",
-		"-status", statusAddr, "-registry", regAddr, "-min_free_mib", "64")
-	s.cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+t.TempDir())
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		if t.Failed() {
-			t.Logf("service log:\n%s", s.log)
-		}
-	})
-	ocitest.WaitHTTP(t, s.status, 10*time.Second)
+	status, reg := lab.ListenTCP(t), lab.ListenTCP(t)
+	s := &svc{cfgPath: cfgPath, status: "http://" + status.Addr + "/status", registry: reg.Addr}
+	s.proc = lab.Cmd{Name: "ocicache", Env: []string{"DOCKER_CONFIG=" + t.TempDir()}, Files: append(status.Files(), reg.Files()...),
+		Args: []string{lab.Binary(t, "ocicache"), "-config", cfgPath, "-store", storeDir, "-allow_tmpfs",
+			"-status", status.Addr, "-registry", reg.Addr, "-min_free_mib", "64"}}.Start(t)
+	s.proc.WaitFor(t, "registry listening", 10*time.Second)
 	return s
 }
 
@@ -123,9 +97,7 @@ func (s *svc) wait(t *testing.T, n int, d time.Duration) map[string]ocicache.Ima
 
 func skopeo(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	if _, err := exec.LookPath("skopeo"); err != nil {
-		t.Skip("skopeo not installed")
-	}
+	testenv.NeedTool(t, "skopeo", "skopeo")
 	out, err := exec.Command("skopeo", args...).CombinedOutput()
 	return string(out), err
 }
@@ -154,7 +126,7 @@ func ociIndexDigest(t *testing.T, dir string) string {
 }
 
 func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
-	reg := ocitest.DockerRegistry(t)
+	reg := lab.DockerRegistry(t, "", "")
 	base := ocitest.Layer(t, ocitest.Dir("etc/", 0o755), ocitest.File("etc/os-release", 0o644, "ID=ociboot-test\n"))
 	pi := ocitest.Image(t, "linux/arm64", base, ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("usr/bin/app", 0o755, "#!/bin/sh\n")))
 	piRef := ocitest.Push(t, reg, "pi/os:v1", pi)
@@ -241,7 +213,7 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 	// and the old tree and index entry are collected.
 	prevGC := s.get(t).Cache.LastGC.Time
 	os.WriteFile(s.cfgPath, []byte(fmt.Sprintf(`{"Netboot":{"DefaultImage":%q,"InsecureRegistries":[%q]}}`, otherRef, reg)), 0o644)
-	s.cmd.Process.Signal(syscall.SIGHUP)
+	s.proc.Kill(syscall.SIGHUP)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st := s.get(t)
@@ -266,7 +238,7 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 // a throttled proxy, restarts it and checks the result is complete and
 // correct, with nothing half-written left.
 func TestKill9MidPullThenRestart(t *testing.T) {
-	reg := ocitest.DockerRegistry(t)
+	reg := lab.DockerRegistry(t, "", "")
 	proxy := ocitest.NewProxy(t, reg)
 	var layers []v1.Layer
 	sums := map[string]string{}
@@ -297,8 +269,7 @@ func TestKill9MidPullThenRestart(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	s.cmd.Process.Signal(syscall.SIGKILL)
-	s.cmd.Wait()
+	s.proc.Kill(syscall.SIGKILL)
 	temps, _ := filepath.Glob(filepath.Join(storeDir, "oci/blobs/sha256/.*.tmp-*"))
 	if len(temps) == 0 {
 		t.Errorf("no partial blob at kill time; the kill did not hit mid-download")

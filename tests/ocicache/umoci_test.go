@@ -24,6 +24,8 @@ import (
 	"github.com/ociboot/ociboot/appliance/ocicache"
 	"github.com/ociboot/ociboot/appliance/ocicache/ocitest"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // node is what we compare of one file system entry.
@@ -101,13 +103,9 @@ func snapshot(t *testing.T, root string) (map[string]node, [][]string) {
 // dirs, hard links, devices, owners, setuid and xattrs with ocicache and
 // with umoci (from the same registry, via skopeo) and compares the trees.
 func TestUnpackMatchesUmoci(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: owners and device nodes")
-	}
-	if _, err := exec.LookPath("umoci"); err != nil {
-		t.Skip("umoci not installed")
-	}
-	reg := ocitest.DockerRegistry(t)
+	testenv.NeedRoot(t, "owners and device nodes")
+	testenv.NeedTool(t, "umoci", "umoci")
+	reg := lab.DockerRegistry(t, "", "")
 	mt := time.Unix(1650000000, 0)
 	e := func(h tar.Header, body string) ocitest.Entry {
 		if h.ModTime.IsZero() {

@@ -12,21 +12,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ociboot/ociboot/tests/piemu"
+	"github.com/ociboot/ociboot/appliance/piemu"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
+// packages name the Debian package of each client.
+var packages = map[string]string{"curl": "curl", "tftp": "tftp-hpa", "atftp": "atftp"}
+
 func need(t *testing.T, tool string) {
-	if _, err := exec.LookPath(tool); err != nil {
-		t.Skipf("%s not installed (see .ci/run)", tool)
-	}
+	t.Helper()
+	testenv.NeedTool(t, tool, packages[tool])
 }
 
 var sizes = map[string]int{"start4.elf": 2_200_000, "kernel8.img": 9_500_000, "fixup4.dat": 5_400, "exact.bin": 1468 * 10}
 
 func TestClients(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs tftpd")
-	}
+	testenv.Short(t, "builds and runs tftpd")
 	s := StartServer(t, sizes)
 	dir := t.TempDir()
 	host := "127.0.0.1"
@@ -108,9 +109,7 @@ func TestClients(t *testing.T) {
 // a Pi 5 and a CM5 sequence (no start4.elf in the image), and a Pi 4's
 // size probe whose ERROR 0 must go unanswered.
 func TestPi5AndEarlyTerminate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs tftpd")
-	}
+	testenv.Short(t, "builds and runs tftpd")
 	s := StartServer(t, map[string]int{"bcm2712-rpi-5-b.dtb": 70_000, "bcm2712-rpi-cm5-cm5io.dtb": 71_000, "kernel_2712.img": 4_000_000, "start4.elf": 100_000})
 	server := fmt.Sprintf("127.0.0.1:%d", s.Port)
 	for _, board := range []string{"pi5", "cm5"} {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/nodeimage/sdimage"
 	"github.com/ociboot/ociboot/appliance/nodeimage/sdimage/sdtest"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 // baseImage builds a small good image for the bad-input tests to spoil.
@@ -80,12 +81,7 @@ func inodeOffset(t *testing.T, img []byte, path string) int64 {
 
 func xzFile(t *testing.T, b []byte) []byte {
 	t.Helper()
-	if _, err := exec.LookPath("xz"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("xz not found: install xz-utils")
-		}
-		t.Skip("xz not found: install xz-utils")
-	}
+	testenv.NeedTool(t, "xz", "xz-utils")
 	cmd := exec.Command("xz", "-c", "-0", "-T1")
 	cmd.Stdin = bytes.NewReader(b)
 	out, err := cmd.Output()

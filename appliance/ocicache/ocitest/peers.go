@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,68 +14,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
-
-// FreePort returns a loopback address with a currently free TCP port.
-func FreePort(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// DockerRegistry starts Debian's docker-registry (distribution) on a
-// loopback port with storage in a temp dir and returns its host:port.
-func DockerRegistry(tb testing.TB) string {
-	tb.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		tb.Skip("docker-registry not installed (apt-get install docker-registry)")
-	}
-	dir := tb.TempDir()
-	addr := FreePort(tb)
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	// Its log is noisy (every 404 of a probing client is an "error"): shown
-	// only when the test fails.
-	var logBuf syncBuffer
-	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("%v: %v", cmd.Args, err)
-	}
-	tb.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if tb.Failed() {
-			tb.Logf("docker-registry log:\n%s", logBuf.String())
-		}
-	})
-	WaitHTTP(tb, "http://"+addr+"/v2/", 10*time.Second)
-	return addr
-}
-
-// WaitHTTP polls url until it answers (any status) or fails the test.
-func WaitHTTP(tb testing.TB, url string, d time.Duration) {
-	tb.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s did not come up: %v", url, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // Push uploads an image or index to host/repoTag over plain HTTP.
 func Push(tb testing.TB, host, repoTag string, v remote.Taggable) string {
@@ -171,24 +105,4 @@ func Context(tb testing.TB) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	tb.Cleanup(cancel)
 	return ctx
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.b) < 1<<20 {
-		s.b = append(s.b, p...)
-	}
-	return len(p), nil
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.b)
 }

@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -21,12 +20,12 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
-	"github.com/ociboot/ociboot/tests/dhcpd/netlab"
-	"github.com/ociboot/ociboot/tests/piemu"
+	"github.com/ociboot/ociboot/appliance/piemu"
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 const (
-	nsPrefix   = "obdb"
 	discovers  = 1000 // per latency run
 	clients    = 100  // distinct MACs in the latency run
 	rateRuns   = 3
@@ -41,26 +40,19 @@ type result struct {
 }
 
 func TestBenchDHCP(t *testing.T) {
-	if os.Getenv("OCIBOOT_BENCH") != "1" {
-		t.Skip("benchmark: set OCIBOOT_BENCH=1 (needs root, dnsmasq and kea-admin's perfdhcp)")
-	}
-	netlab.NeedRoot(t)
-	netlab.NeedTool(t, "dnsmasq", "dnsmasq")
-	netlab.NeedTool(t, "perfdhcp", "kea-admin")
-	netlab.RemoveStale(nsPrefix)
-	bin, err := netlab.BuildDHCPD(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := netlab.NewSegment(t, nsPrefix)
+	testenv.OptIn(t, "OCIBOOT_BENCH", "benchmark (needs root, dnsmasq and kea-admin's perfdhcp)")
+	lab.NeedNetns(t)
+	testenv.NeedTool(t, "dnsmasq", "dnsmasq")
+	testenv.NeedTool(t, "perfdhcp", "kea-admin")
+	s := lab.NewSegment(t)
 	srv := s.Attach("srv", 1, "")
 	cli := s.Attach("cli", 2, "")
-	full := fmt.Sprintf(`{"Interface": "obd0", "Mode": "full", "ServerIP": "%[1]s.1", "Subnet": "%[1]s.0/24",
+	full := fmt.Sprintf(`{"Interface": "eth0", "Mode": "full", "ServerIP": "%[1]s.1", "Subnet": "%[1]s.0/24",
 		"Range": "%[1]s.10-%[1]s.250", "LeaseSeconds": 600}`, s.Prefix())
 
 	type server struct {
 		name  string
-		start func(t *testing.T) *netlab.Proc
+		start func(t *testing.T) *lab.Proc
 	}
 	scenarios := []struct {
 		name    string
@@ -68,26 +60,26 @@ func TestBenchDHCP(t *testing.T) {
 		servers [2]server
 	}{
 		{"full", false, [2]server{
-			{"dhcpd", func(t *testing.T) *netlab.Proc {
-				d := netlab.StartDHCPD(t, bin, srv, full, "", "-probe_wait=1s", "-status=")
+			{"dhcpd", func(t *testing.T) *lab.Proc {
+				d := lab.StartDHCPD(t, srv, full, "", "-probe_wait=1s", "-status=")
 				d.WaitFor(t, "serving DHCP", 10*time.Second)
 				return d.Proc
 			}},
-			{"dnsmasq", func(t *testing.T) *netlab.Proc {
+			{"dnsmasq", func(t *testing.T) *lab.Proc {
 				// --no-ping: dnsmasq otherwise waits up to 3 s per new
 				// address for an ICMP echo before offering it.
 				// --quiet-dhcp: dhcpd does not log every transaction either.
-				return netlab.StartDnsmasq(t, srv, "--no-ping", "--quiet-dhcp", fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,10m", s.Addr(10), s.Addr(250)))
+				return lab.Dnsmasq(t, srv, "--no-ping", "--quiet-dhcp", fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,10m", s.Addr(10), s.Addr(250)))
 			}},
 		}},
 		{"proxy", true, [2]server{
-			{"dhcpd", func(t *testing.T) *netlab.Proc {
-				d := netlab.StartDHCPD(t, bin, srv, `{"Interface": "obd0"}`, "", "-status=")
+			{"dhcpd", func(t *testing.T) *lab.Proc {
+				d := lab.StartDHCPD(t, srv, `{"Interface": "eth0"}`, "", "-status=")
 				d.WaitFor(t, "serving DHCP", 10*time.Second)
 				return d.Proc
 			}},
-			{"dnsmasq", func(t *testing.T) *netlab.Proc {
-				return netlab.StartDnsmasq(t, srv, "--quiet-dhcp", "--dhcp-range="+s.Addr(0)+",proxy", "--pxe-service=0,Raspberry Pi Boot")
+			{"dnsmasq", func(t *testing.T) *lab.Proc {
+				return lab.Dnsmasq(t, srv, "--quiet-dhcp", "--dhcp-range="+s.Addr(0)+",proxy", "--pxe-service=0,Raspberry Pi Boot")
 			}},
 		}},
 	}
@@ -108,7 +100,7 @@ func TestBenchDHCP(t *testing.T) {
 				slices.Sort(rates)
 				r.rate = rates[len(rates)/2]
 				p.Kill(syscall.SIGTERM)
-				<-p.Done
+				<-p.Done()
 				results[name] = r
 				t.Logf("%s: DISCOVER→OFFER median %v, p90 %v, lost %d of %d; offers/s under load: median %.0f of %v (drops per run %v)",
 					name, r.median, r.p90, r.lost, discovers, r.rate, rates, r.drops)
@@ -135,8 +127,8 @@ func TestBenchDHCP(t *testing.T) {
 // the OFFER, through an AF_PACKET socket as an unconfigured client would.
 func latency(t *testing.T, ns string, asPi bool) (median, p90 time.Duration, lost int) {
 	var ds []time.Duration
-	netlab.InNS(t, ns, func() {
-		c, err := piemu.Open("obd0")
+	lab.InNS(t, ns, func() {
+		c, err := piemu.Open("eth0")
 		if err != nil {
 			t.Error(err)
 			return
@@ -190,15 +182,15 @@ var (
 // because dhcpd sets an offered address aside for a minute while dnsmasq
 // does not, and an exhausted pool would measure drops, not speed.
 func perfdhcp(t *testing.T, ns string, asPi bool) (float64, int) {
-	args := []string{"perfdhcp", "-4", "-l", "obd0", "-i", "-r", strconv.Itoa(rateTarget), "-R", "100",
+	args := []string{"perfdhcp", "-4", "-l", "eth0", "-i", "-r", strconv.Itoa(rateTarget), "-R", "100",
 		"-b", "mac=52:54:00:67:00:00", "-s", "1", "-p", "3"}
 	if asPi {
 		args = append(args, "-o", "60,"+hex.EncodeToString([]byte(piemu.VendorClass)),
 			"-o", "97,"+hex.EncodeToString(piemu.Pi{MAC: net.HardwareAddr{0xdc, 0xa6, 0x32, 0, 0, 1}, Serial: 1}.GUID()))
 	}
-	p := netlab.Start(t, ns, args...)
+	p := lab.Start(t, ns, args...)
 	select {
-	case <-p.Done:
+	case <-p.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatalf("perfdhcp did not finish")
 	}

@@ -26,19 +26,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/images"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/testenv"
 	"github.com/ociboot/ociboot/tests/ganesha"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 const (
@@ -48,16 +48,8 @@ const (
 	nfsPort     = 12049
 )
 
-var (
-	repoRoot string
-	clientC  string // nfsbench.c
-)
-
-func init() {
-	_, file, _, _ := runtime.Caller(0)
-	clientC = filepath.Join(filepath.Dir(file), "testdata", "nfsbench.c")
-	repoRoot = filepath.Join(filepath.Dir(file), "..", "..", "..")
-}
+// clientC is nfsbench.c.
+var clientC = filepath.Join(lab.RepoRoot(), "tests", "bench", "nfsd", "testdata", "nfsbench.c")
 
 // --- the client ---
 
@@ -104,51 +96,6 @@ type server struct {
 	err  error  // set when the server failed; it is then left out
 }
 
-func newNS(t *testing.T, name string) string {
-	n := fmt.Sprintf("obnb%d-%s", os.Getpid(), name)
-	exec.Command("ip", "netns", "delete", n).Run()
-	if out, err := exec.Command("ip", "netns", "add", n).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "delete", n).Run() })
-	exec.Command("ip", "-n", n, "link", "set", "lo", "up").Run()
-	return n
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *lockedBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
-var (
-	nfsdOnce sync.Once
-	nfsdBin  string
-	nfsdErr  error
-)
-
-// buildNFSD builds services/nfsd once per test binary.
-func buildNFSD(dir string) (string, error) {
-	nfsdOnce.Do(func() {
-		nfsdBin = filepath.Join(dir, "nfsd")
-		if out, err := exec.Command("go", "build", "-C", repoRoot, "-o", nfsdBin, "./services/nfsd").CombinedOutput(); err != nil {
-			nfsdErr = fmt.Errorf("go build ./services/nfsd: %v\n%s", err, out)
-		}
-	})
-	return nfsdBin, nfsdErr
-}
-
 // makeStore creates an ociboot store whose default image has the tree
 // fill writes (fill may be nil for an empty tree) and returns the store
 // directory, the image's root and config.json.
@@ -182,52 +129,13 @@ func makeStore(t *testing.T, digest string, fill func(root string)) (storeDir, i
 // returns the server exporting /nodes/<node>. Failures are returned, not
 // fatal, so that ganesha's numbers still print while nfsd is unfinished.
 func startOurs(t *testing.T, storeDir, cfg, node string) *server {
-	s := &server{name: "ociboot", ns: newNS(t, "ours"),
+	s := &server{name: "ociboot", ns: lab.NewNS(t, "ours"),
 		url: fmt.Sprintf("nfs://127.0.0.1/nodes/%s?nfsport=%d&mountport=%d&version=3", node, nfsPort, nfsPort)}
-	bin, err := buildNFSD(filepath.Dir(storeDir))
-	if err != nil {
-		s.err = err
-		return s
-	}
-	out := &lockedBuffer{}
-	cmd := exec.Command("ip", "netns", "exec", s.ns, bin, "-config", cfg, "-store", storeDir, "-allow_tmpfs",
-		"-status", "127.0.0.1:0", "-nfs_addr", fmt.Sprintf("127.0.0.1:%d", nfsPort), "-portmap_addr", "")
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		s.err = err
-		return s
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			lines := strings.SplitAfter(out.String(), "\n")
-			if len(lines) > 60 {
-				lines = lines[len(lines)-60:]
-			}
-			t.Logf("nfsd output (tail):\n%s", strings.Join(lines, ""))
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.String(), `msg="nfs listening"`) {
-		select {
-		case <-done:
-			s.err = fmt.Errorf("nfsd exited (%v):\n%s", cmd.ProcessState, out.String())
-			return s
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			s.err = fmt.Errorf(`nfsd did not log msg="nfs listening" within 20s:\n%s`, out.String())
-			return s
-		}
+	p := lab.Cmd{Name: "nfsd", NS: s.ns, Args: []string{lab.Binary(t, "nfsd"), "-config", cfg, "-store", storeDir, "-allow_tmpfs",
+		"-status", "127.0.0.1:0", "-nfs_addr", fmt.Sprintf("127.0.0.1:%d", nfsPort), "-portmap_addr", ""}}.Start(t)
+	t.Cleanup(func() { p.Stop(5 * time.Second) })
+	if _, err := p.WaitLine(20*time.Second, `msg="nfs listening"`); err != nil {
+		s.err = fmt.Errorf("%v:\n%s", err, p.Tail(5000))
 	}
 	return s
 }
@@ -309,22 +217,14 @@ func compare(t *testing.T, label string, servers []*server, work func(s *server,
 }
 
 func TestBenchNFS(t *testing.T) {
-	if os.Getenv("OCIBOOT_BENCH") != "1" {
-		t.Skip("benchmark: set OCIBOOT_BENCH=1")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
+	testenv.OptIn(t, "OCIBOOT_BENCH", "benchmark")
+	lab.NeedNetns(t)
 	if err := ganesha.Available(); err != nil {
-		t.Skip(err)
+		testenv.Need(t, "%v", err)
 	}
-	for _, tool := range []string{"gcc", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.NeedTool(t, "gcc", "gcc")
 	if _, err := os.Stat("/usr/include/nfsc/libnfs.h"); err != nil {
-		t.Skip("libnfs-dev not installed")
+		testenv.Need(t, "no /usr/include/nfsc/libnfs.h: install the Debian package libnfs-dev")
 	}
 	client := buildClient(t)
 

@@ -26,6 +26,8 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/ocicache"
 	"github.com/ociboot/ociboot/appliance/ocicache/ocitest"
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 )
 
 // layerTar makes a layer of about size bytes in files of 4 KiB..1 MiB,
@@ -54,32 +56,19 @@ func layerTar(t *testing.T, seed uint64, dir string, size int) []byte {
 	return buf.Bytes()
 }
 
-var serviceBin string
-
-func build(t *testing.T) {
-	serviceBin = filepath.Join(t.TempDir(), "ocicache")
-	if out, err := exec.Command("go", "build", "-o", serviceBin, "github.com/ociboot/ociboot/services/ocicache").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-}
-
 type run struct {
-	cmd    *exec.Cmd
+	proc   *lab.Proc
 	status string
 	cfg    string
-	log    bytes.Buffer
 }
 
 func start(t *testing.T, storeDir, netboot string) *run {
 	r := &run{cfg: filepath.Join(t.TempDir(), "config.json")}
 	os.WriteFile(r.cfg, []byte(`{"Netboot":`+netboot+`}`), 0o644)
-	addr := ocitest.FreePort(t)
-	r.status = "http://" + addr + "/status"
-	r.cmd = exec.Command(serviceBin, "-config", r.cfg, "-store", storeDir, "-allow_tmpfs", "-status", addr, "-registry", "", "-min_free_mib", "64")
-	r.cmd.Stdout, r.cmd.Stderr = &r.log, &r.log
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	st := lab.ListenTCP(t)
+	r.status = "http://" + st.Addr + "/status"
+	r.proc = lab.Cmd{Name: "ocicache", Files: st.Files(),
+		Args: []string{lab.Binary(t, "ocicache"), "-config", r.cfg, "-store", storeDir, "-allow_tmpfs", "-status", st.Addr, "-registry", "", "-min_free_mib", "64"}}.Start(t)
 	return r
 }
 
@@ -98,7 +87,7 @@ func (r *run) waitReady(t *testing.T, n int) {
 				case "ready":
 					ready++
 				case "failed":
-					t.Fatalf("pull failed: %s\n%s", im.Error, r.log.String())
+					t.Fatalf("pull failed: %s\n%s", im.Error, r.proc.Tail(5000))
 				}
 			}
 			if ready == n {
@@ -107,7 +96,7 @@ func (r *run) waitReady(t *testing.T, n int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("not ready in time:\n%s", r.log.String())
+	t.Fatalf("not ready in time:\n%s", r.proc.Tail(5000))
 }
 
 // stop ends the service and returns its peak RSS in bytes: VmHWM of its
@@ -115,7 +104,7 @@ func (r *run) waitReady(t *testing.T, n int) {
 // do: Linux carries it over exec from the forked copy of this test
 // process, which holds the benchmark images in memory.)
 func (r *run) stop(t *testing.T) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.proc.Pid()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +114,10 @@ func (r *run) stop(t *testing.T) int64 {
 			hwm, _ = strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 		}
 	}
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	r.cmd.Wait()
+	r.proc.Kill(syscall.SIGTERM)
+	<-r.proc.Done()
 	if hwm == 0 {
-		t.Fatalf("no VmHWM in /proc/%d/status", r.cmd.Process.Pid)
+		t.Fatalf("no VmHWM in /proc/%d/status", r.proc.Pid())
 	}
 	return hwm << 10
 }
@@ -140,20 +129,15 @@ func median(d []float64) float64 {
 }
 
 func TestBench(t *testing.T) {
-	if os.Getenv("OCIBOOT_BENCH") != "1" {
-		t.Skip("set OCIBOOT_BENCH=1 to run the ocicache benchmark")
-	}
+	testenv.OptIn(t, "OCIBOOT_BENCH", "the ocicache benchmark")
 	for _, tool := range []string{"skopeo", "umoci", "docker-registry"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
+		testenv.NeedTool(t, tool, tool)
 	}
 	runs := 3
 	if n, err := strconv.Atoi(os.Getenv("OCIBOOT_BENCH_RUNS")); err == nil && n > 0 {
 		runs = n
 	}
-	build(t)
-	reg := ocitest.DockerRegistry(t)
+	reg := lab.DockerRegistry(t, "", "")
 	proxy := ocitest.NewProxy(t, reg)
 
 	// 6 layers of ~50 MB; the second image shares the first 5.
@@ -189,7 +173,7 @@ func TestBench(t *testing.T) {
 		// The second image: only what it does not share may cross the wire.
 		before := proxy.Downloaded()
 		os.WriteFile(r.cfg, []byte(fmt.Sprintf(`{"Netboot":{"DefaultImage":%q,"InsecureRegistries":[%q],"Nodes":[{"Serial":"00000001","Image":%q}]}}`, ref1, proxy.Addr, ref2)), 0o644)
-		r.cmd.Process.Signal(syscall.SIGHUP)
+		r.proc.Kill(syscall.SIGHUP)
 		r.waitReady(t, 2)
 		secondBytes = proxy.Downloaded() - before
 		rss = append(rss, float64(r.stop(t)))

@@ -16,21 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/lab"
 	ourtftpd "github.com/ociboot/ociboot/tests/tftpd"
 )
 
 const size = 30 << 20
-
-func ns(t *testing.T, name string) string {
-	n := fmt.Sprintf("obtb%d-%s", os.Getpid(), name)
-	exec.Command("ip", "netns", "delete", n).Run()
-	if out, err := exec.Command("ip", "netns", "add", n).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "delete", n).Run() })
-	exec.Command("ip", "-n", n, "link", "set", "lo", "up").Run()
-	return n
-}
 
 // fetch runs clients curls at once in namespace n and returns the wall time.
 func fetch(t *testing.T, n, file string, clients int) time.Duration {
@@ -63,32 +54,21 @@ func median(ds []time.Duration) time.Duration {
 }
 
 func TestBenchTFTP(t *testing.T) {
-	if os.Getenv("OCIBOOT_BENCH") != "1" {
-		t.Skip("benchmark: set OCIBOOT_BENCH=1")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	for _, tool := range []string{"dnsmasq", "curl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testenv.OptIn(t, "OCIBOOT_BENCH", "benchmark")
+	lab.NeedNetns(t)
+	testenv.NeedTool(t, "dnsmasq", "dnsmasq")
+	testenv.NeedTool(t, "curl", "curl")
 	// Ours: the built binary on port 69 inside its namespace.
-	srv := ourtftpd.StartServerIn(t, map[string]int{"kernel8.img": size}, ns(t, "ours"))
+	srv := ourtftpd.StartServerIn(t, map[string]int{"kernel8.img": size}, lab.NewNS(t, "ours"))
 	oursNS := srv.NS
 	// dnsmasq: TFTP only, serving a copy of the same bytes.
-	dnsNS := ns(t, "dnsmasq")
+	dnsNS := lab.NewNS(t, "dnsmasq")
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "abcd1234"), 0o755)
 	os.WriteFile(filepath.Join(root, "abcd1234", "kernel8.img"), srv.Files["kernel8.img"], 0o644)
-	d := exec.Command("ip", "netns", "exec", dnsNS, "dnsmasq", "--no-daemon", "--port=0", "--enable-tftp",
+	d := lab.Start(t, dnsNS, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--enable-tftp",
 		"--tftp-root="+root, "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root", "--log-facility=-")
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Process.Kill(); d.Wait() })
-	time.Sleep(500 * time.Millisecond)
+	d.WaitFor(t, "TFTP root is", 10*time.Second)
 
 	const runs = 5
 	for _, clients := range []int{1, 5} {

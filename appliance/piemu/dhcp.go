@@ -15,6 +15,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
+
+	"github.com/ociboot/ociboot/appliance/rawip"
 )
 
 // VendorClass is option 60 of a Pi 4 bootloader DISCOVER.
@@ -259,25 +261,7 @@ func (c *Conn) Close() error { return c.pc.Close() }
 
 // Send broadcasts m from 0.0.0.0:68.
 func (c *Conn) Send(m *dhcpv4.DHCPv4) error {
-	payload := m.ToBytes()
-	b := make([]byte, 28+len(payload))
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-	b[8] = 64
-	b[9] = unix.IPPROTO_UDP
-	copy(b[16:20], net.IPv4bcast.To4())
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(b[10:], ^uint16(sum))
-	binary.BigEndian.PutUint16(b[20:], 68)
-	binary.BigEndian.PutUint16(b[22:], 67)
-	binary.BigEndian.PutUint16(b[24:], uint16(8+len(payload)))
-	copy(b[28:], payload)
+	b := rawip.UDP(netip.AddrPortFrom(netip.IPv4Unspecified(), 68), netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), 67), m.ToBytes())
 	if _, err := c.pc.WriteTo(b, &packet.Addr{HardwareAddr: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}); err != nil {
 		return fmt.Errorf("piemu: sending %s: %v", m.MessageType(), err)
 	}
@@ -302,15 +286,11 @@ func (c *Conn) Recv(ctx context.Context, xid dhcpv4.TransactionID, mac net.Hardw
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrTimeout, err)
 		}
-		b := buf[:n]
-		if len(b) < 28 || b[0]>>4 != 4 || b[9] != unix.IPPROTO_UDP {
+		src, dst, payload, ok := rawip.ParseUDP(buf[:n])
+		if !ok || src.Port() != 67 || dst.Port() != 68 {
 			continue
 		}
-		ihl := int(b[0]&0xf) * 4
-		if len(b) < ihl+8 || binary.BigEndian.Uint16(b[ihl+2:]) != 68 || binary.BigEndian.Uint16(b[ihl:]) != 67 {
-			continue
-		}
-		m, err := dhcpv4.FromBytes(b[ihl+8:])
+		m, err := dhcpv4.FromBytes(payload)
 		if err != nil || m.OpCode != dhcpv4.OpcodeBootReply || m.TransactionID != xid || !bytes.Equal(m.ClientHWAddr, mac) {
 			continue
 		}
