@@ -16,7 +16,7 @@ type counter struct {
 
 func newCounter(name, help, label string) *counter {
 	return &counter{
-		vec: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ociboot", Subsystem: "dhcpd", Name: name, Help: help}, []string{label}),
+		vec: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label}),
 		m:   map[string]int{},
 	}
 }
@@ -69,9 +69,9 @@ func newMetrics() *metrics {
 		replies:  newCounter("replies_total", "DHCP replies sent, by message type.", "type"),
 		drops:    newCounter("drops_total", "Requests not answered, by reason.", "reason"),
 		foreign:  newCounter("foreign_replies_total", "Replies from other DHCP servers seen on the segment, by message type.", "type"),
-		leases: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ociboot", Subsystem: "dhcpd", Name: "active_leases",
+		leases: prometheus.NewGauge(prometheus.GaugeOpts{Name: "active_leases",
 			Help: "Unexpired leases (full mode)."}),
-		saveFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ociboot", Subsystem: "dhcpd", Name: "lease_save_failures_total",
+		saveFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "lease_save_failures_total",
 			Help: "Failed writes of leases.json (disk full or failing)."}),
 		unsaved: newCounter("unsaved_acks_total", "ACKs sent for lease changes that could not be saved, by kind.", "kind"),
 	}

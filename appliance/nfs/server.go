@@ -126,11 +126,11 @@ func New(opts Options) (*Server, error) {
 		mounts: map[mountKey]time.Time{}, acl: map[aclKey]aclEntry{}, ports: map[portKey]uint32{}}
 	rand.Read(s.verf[:])
 	s.metrics = metrics{
-		requests:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsd_requests_total", Help: "RPC calls by program and procedure."}, []string{"prog", "proc"}),
-		errors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nfsd_errors_total", Help: "NFS replies with a status other than OK, by procedure and status."}, []string{"proc", "status"}),
-		readBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsd_read_bytes_total", Help: "Bytes returned by READ."}),
-		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsd_write_bytes_total", Help: "Bytes written by WRITE."}),
-		copyUps:    prometheus.NewCounter(prometheus.CounterOpts{Name: "nfsd_copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
+		requests:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "requests_total", Help: "RPC calls by program and procedure."}, []string{"prog", "proc"}),
+		errors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "errors_total", Help: "NFS replies with a status other than OK, by procedure and status."}, []string{"proc", "status"}),
+		readBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "read_bytes_total", Help: "Bytes returned by READ."}),
+		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "write_bytes_total", Help: "Bytes written by WRITE."}),
+		copyUps:    prometheus.NewCounter(prometheus.CounterOpts{Name: "copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
 	}
 	if opts.Metrics != nil {
 		opts.Metrics.MustRegister(s.metrics.requests, s.metrics.errors, s.metrics.readBytes, s.metrics.writeBytes, s.metrics.copyUps)

@@ -28,6 +28,11 @@ import (
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
+// MetricPrefix is the prefix of every metric service name exports:
+// "ociboot_<service>_". Go runtime and process metrics keep their
+// standard go_ and process_ names.
+func MetricPrefix(name string) string { return "ociboot_" + name + "_" }
+
 // Env is what a service's run function gets.
 type Env struct {
 	Name       string
@@ -35,7 +40,11 @@ type Env struct {
 	Config     *config.Config
 	Store      *store.Store
 	Log        *slog.Logger
-	Metrics    *prometheus.Registry
+	// Metrics registers the service's metrics under the one naming
+	// scheme of every ociboot service: MetricPrefix(Name) + the
+	// library's own name (ociboot_nfsd_requests_total). Libraries name
+	// their metrics without a prefix.
+	Metrics prometheus.Registerer
 	// Mux serves the status listener; services may add handlers.
 	Mux *http.ServeMux
 	// StatusAddr is the address the status listener is bound to.
@@ -105,7 +114,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 		Config:     cfg,
 		Store:      st,
 		Log:        log,
-		Metrics:    reg,
+		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), reg),
 		Mux:        http.NewServeMux(),
 	}
 	env.Mux.HandleFunc("/status", env.serveStatus)

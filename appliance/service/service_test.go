@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net/http"
 	"os"
@@ -28,6 +29,9 @@ func TestSetupServesStatusAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	env.SetStatus(func() any { return map[string]int{"answers": 42} })
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "answers_total", Help: "Answers."})
+	env.Metrics.MustRegister(c)
+	c.Add(3)
 	base := "http://" + env.StatusAddr.String()
 
 	resp, err := http.Get(base + "/status")
@@ -48,6 +52,11 @@ func TestSetupServesStatusAndMetrics(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(b), "go_goroutines") {
 		t.Errorf("/metrics lacks go_goroutines:\n%.300s", b)
+	}
+	// The service's own metrics carry its prefix, whatever the library
+	// called them.
+	if !strings.Contains(string(b), "\nociboot_testd_answers_total 3\n") {
+		t.Errorf("/metrics lacks ociboot_testd_answers_total 3:\n%s", b)
 	}
 	resp, err = http.Get(base + "/debug/pprof/goroutine?debug=1")
 	if err != nil {

@@ -113,9 +113,9 @@ func New(o Options) *Server {
 		s.retries = 5
 	}
 	s.m = metrics{
-		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ociboot_tftpd_transfers_total", Help: "Read requests by node and result (ok, early-terminate, not-found, failed)."}, []string{"node", "result"}),
-		bytes:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ociboot_tftpd_bytes_total", Help: "Bytes sent by node."}, []string{"node"}),
-		duration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ociboot_tftpd_transfer_seconds", Help: "Duration of completed transfers.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"node"}),
+		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "transfers_total", Help: "Read requests by node and result (ok, early-terminate, not-found, failed)."}, []string{"node", "result"}),
+		bytes:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bytes_total", Help: "Bytes sent by node."}, []string{"node"}),
+		duration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "transfer_seconds", Help: "Duration of completed transfers.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"node"}),
 	}
 	if o.Metrics != nil {
 		o.Metrics.MustRegister(s.m.transfers, s.m.bytes, s.m.duration)

@@ -40,10 +40,10 @@ func main() {
 			return err
 		}
 		env.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "ocicache_fetched_bytes_total", Help: "Blob bytes fetched from registries since start.",
+			Name: "fetched_bytes_total", Help: "Blob bytes fetched from registries since start.",
 		}, func() float64 { return float64(c.FetchedBytes()) }))
 		env.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "ocicache_pulls_running", Help: "Blob downloads in progress.",
+			Name: "pulls_running", Help: "Blob downloads in progress.",
 		}, func() float64 { return float64(len(c.Progress())) }))
 		env.SetStatus(func() any {
 			return map[string]any{"service": "ocicache", "registry": *registryAddr, "cache": c.Status()}

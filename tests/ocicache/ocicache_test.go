@@ -176,8 +176,8 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !bytes.Contains(metrics, []byte("ocicache_fetched_bytes_total ")) || bytes.Contains(metrics, []byte("ocicache_fetched_bytes_total 0\n")) {
-		t.Errorf("/metrics lacks a non-zero ocicache_fetched_bytes_total")
+	if !bytes.Contains(metrics, []byte("ociboot_ocicache_fetched_bytes_total ")) || bytes.Contains(metrics, []byte("ociboot_ocicache_fetched_bytes_total 0\n")) {
+		t.Errorf("/metrics lacks a non-zero ociboot_ocicache_fetched_bytes_total")
 	}
 
 	// skopeo, a client nobody here wrote, pulls from our /v2/ and verifies
