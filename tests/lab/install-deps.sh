@@ -21,7 +21,7 @@ packages=(
 	# node images: an arm64 Debian root built with mmdebstrap through
 	# qemu-user, and the disk image tools around it
 	mmdebstrap qemu-user-static binfmt-support arch-test openssh-client
-	dosfstools mtools fdisk xz-utils
+	dosfstools mtools fdisk xz-utils libcap2-bin tar
 )
 # The Pi test boots Debian's arm64 kernel as a Pi's kernel8.img in
 # qemu-system-aarch64; its package and busybox-static:arm64 are unpacked
