@@ -107,12 +107,6 @@ func (r Recipe) args(hook string) []string {
 		"--dpkgopt=path-include=/usr/share/doc/*/copyright",
 		"--dpkgopt=path-exclude=/usr/share/locale/*",
 		"--dpkgopt=path-include=/usr/share/locale/locale.alias",
-		// The initramfs holds what mounts an NFS root: the base and
-		// network drivers and the NFS client (initramfs-tools' "netboot"
-		// set), not every storage driver; it is smaller to fetch over
-		// TFTP and quicker to build. Set before the kernel is installed,
-		// so the first initramfs is already this one.
-		"--setup-hook=mkdir -p \"$1/etc/initramfs-tools/conf.d\" && printf 'MODULES=netboot\\n' >\"$1/etc/initramfs-tools/conf.d/ociboot-netboot.conf\"",
 		// Every package that touches the initramfs would make it again,
 		// each time through qemu-user (minutes per run): it is made once,
 		// by the customize hook, once everything is installed.

@@ -20,19 +20,68 @@ sed -i \
 	-e 's|^#\?CONSOLES=.*|CONSOLES="serial0,115200 tty1"|' \
 	-e 's|^#\?ROOTPART=.*|ROOTPART=/dev/nfs|' \
 	"$root/etc/default/raspi-firmware"
-# A CM4's firmware loads bcm2711-rpi-cm4.dtb; Debian's kernel names the
-# CM4's device tree bcm2711-rpi-cm4-io.dtb. This hook runs after
-# raspi-firmware's on every kernel install, so an upgraded kernel keeps it.
-cat >"$root/etc/kernel/postinst.d/z51-ociboot-cm4-dtb" <<'END'
+# Per-model sections as on a Raspberry Pi OS card (raspi-firmware appends
+# this file to the config.txt it writes). ociboot appends
+# Netboot.ConfigTxt after an [all] line of its own.
+cat >"$root/etc/default/raspi-firmware-custom" <<'END'
+[pi4]
+# Pi 4, CM4, Pi 400
+arm_boost=1
+[cm4]
+# the CM4's USB 2.0 port as a host (IO boards, the Super6C's slot 1 hub)
+otg_mode=1
+[pi5]
+# Pi 5, CM5
+dtparam=pciex1
+[all]
+END
+
+# raspi-firmware regenerates config.txt on every kernel install and
+# initramfs update; this hook runs after it each time and
+#  - names followkernel on the initramfs line, as a Pi SD card does;
+#  - gives a CM4's firmware the bcm2711-rpi-cm4.dtb it loads (Debian's
+#    kernel calls the CM4's device tree bcm2711-rpi-cm4-io.dtb).
+cat >"$root/etc/kernel/postinst.d/z51-ociboot" <<'END'
 #!/bin/sh
-# ociboot: a CM4's firmware loads bcm2711-rpi-cm4.dtb.
-if [ -f /boot/firmware/bcm2711-rpi-cm4-io.dtb ]; then
-	cp /boot/firmware/bcm2711-rpi-cm4-io.dtb /boot/firmware/bcm2711-rpi-cm4.dtb
+# ociboot: after raspi-firmware's z50 hook; see /etc/default/raspi-firmware-custom.
+f=/boot/firmware
+sed -i 's/^initramfs \([^ ]*\)$/initramfs \1 followkernel/' $f/config.txt
+if [ -f $f/bcm2711-rpi-cm4-io.dtb ]; then
+	cp $f/bcm2711-rpi-cm4-io.dtb $f/bcm2711-rpi-cm4.dtb
 fi
 exit 0
 END
-chmod 0755 "$root/etc/kernel/postinst.d/z51-ociboot-cm4-dtb"
+chmod 0755 "$root/etc/kernel/postinst.d/z51-ociboot"
+mkdir -p "$root/etc/initramfs/post-update.d"
+ln -sf ../../kernel/postinst.d/z51-ociboot "$root/etc/initramfs/post-update.d/z51-ociboot"
 kver=$(basename "$(ls -d "$root"/lib/modules/* | sort -V | tail -n 1)")
+
+# The initramfs holds what mounts an NFS root and no more: the Ethernet
+# drivers of the boards ociboot boots, virtio for virtual machines, and the
+# NFS client. (initramfs-tools' "most" or "netboot" sets take every network
+# and storage driver: a bigger file to fetch over TFTP, and a build that
+# runs for many minutes under qemu-user.) A node that needs another driver
+# lists it in /etc/initramfs-tools/modules and runs update-initramfs -u.
+mkdir -p "$root/etc/initramfs-tools/conf.d"
+echo MODULES=list >"$root/etc/initramfs-tools/conf.d/ociboot-netboot.conf"
+cat >>"$root/etc/initramfs-tools/modules" <<'END'
+# ociboot: what a netbooting node loads before its root is mounted.
+# Raspberry Pi 4, CM4, Pi 400 Ethernet (GENET) and its PHY
+genet
+broadcom
+mdio-bcm-unimac
+# Raspberry Pi 5, CM5 Ethernet (Cadence GEM)
+macb
+# Raspberry Pi 3 B and B+ USB Ethernet
+smsc95xx
+lan78xx
+# virtual machines
+virtio_net
+virtio_mmio
+# the NFS client
+nfs
+nfsv3
+END
 
 # The build held update-initramfs back (see the essential hook); make the
 # initramfs once now. Its post-update hook (raspi-firmware's) copies it to
@@ -41,7 +90,7 @@ rm -f "$root/usr/sbin/update-initramfs"
 chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
 chroot "$root" update-initramfs -c -k "$kver"
 chroot "$root" /etc/kernel/postinst.d/z50-raspi-firmware "$kver"
-chroot "$root" /etc/kernel/postinst.d/z51-ociboot-cm4-dtb "$kver"
+chroot "$root" /etc/kernel/postinst.d/z51-ociboot "$kver"
 
 # The network carries the root file system. The initramfs configured the
 # interface (ip=dhcp); systemd-networkd adopts that configuration without
