@@ -82,7 +82,7 @@ test: deps
 	go vet ./...
 	mkdir -p .build
 	go build -o .build/testsum ./tests/lab/testsum
-	set -o pipefail; go test -count=1 -timeout 45m -json ./... 2>&1 | .build/testsum
+	set -o pipefail; go test -count=1 -timeout 80m -json ./... 2>&1 | .build/testsum
 
 ## unit: only what runs without root or network namespaces
 unit:
