@@ -3,8 +3,6 @@ package ocicache
 import (
 	"context"
 	"errors"
-	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,15 +18,9 @@ import (
 // itself runs into ENOSPC. The error is a disk error, the layer is asked
 // for once, and nothing half-written is left.
 func TestRealENOSPCIsADiskError(t *testing.T) {
-	if os.Getenv("OCIBOOT_ENOSPC_HELPER") == "" {
-		testenv.NeedRoot(t, "a tmpfs in a mount namespace")
-		cmd := exec.Command("unshare", "-m", "sh", "-c", `mount -t tmpfs -o size=8m tmpfs "$D" && exec "$0" -test.run '^TestRealENOSPCIsADiskError$' -test.v`, os.Args[0])
-		cmd.Env = append(os.Environ(), "D="+t.TempDir(), "OCIBOOT_ENOSPC_HELPER=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS") {
-			t.Fatalf("%v: %v\n%s", cmd.Args, err, out)
-		}
-		for _, l := range strings.Split(string(out), "\n") {
+	dir, out := testenv.InTmpfs(t, 8)
+	if dir == "" {
+		for _, l := range strings.Split(out, "\n") {
 			if strings.Contains(l, "error: ") {
 				t.Log(strings.TrimSpace(l))
 			}
@@ -37,7 +29,7 @@ func TestRealENOSPCIsADiskError(t *testing.T) {
 	}
 	gets := &blobGets{}
 	f := newFixture(t, gets)
-	st, err := store.Open(os.Getenv("D"), store.Options{AllowTmpfs: true})
+	st, err := store.Open(dir, store.Options{AllowTmpfs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
