@@ -71,6 +71,10 @@ type Node struct {
 	// Netconsole adds netconsole= to the node's generated cmdline.txt: the
 	// kernel sends its log to the head node's UDP port 6666.
 	Netconsole bool
+	// Quota bounds what the node's writable root may use on the head
+	// node's store, e.g. "10G" (overrides Netboot.NodeQuota; "0": none).
+	// Writes past it fail on the node with "Disk quota exceeded".
+	Quota string
 }
 
 // Netboot is the "Netboot" section of config.json as written by users.
@@ -131,6 +135,10 @@ type Netboot struct {
 	// that may log in as root on every node: nfsd writes them into each
 	// node's root (and its cloud-init seed) when it makes the root.
 	SSHAuthorizedKeys []string
+	// NodeQuota is every node's quota on the store unless Nodes[].Quota
+	// says otherwise, e.g. "10G"; empty: none (nfsd's -reserve_mib still
+	// keeps space for the head node's own state).
+	NodeQuota string
 }
 
 // NodeConfig is a validated Node.
@@ -142,6 +150,7 @@ type NodeConfig struct {
 	Image      string           // the node's image (DefaultImage filled in)
 	Platform   string
 	Netconsole bool
+	Quota      int64 // bytes the node's root may use; 0: no quota (NodeQuota filled in)
 }
 
 // Config is the validated section with parsed values.
@@ -172,6 +181,8 @@ type Config struct {
 	Insecure     []string
 	// AuthorizedKeys are the validated SSHAuthorizedKeys.
 	AuthorizedKeys []string
+	// NodeQuota is the parsed Netboot.NodeQuota in bytes (0: none).
+	NodeQuota int64
 }
 
 // Errors collects every problem found in the section; Error prints one per
@@ -470,6 +481,18 @@ func validate(raw Netboot, errs *Errors) *Config {
 		cfg.AuthorizedKeys = append(cfg.AuthorizedKeys, strings.TrimSpace(k))
 	}
 
+	quota := func(field, s string) int64 {
+		if s == "" {
+			return 0
+		}
+		n, err := ParseSize(s)
+		if err != nil {
+			add("%s: %v", field, err)
+		}
+		return n
+	}
+	cfg.NodeQuota = quota("Netboot.NodeQuota", raw.NodeQuota)
+
 	seen := map[string]string{}
 	dup := func(field, kind, v string) {
 		key := kind + "\x00" + v
@@ -481,7 +504,10 @@ func validate(raw Netboot, errs *Errors) *Config {
 	}
 	for i, n := range raw.Nodes {
 		p := fmt.Sprintf("Netboot.Nodes[%d]", i)
-		nc := NodeConfig{Name: n.Name, Image: n.Image, Platform: n.Platform, Netconsole: n.Netconsole}
+		nc := NodeConfig{Name: n.Name, Image: n.Image, Platform: n.Platform, Netconsole: n.Netconsole, Quota: cfg.NodeQuota}
+		if n.Quota != "" {
+			nc.Quota = quota(p+".Quota", n.Quota)
+		}
 		if n.Serial != "" {
 			s, err := NormalizeSerial(n.Serial)
 			if err != nil {
