@@ -62,6 +62,8 @@ type testEnv struct {
 	ln    net.Listener
 	// personalize is Options.Personalize for the next start.
 	personalize func(key, root string) error
+	// limits are the Reserve and Quota options of every start.
+	limits Options
 }
 
 func needRoot(t *testing.T) {
@@ -75,9 +77,13 @@ func needRoot(t *testing.T) {
 //	tmp/ 01777, home/u/ owned 1000:1000 0700, usr/a + usr/b one file
 //	(hard links), etc/link -> /etc/hostname, dirlink -> /etc, and 300
 //	files in many/.
-func newEnv(t *testing.T) *testEnv {
+func newEnv(t *testing.T) *testEnv { return newEnvIn(t, t.TempDir(), Options{}) }
+
+// newEnvIn is newEnv with the store in dir and the server's limits
+// (Reserve, Quota) from opts.
+func newEnvIn(t *testing.T, dir string, opts Options) *testEnv {
 	needRoot(t)
-	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
+	st, err := store.Open(dir, store.Options{AllowTmpfs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,14 +111,14 @@ func newEnv(t *testing.T) *testEnv {
 	unix.Chmod(filepath.Join(root, "home/u"), 0o700)
 	os.Symlink("/etc/hostname", filepath.Join(root, "etc/link"))
 	os.Symlink("/etc", filepath.Join(root, "dirlink"))
-	env := &testEnv{t: t, st: st, image: root, res: fakeResolver{images: map[string]string{"node1": testDigest, "node2": testDigest}}}
+	env := &testEnv{t: t, st: st, image: root, res: fakeResolver{images: map[string]string{"node1": testDigest, "node2": testDigest}}, limits: opts}
 	env.start()
 	t.Cleanup(env.stop)
 	return env
 }
 
 func (e *testEnv) start() {
-	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t)})
+	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t), Reserve: e.limits.Reserve, Quota: e.limits.Quota})
 	if err != nil {
 		e.t.Fatal(err)
 	}

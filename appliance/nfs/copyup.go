@@ -22,6 +22,9 @@ func (e *export) breakLink(rel string) (unix.Stat_t, error) {
 	if err != nil || !e.shared(&st) {
 		return st, err
 	}
+	if err := e.mayGrow(int64(st.Blocks) * 512); err != nil {
+		return st, err
+	}
 	id := st.Ino
 	names := []string{rel}
 	if e.image.nlink[st.Ino] > 1 {
@@ -78,6 +81,7 @@ func (e *export) breakLink(rel string) (unix.Stat_t, error) {
 		unix.Unlinkat(dfd, tmp, 0)
 		return st, fmt.Errorf("copy of %s before a change: %w", rel, err)
 	}
+	e.chargeNew(&cst)
 	if e.onCopy != nil {
 		e.onCopy()
 	}

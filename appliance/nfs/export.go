@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -47,6 +48,8 @@ type export struct {
 	dev    uint64
 	image  *imageSet
 	onCopy func() // counts copy-ups
+	budget *budget
+	used   atomic.Int64 // bytes the view's own inodes use (budget.go)
 
 	// mu serialises changes to the namespace and copy-ups, so a copy-up
 	// never races a rename of the same name.

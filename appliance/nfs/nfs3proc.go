@@ -103,11 +103,19 @@ func (s *Server) applySattr(o *obj, c cred, sa sattr, created bool) error {
 		if !owner && !permitted(&st, c, mayWrite) {
 			return unix.EACCES
 		}
+		if int64(*sa.size) > st.Size {
+			// A larger size allocates nothing (the file gets a hole),
+			// so it is refused only at the limit: sparse files stay
+			// possible, as under real quotas.
+			if err := e.mayGrow(1); err != nil {
+				return err
+			}
+		}
 		fd, err := e.open(o.rel, unix.O_WRONLY)
 		if err != nil {
 			return err
 		}
-		err = unix.Ftruncate(fd, int64(*sa.size))
+		err = e.measure(fd, func() error { return unix.Ftruncate(fd, int64(*sa.size)) })
 		unix.Close(fd)
 		if err != nil {
 			return err
@@ -334,15 +342,22 @@ func (s *Server) write(c *call, a *writeArgs) writeRes {
 		return failed(err)
 	}
 	defer unix.Close(fd)
-	n := 0
-	for n < len(data) && err == nil {
-		var m int
-		m, err = unix.Pwrite(fd, data[n:], int64(a.off)+int64(n))
-		if err == unix.EINTR {
-			err = nil
-		}
-		n += m
+	if err := o.e.mayGrow(writeNeed(&o.st, a.off, len(data))); err != nil {
+		return failed(err)
 	}
+	n := 0
+	err = o.e.measure(fd, func() error {
+		var err error
+		for n < len(data) && err == nil {
+			var m int
+			m, err = unix.Pwrite(fd, data[n:], int64(a.off)+int64(n))
+			if err == unix.EINTR {
+				err = nil
+			}
+			n += m
+		}
+		return err
+	})
 	committed := uint32(unstable)
 	if err == nil && a.stable != unstable {
 		if a.stable == dataSync {
@@ -422,13 +437,24 @@ func (s *Server) makeFile(c *call, f newFile) createRes {
 	if f.setgidDir && d.st.Mode&unix.S_ISGID != 0 {
 		mode |= unix.S_ISGID
 	}
-	existed, err := f.make(dfd, name, uid, gid, mode)
+	if err := e.mayGrow(entryCost); err != nil {
+		return failed(err)
+	}
+	var existed bool
+	err = e.measure(dfd, func() error {
+		var err error
+		existed, err = f.make(dfd, name, uid, gid, mode)
+		return err
+	})
 	if err != nil {
 		return failed(err)
 	}
 	cst, err := e.lstat(rel)
 	if err != nil {
 		return failed(err)
+	}
+	if !existed {
+		e.chargeNew(&cst)
 	}
 	id := cst.Ino // a new file has no fileid of its own yet
 	if existed {
@@ -593,6 +619,7 @@ func (s *Server) unlink(c *call, a *diropArgs, dir bool) wccRes {
 		if err := unix.Unlinkat(dfd, name, flags); err != nil {
 			return err
 		}
+		e.credit(&cst)
 		e.dropCopy(&cst)
 		if isDir || cst.Nlink <= 1 || e.shared(&cst) {
 			e.forget(id)
@@ -670,6 +697,7 @@ func (s *Server) rename(c *call, a *renameArgs) renameRes {
 			return err
 		}
 		if overwritten != 0 {
+			e.credit(&dstSt)
 			e.forget(overwritten)
 			e.dropCopy(&dstSt)
 		}
@@ -725,7 +753,10 @@ func (s *Server) link(c *call, a *linkArgs) linkRes {
 			return err
 		}
 		defer unix.Close(dfd)
-		if err := unix.Linkat(sfd, sbase, dfd, name, 0); err != nil {
+		if err := e.mayGrow(entryCost); err != nil {
+			return err
+		}
+		if err := e.measure(dfd, func() error { return unix.Linkat(sfd, sbase, dfd, name, 0) }); err != nil {
 			return err
 		}
 		return e.commitMeta(d.rel, &d.st)

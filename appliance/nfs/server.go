@@ -58,6 +58,12 @@ type Options struct {
 	// without record mark) before the reply is sent; both are only valid
 	// during the call. nfsd's -reply_log writes them for nfscheck.
 	OnReply func(call, reply []byte)
+	// Reserve is the free space on the store that node writes never take
+	// (they fail with NFS3ERR_NOSPC below it); 0: none. See budget.go.
+	Reserve int64
+	// Quota, if set, returns the bytes node key's root may use (0: no
+	// quota); writes past it fail with NFS3ERR_DQUOT.
+	Quota func(key string) int64
 }
 
 // Server serves NFSv3, MOUNT v3 and portmap on any number of listeners.
@@ -77,6 +83,7 @@ type Server struct {
 	ports   map[portKey]uint32
 
 	metrics metrics
+	budget  *budget
 }
 
 type mountKey struct {
@@ -132,8 +139,9 @@ func New(opts Options) (*Server, error) {
 		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "write_bytes_total", Help: "Bytes written by WRITE."}),
 		copyUps:    prometheus.NewCounter(prometheus.CounterOpts{Name: "copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
 	}
+	s.budget = newBudget(opts, opts.Log)
 	if opts.Metrics != nil {
-		opts.Metrics.MustRegister(s.metrics.requests, s.metrics.errors, s.metrics.readBytes, s.metrics.writeBytes, s.metrics.copyUps)
+		opts.Metrics.MustRegister(s.metrics.requests, s.metrics.errors, s.metrics.readBytes, s.metrics.writeBytes, s.metrics.copyUps, newUsageCollector(s))
 	}
 	s.scan()
 	return s, nil
@@ -246,6 +254,11 @@ func (s *Server) allowed(e *export, client netip.Addr) bool {
 type Status struct {
 	Exports []ExportStatus
 	Mounts  []MountStatus
+	// ReserveBytes is -reserve_mib; FreeBytes the store's free space
+	// (-1: unknown). Node writes fail once FreeBytes would go below
+	// ReserveBytes.
+	ReserveBytes int64
+	FreeBytes    int64
 }
 
 // ExportStatus describes one node's view.
@@ -253,6 +266,10 @@ type ExportStatus struct {
 	Node   string
 	Path   string
 	Digest string
+	// Used is what the node's own files use on the store; Quota its
+	// quota (0: none).
+	Used  int64
+	Quota int64 `json:",omitempty"`
 }
 
 // MountStatus is one client's MNT.
@@ -264,11 +281,11 @@ type MountStatus struct {
 
 // Status lists views and mounts.
 func (s *Server) Status() Status {
+	st := Status{ReserveBytes: s.budget.reserve, FreeBytes: s.storeFree()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var st Status
 	for _, e := range s.exports {
-		st.Exports = append(st.Exports, ExportStatus{Node: e.key, Path: "/nodes/" + e.key, Digest: e.digest})
+		st.Exports = append(st.Exports, ExportStatus{Node: e.key, Path: "/nodes/" + e.key, Digest: e.digest, Used: e.used.Load(), Quota: s.budget.quotaOf(e.key)})
 	}
 	for m, t := range s.mounts {
 		st.Mounts = append(st.Mounts, MountStatus{Client: m.client.String(), Path: "/nodes/" + m.key, Time: t})

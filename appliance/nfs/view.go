@@ -204,7 +204,7 @@ func (s *Server) scan() {
 			s.log.Warn("view not served", "node", key, "err", err)
 			continue
 		}
-		e.onCopy = s.metrics.copyUps.Inc
+		s.attach(e)
 		s.mu.Lock()
 		s.exports[id] = e
 		s.mu.Unlock()
@@ -258,7 +258,7 @@ func (s *Server) export(key string) (*export, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.onCopy = s.metrics.copyUps.Inc
+	s.attach(e)
 	if root != "" {
 		s.log.Info("made node root", "node", key, "image", digest, "took", time.Since(start).Round(time.Millisecond))
 	}

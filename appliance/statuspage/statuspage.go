@@ -66,6 +66,10 @@ type Node struct {
 	// root was made: "image changed, pending reimage" (Reimage on-boot)
 	// or what to do to move it (manual).
 	ImageChange string
+	// RootUsed is what the node's own files in its root use on the
+	// store; RootQuota its quota (0: none). From nfsd.
+	RootUsed  int64 `json:",omitempty"`
+	RootQuota int64 `json:",omitempty"`
 	// EEPROM is the last bootloader update (pieeprom.upd) tftpd served
 	// the node, nil if none.
 	EEPROM *nodes.EEPROMUpdate `json:",omitempty"`
@@ -200,6 +204,7 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 	}
 	wg.Wait()
 	ov.Services = states
+	addStoreState(&ov)
 	return ov
 }
 
@@ -297,6 +302,7 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 	"short":  short,
 	"ago":    ago,
 	"indent": indent,
+	"bytes":  bytesHuman,
 	"lastTime": func(l []nodes.ConsoleLine) time.Time {
 		if len(l) == 0 {
 			return time.Time{}
@@ -332,7 +338,7 @@ pre { background: #f7f7f7; padding: .5em; max-height: 16em; overflow: auto; font
 <table id="nodes"><tr><th>Name</th><th>Serial</th><th>MAC</th><th>IP</th><th>Image</th><th>Digest</th><th>Stage</th><th>Last seen</th><th>Last error</th></tr>
 {{$now := .Generated}}{{range .Nodes}}<tr>
 <td>{{.Name}}{{if not .Known}} <small>(enrolled)</small>{{end}}{{if .Hostname}}<br><small class="ident">host <code>{{.Hostname}}</code>{{range .HostKeys}}<br><code>{{.}}</code>{{end}}</small>{{end}}</td><td><code>{{.Serial}}</code></td><td><code>{{.MAC}}</code></td><td>{{.IP}}</td>
-<td>{{.Image}}{{if .BootsFrom}}<br><small>boots from {{.BootsFrom}}</small>{{end}}</td><td><code>{{short .Digest}}</code>{{if .ImageChange}}<br><small class="err imagechange">{{.ImageChange}}</small>{{end}}</td>
+<td>{{.Image}}{{if .BootsFrom}}<br><small>boots from {{.BootsFrom}}</small>{{end}}{{if .RootUsed}}<br><small class="usage">root uses {{bytes .RootUsed}}{{if .RootQuota}} of its {{bytes .RootQuota}} quota{{end}}</small>{{end}}</td><td><code>{{short .Digest}}</code>{{if .ImageChange}}<br><small class="err imagechange">{{.ImageChange}}</small>{{end}}</td>
 <td><span class="stage {{stageClass .Stage}}">{{if .Stage}}{{.Stage}}{{else}}not seen{{end}}</span>{{if .Detail}} <small>{{.Detail}}</small>{{end}}{{with .EEPROM}}<br><small class="eeprom">bootloader update {{.File}} ({{.Size}} bytes, sha256 {{short .SHA256}}) fetched {{ago $now .Time}}</small>{{end}}</td>
 <td>{{ago $now .LastSeen}}</td><td class="err">{{.LastError}}</td></tr>
 {{if .Console}}<tr class="console"><td colspan="9"><details><summary>boot log of {{.Name}}: {{len .Console}} lines, the last {{ago $now (lastTime .Console)}}</summary><pre>{{range .Console}}{{.Time.Format "15:04:05"}} {{.Text}}

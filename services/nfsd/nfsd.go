@@ -24,11 +24,15 @@ import (
 var (
 	nfsAddr     = flag.String("nfs_addr", ":2049", "address for NFSv3 and MOUNT v3 (TCP; MOUNT also on UDP)")
 	portmapAddr = flag.String("portmap_addr", ":111", "address for the portmapper (TCP and UDP; empty: none)")
+	reserveMiB  = flag.Int64("reserve_mib", nfs.DefaultReserve>>20, "MiB of free space on the store that node writes never take (they fail with \"No space left on device\" below it), kept for the head node's own state: leases, node records, image index")
 	replyLog    = flag.String("reply_log", "", "debugging: append every call's header and its reply to this file, for nfscheck.CheckLog (tests use it; it slows nfsd down)")
 )
 
 func main() {
 	service.Main("nfsd", ":9049", func(ctx context.Context, env *service.Env) error {
+		if *reserveMiB < 0 {
+			return fmt.Errorf("nfsd: -reserve_mib %d: want 0 (no reserve) or more", *reserveMiB)
+		}
 		var onReply func(call, reply []byte)
 		if *replyLog != "" {
 			f, err := os.OpenFile(*replyLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
@@ -50,6 +54,8 @@ func main() {
 			Resolver: nfs.NodeResolver{Config: env.Config, Store: env.Store},
 			Log:      env.Log,
 			Metrics:  env.Metrics,
+			Reserve:  *reserveMiB << 20,
+			Quota:    nfs.NodeResolver{Config: env.Config, Store: env.Store}.Quota,
 			Personalize: func(key, root string) error {
 				return nodes.Personalize(env.Config, env.Store, key, root)
 			},
