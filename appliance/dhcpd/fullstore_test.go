@@ -1,6 +1,7 @@
 package dhcpd
 
 import (
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -26,6 +27,8 @@ func TestRenewalACKedOnFullTmpfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFixture(t, fullConfig, st, nil)
+	var logs strings.Builder
+	f.s.log = slog.New(slog.NewTextHandler(&logs, nil))
 	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x41}
 	ip := f.lease(mac)
 
@@ -49,6 +52,13 @@ func TestRenewalACKedOnFullTmpfs(t *testing.T) {
 	}
 	if got := f.s.Status().LeaseSaveError; !strings.Contains(got, "no space left on device") {
 		t.Errorf("LeaseSaveError: got %q, want ENOSPC", got)
+	}
+	// Loudly: an error line that says what is not saved, where, and what
+	// to do.
+	for _, want := range []string{"level=ERROR", "ACKing renewal although the lease could not be saved", "only in memory", "free space on the store", "path=" + LeasesPath(st), "ip=" + ip.String(), "no space left on device"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
 	}
 	left, _ := filepath.Glob(filepath.Join(st.Root, store.DHCPDir, ".*tmp*"))
 	if len(left) != 0 {

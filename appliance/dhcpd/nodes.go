@@ -213,12 +213,12 @@ func (r *recorder) flush() {
 	r.mu.Unlock()
 	for _, j := range jobs {
 		if err := nodes.Save(r.st, j.rec); err != nil {
-			r.log.Error("saving node record failed", "node", j.rec.Serial, "err", err)
+			r.log.Error("node record not saved: its address, MAC and last-seen time are only in memory (nfsd's export and the status page use the saved record) until a save succeeds; free space on the store (/perm)", "node", j.rec.Serial, "ip", j.rec.IP, "err", err)
 			continue
 		}
 		st := nodes.Stage{Stage: nodes.StageDHCP, Time: j.rec.LastSeen, Detail: j.detail}
 		if err := nodes.SaveStage(r.st, j.rec.Serial, "dhcpd", st); err != nil {
-			r.log.Error("saving node stage failed", "node", j.rec.Serial, "err", err)
+			r.log.Error("node boot stage not saved: the status page shows an older stage until a save succeeds; free space on the store (/perm)", "node", j.rec.Serial, "stage", st.Stage, "err", err)
 		}
 		r.mu.Lock()
 		if e, ok := r.entries[j.rec.Serial]; ok {
