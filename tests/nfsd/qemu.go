@@ -34,6 +34,10 @@ type KernelRun struct {
 	Logf      func(format string, args ...any)
 	Wrap      []string // prefix of the QEMU command, e.g. ip netns exec <ns>
 	View      string   // the node's view on the host, where the guest's writes land
+	// Steps, if set, replace the server restart halfway: the guest's
+	// init (the image's /sbin/init) prints each step's Line, the host
+	// runs Do and types Input on the console.
+	Steps []Step
 
 	// Filled in by Run.
 	Console string   // the whole console output
@@ -99,6 +103,9 @@ func (r *KernelRun) Run(t testing.TB) error {
 		}
 	}()
 	start := time.Now()
+	if r.Steps != nil {
+		return r.steps(q, slow, start, consoleLog)
+	}
 	line, err := q.WaitLine(60*slow*time.Second, RestartLine, PassLine, FailLine)
 	if err != nil {
 		return fmt.Errorf("guest: %v; console log %s, tail:\n%s", err, consoleLog, q.Tail(6000))
@@ -146,4 +153,38 @@ func waitFile(path string, timeout time.Duration) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Step is a handshake between the guest's init and the host.
+type Step struct {
+	Line  string // printed by the guest, e.g. "NFSTEST FILL-NOW"
+	Do    func() error
+	Input string // typed on the guest's console after Do
+}
+
+// steps runs r.Steps in order, then waits for the verdict.
+func (r *KernelRun) steps(q *lab.Proc, slow time.Duration, start time.Time, consoleLog string) error {
+	for _, st := range r.Steps {
+		line, err := q.WaitLine(60*slow*time.Second, st.Line, PassLine, FailLine)
+		if err != nil {
+			return fmt.Errorf("guest: %v waiting for %q; console log %s, tail:\n%s", err, st.Line, consoleLog, q.Tail(6000))
+		}
+		if !strings.Contains(line, st.Line) {
+			return fmt.Errorf("guest printed %q before %q; console tail:\n%s", line, st.Line, q.Tail(6000))
+		}
+		if err := st.Do(); err != nil {
+			return fmt.Errorf("step %q: %v", st.Line, err)
+		}
+		if err := q.Type(st.Input + "\n"); err != nil {
+			return err
+		}
+	}
+	line, err := q.WaitLine(30*slow*time.Second+60*time.Second, PassLine, FailLine)
+	if err != nil {
+		return fmt.Errorf("guest after its steps: %v; console log %s, tail:\n%s\nserver log tail:\n%s", err, consoleLog, q.Tail(6000), r.Server.Log())
+	}
+	if r.Logf != nil {
+		r.Logf("guest: %s after %v", strings.TrimSpace(line), time.Since(start).Round(time.Second))
+	}
+	return nil
 }

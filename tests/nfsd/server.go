@@ -30,6 +30,7 @@ type Nfsd struct {
 	Image  string // the image tree, images/<digest>/
 	Config string
 	Port   int
+	Args   []string // more nfsd flags, e.g. -reserve_mib
 	t      testing.TB
 	ln     *lab.Listener
 	proc   *lab.Proc
@@ -72,9 +73,10 @@ func (s *Nfsd) View(key string) string { return filepath.Join(s.Store, store.Nod
 // Start runs nfsd and waits until it serves NFS.
 func (s *Nfsd) Start(timeout time.Duration) error {
 	s.runs++
+	args := []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
+		"-nfs_addr", s.ln.Addr, "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs)}
 	p := lab.Cmd{Name: fmt.Sprintf("nfsd#%d", s.runs), Log: filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
-		Args: []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
-			"-nfs_addr", s.ln.Addr, "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs)},
+		Args: append(args, s.Args...),
 		Files: s.ln.Files()}.Start(s.t)
 	s.proc = p
 	if _, err := p.WaitLine(timeout, `msg="nfs listening"`); err != nil {
