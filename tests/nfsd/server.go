@@ -76,7 +76,7 @@ func (s *Nfsd) Start(timeout time.Duration) error {
 	args := []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
 		"-nfs_addr", s.ln.Addr, "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs)}
 	p := lab.Cmd{Name: fmt.Sprintf("nfsd#%d", s.runs), Log: filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
-		Args: append(args, s.Args...),
+		Args:  append(args, s.Args...),
 		Files: s.ln.Files()}.Start(s.t)
 	s.proc = p
 	if _, err := p.WaitLine(timeout, `msg="nfs listening"`); err != nil {
