@@ -262,7 +262,15 @@ exit 0
 
 // Initramfs builds a gzipped newc initramfs for k.
 func Initramfs(k Kernel) ([]byte, error) {
-	mods, err := moduleOrder(k, Modules)
+	return InitramfsWith(k, initScript, Modules, map[string][]byte{"bin/dhcp-script": []byte(dhcpScript)})
+}
+
+// InitramfsWith builds an initramfs for k with busybox, init as /init, the
+// named modules with their dependencies (listed in load order in
+// /etc/modules.order) and files (path without leading slash → content,
+// executable).
+func InitramfsWith(k Kernel, init string, modules []string, files map[string][]byte) ([]byte, error) {
+	mods, err := moduleOrder(k, modules)
 	if err != nil {
 		return nil, err
 	}
@@ -301,8 +309,16 @@ func Initramfs(k Kernel) ([]byte, error) {
 		c.file(n, data)
 	}
 	c.symlink("bin/sh", "busybox")
-	c.file("init", []byte(initScript))
-	c.file("bin/dhcp-script", []byte(dhcpScript))
+	c.file("init", []byte(init))
+	extra := make([]string, 0, len(files))
+	for n := range files {
+		extra = append(extra, n)
+	}
+	sort.Strings(extra)
+	for _, n := range extra {
+		mkdirs(n)
+		c.file(n, files[n])
+	}
 	for _, m := range mods {
 		data, err := os.ReadFile(filepath.Join(k.Root, "lib", "modules", k.Release, m))
 		if err != nil {
