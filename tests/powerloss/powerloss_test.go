@@ -209,11 +209,11 @@ func TestPowerLossUnderWrites(t *testing.T) {
 		mu.Lock()
 		l := len(leased)
 		mu.Unlock()
-		if f >= 5 && l >= clients/2 {
+		if f >= 20 && l >= clients/2 {
 			break
 		}
 		if w.Exited() || time.Now().After(deadline) {
-			t.Fatalf("writes before the cut: %d files, %d leases; nfspower:\n%s\nhead:\n%s", f, l, w.Tail(2000), vm.Tail(4000))
+			t.Fatalf("writes before the cut: %d files, %d leases; nfspower (%v):\n%s\nhead:\n%s", f, l, w.Err(), w.Tail(2000), vm.Tail(4000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

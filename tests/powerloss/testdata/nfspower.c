@@ -64,7 +64,7 @@ int main(int argc, char **argv)
 		die("parse url");
 	if (nfs_mount(nfs, url->server, url->path) != 0)
 		die("mount");
-	static unsigned char buf[65536], got[65536];
+	static unsigned char buf[131072], got[131072];
 	if (strcmp(argv[1], "write") == 0) {
 		struct nfsfh *log;
 		if (nfs_creat(nfs, "/log", 0644, &log) != 0)
