@@ -12,9 +12,13 @@
 package powerloss
 
 import (
+	"archive/tar"
 	"bufio"
+	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -26,6 +30,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/ociboot/ociboot/appliance/dhcpd"
 	"github.com/ociboot/ociboot/appliance/images"
@@ -64,11 +73,12 @@ mount -t ext4 /dev/vda /perm || { echo "HEAD no /perm"; poweroff -f; }
 n=$(cat /perm/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /perm/boots; sync
 nfsd -config /etc/ociboot/config.json -store /perm/ociboot -status :9049 -reserve_mib 0 &
 dhcpd -config /etc/ociboot/config.json -store /perm/ociboot -status :9067 -probe_wait 1s &
-until wget -q -O /dev/null http://127.0.0.1:9049/status && wget -q -O /dev/null http://127.0.0.1:9067/status; do sleep 1; done
+ocicache -config /etc/ociboot/config.json -store /perm/ociboot -status :9050 -registry "" -min_free_mib 16 &
+until wget -q -O /dev/null http://127.0.0.1:9049/status && wget -q -O /dev/null http://127.0.0.1:9067/status && wget -q -O /dev/null http://127.0.0.1:9050/status; do sleep 1; done
 echo "HEAD READY boot $n"
 while read line; do
   case "$line" in poweroff)
-    kill $(pidof nfsd dhcpd); sleep 2; sync; umount /perm && echo "HEAD clean"; poweroff -f;;
+    kill $(pidof nfsd dhcpd ocicache); sleep 2; sync; umount /perm && echo "HEAD clean"; poweroff -f;;
   esac
 done
 `
@@ -83,7 +93,7 @@ func TestPowerLossUnderWrites(t *testing.T) {
 	testenv.Short(t, "boots QEMU")
 	testenv.NeedRoot(t, "network namespaces and owners in the store")
 	lab.NeedQEMU(t, "x86_64")
-	for tool, pkg := range map[string]string{"mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "gcc": "gcc", "busybox": "busybox", "curl": "curl"} {
+	for tool, pkg := range map[string]string{"mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "gcc": "gcc", "busybox": "busybox", "curl": "curl", "e2fsck": "e2fsprogs", "skopeo": "skopeo"} {
 		testenv.NeedTool(t, tool, pkg)
 	}
 	k, err := guest.HostKernel()
@@ -91,7 +101,7 @@ func TestPowerLossUnderWrites(t *testing.T) {
 		testenv.Need(t, "%v", err)
 	}
 	dir := t.TempDir()
-	bin := buildStatic(t, dir, "nfsd", "dhcpd")
+	bin := buildStatic(t, dir, "nfsd", "dhcpd", "ocicache")
 	writer := filepath.Join(dir, "nfspower")
 	if out, err := exec.Command("gcc", "-O2", "-Wall", "-o", writer, filepath.Join(lab.RepoRoot(), "tests", "powerloss", "testdata", "nfspower.c"), "-lnfs").CombinedOutput(); err != nil {
 		t.Fatalf("gcc nfspower.c -lnfs (needs gcc and libnfs-dev): %v\n%s", err, out)
@@ -118,19 +128,24 @@ func TestPowerLossUnderWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	disk := filepath.Join(dir, "perm.img")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "perm", "-d", src, disk, "256M").CombinedOutput(); err != nil {
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "perm", "-d", src, disk, "640M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
 	}
 
-	var nodesCfg []map[string]string
+	// The image ocicache pulls and unpacks while the power goes.
+	registry := lab.DockerRegistry(t, nfsNS, seg.Addr(50)+":5000")
+	bigRef := registry + "/ociboot/big:v1"
+	bigBlob := pushBig(t, nfsNS, filepath.Join(dir, "big-oci"), bigRef)
+
+	nodesCfg := []map[string]string{{"Serial": nodeKey, "Image": ref}}
 	for i := 0; i < clients; i++ {
 		nodesCfg = append(nodesCfg, map[string]string{"Serial": serial(i), "MAC": mac(i)})
 	}
 	cfg, _ := json.Marshal(map[string]any{"Netboot": map[string]any{
 		"Mode": "full", "ServerIP": head, "Subnet": seg.Prefix() + ".0/24", "Range": seg.Prefix() + ".100-" + seg.Prefix() + ".199",
-		"DefaultImage": ref, "ExportTo": []string{seg.Prefix() + ".0/24"}, "Nodes": nodesCfg}})
+		"DefaultImage": bigRef, "InsecureRegistries": []string{registry}, "ExportTo": []string{seg.Prefix() + ".0/24"}, "Nodes": nodesCfg}})
 	extra := map[string][]byte{"etc/ociboot/config.json": cfg}
-	for _, name := range []string{"nfsd", "dhcpd"} {
+	for _, name := range []string{"nfsd", "dhcpd", "ocicache"} {
 		b, err := os.ReadFile(filepath.Join(bin, name))
 		if err != nil {
 			t.Fatal(err)
@@ -203,13 +218,13 @@ func TestPowerLossUnderWrites(t *testing.T) {
 		}
 		return files, blocks
 	}
-	deadline := time.Now().Add(30 * slow * time.Second)
+	deadline := time.Now().Add(60 * slow * time.Second)
 	for {
 		f, _ := acks()
 		mu.Lock()
 		l := len(leased)
 		mu.Unlock()
-		if f >= 20 && l >= clients/2 {
+		if f >= 20 && l >= clients/2 && ocicacheStatus(t, nfsNS, head).unpacking(bigRef, bigBlob) {
 			break
 		}
 		if w.Exited() || time.Now().After(deadline) {
@@ -219,8 +234,20 @@ func TestPowerLossUnderWrites(t *testing.T) {
 	}
 
 	// The cut.
-	if err := qmpCommand(qmp, "system_reset"); err != nil {
-		t.Fatalf("QMP system_reset: %v", err)
+	// The machine stops (its disk has what it has), the disk as it is is
+	// copied, then it is reset and runs again.
+	if err := qmpCommand(qmp, "stop"); err != nil {
+		t.Fatalf("QMP stop: %v", err)
+	}
+	readyBefore := strings.Count(vm.Output(), `msg="image ready"`)
+	cut := filepath.Join(dir, "cut.img")
+	if out, err := exec.Command("cp", "--sparse=always", disk, cut).CombinedOutput(); err != nil {
+		t.Fatalf("copying the disk at the cut: %v\n%s", err, out)
+	}
+	for _, c := range []string{"system_reset", "cont"} {
+		if err := qmpCommand(qmp, c); err != nil {
+			t.Fatalf("QMP %s: %v", c, err)
+		}
 	}
 	w.Kill(syscall.SIGKILL)
 	stopAll()
@@ -231,7 +258,8 @@ func TestPowerLossUnderWrites(t *testing.T) {
 		acked[m] = ip
 	}
 	mu.Unlock()
-	t.Logf("power cut after %d files and %d log blocks acknowledged, %d leases ACKed", files, blocks, len(acked))
+	t.Logf("power cut after %d files and %d log blocks acknowledged, %d leases ACKed, %d images ready", files, blocks, len(acked), readyBefore)
+	checkCutDisk(t, cut, bigRef, acked)
 
 	if _, err := vm.WaitLine(60*slow*time.Second, "HEAD READY boot 2"); err != nil {
 		t.Fatalf("head node after the cut: %v\n%s", err, vm.Tail(6000))
@@ -262,6 +290,18 @@ func TestPowerLossUnderWrites(t *testing.T) {
 		}
 	}
 
+	// ocicache finds the half tree, drops it and unpacks again.
+	if err := poll(60*slow*time.Second, func() error {
+		for _, e := range ocicacheStatus(t, nfsNS, head).References {
+			if e.Ref == bigRef && e.Digest != "" {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s is not ready", bigRef)
+	}); err != nil {
+		t.Errorf("after the cut: %v", err)
+	}
+
 	// A clean shutdown, then the disk itself.
 	vm.Type("poweroff\n")
 	if _, err := vm.WaitLine(30*slow*time.Second, "HEAD clean"); err != nil {
@@ -275,6 +315,7 @@ func TestPowerLossUnderWrites(t *testing.T) {
 	if err := json.Unmarshal([]byte(debugfsCat(t, disk, "/ociboot/nodes/"+nodeKey+"/"+nodes.ViewFile)), &vi); err != nil || vi.Key != nodeKey || vi.Digest != digest {
 		t.Errorf("view.json after the cut: %+v, %v", vi, err)
 	}
+	checkTrees(t, disk, bigRef, true)
 	for i := 0; i < clients; i++ {
 		if _, ok := acked[mac(i)]; !ok {
 			continue
@@ -369,4 +410,217 @@ func debugfsCat(t *testing.T, disk, path string) string {
 		t.Fatalf("debugfs cat %s: %v", path, err)
 	}
 	return string(out)
+}
+
+const (
+	bigFiles = 1500
+	bigSize  = 64 << 10
+)
+
+// pushBig pushes an arm64 image with Pi boot files and bigFiles random
+// files of bigSize (about 100 MB, which takes the guest a while to
+// unpack) to ref from namespace ns.
+func pushBig(t *testing.T, ns, dir, ref string) int64 {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, data []byte) {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(1767225600, 0)})
+		tw.Write(data)
+	}
+	for _, d := range []string{"boot/", "boot/firmware/", "data/"} {
+		tw.WriteHeader(&tar.Header{Name: d, Mode: 0o755, Typeflag: tar.TypeDir, ModTime: time.Unix(1767225600, 0)})
+	}
+	add("boot/firmware/kernel8.img", []byte("kernel"))
+	add("boot/firmware/start4.elf", []byte("firmware"))
+	data := make([]byte, bigSize)
+	for i := 0; i < bigFiles; i++ {
+		rand.Read(data)
+		add(fmt.Sprintf("data/f%04d", i), data)
+	}
+	tw.Close()
+	b := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "arm64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	lab.Run(t, "ip", "netns", "exec", ns, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+dir, "docker://"+ref)
+	size, err := layer.Size()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return size
+}
+
+// ociStatus is the part of ocicache's /status the test reads.
+type ociStatus struct {
+	References []images.Entry
+	Pulling    []struct {
+		Ref  string
+		Done int64
+	}
+	FetchedBytes int64
+}
+
+func ocicacheStatus(t *testing.T, ns, head string) ociStatus {
+	t.Helper()
+	var st struct{ Cache ociStatus }
+	if err := json.Unmarshal(lab.GetIn(t, ns, "http://"+head+":9050/status"), &st); err != nil {
+		t.Fatalf("ocicache /status: %v", err)
+	}
+	return st.Cache
+}
+
+// unpacking reports whether ocicache is half way through ref's layer (of
+// size blob): it unpacks while it fetches, so its temp tree is half made.
+func (st ociStatus) unpacking(ref string, blob int64) bool {
+	for _, p := range st.Pulling {
+		if p.Ref == ref && p.Done >= blob/2 {
+			return true
+		}
+	}
+	return false
+}
+
+// checkCutDisk checks the disk as the power cut left it, after e2fsck
+// replayed its journal as the kernel would: every ACKed lease is in
+// leases.json, the node's view.json is whole, and an index entry for the
+// image being pulled points to a complete tree.
+func checkCutDisk(t *testing.T, cut, bigRef string, acked map[string]string) {
+	t.Helper()
+	out, err := exec.Command("e2fsck", "-fy", cut).CombinedOutput()
+	if code := exitCode(err); code > 1 {
+		t.Errorf("e2fsck of the disk at the cut: exit %d\n%s", code, out)
+	}
+	t.Logf("e2fsck at the cut: %s", lastLine(string(out)))
+	var lf struct{ Leases []dhcpd.Lease }
+	if err := json.Unmarshal([]byte(debugfsCat(t, cut, "/ociboot/dhcp/leases.json")), &lf); err != nil {
+		t.Errorf("leases.json at the cut: %v", err)
+	}
+	have := map[string]string{}
+	for _, l := range lf.Leases {
+		have[l.MAC] = l.IP.String()
+	}
+	for m, ip := range acked {
+		if have[m] != ip {
+			t.Errorf("leases.json at the cut: %s was ACKed %s, the file has %q", m, ip, have[m])
+		}
+	}
+	var vi struct{ Key, Digest string }
+	if err := json.Unmarshal([]byte(debugfsCat(t, cut, "/ociboot/nodes/"+nodeKey+"/"+nodes.ViewFile)), &vi); err != nil || vi.Key != nodeKey {
+		t.Errorf("view.json at the cut: %+v, %v", vi, err)
+	}
+	checkTrees(t, cut, bigRef, false)
+	for _, e := range debugfsLs(t, cut, "/ociboot/images") {
+		if e.name != "." && e.name != ".." && e.name != "index.json" {
+			t.Logf("at the cut, images/ holds %s with %d files in data/", e.name, len(debugfsLs(t, cut, "/ociboot/images/"+e.name+"/data")))
+		}
+	}
+}
+
+// checkTrees checks that an index entry for ref names a complete tree;
+// with want, that there is one.
+func checkTrees(t *testing.T, disk, ref string, want bool) {
+	t.Helper()
+	var ix images.Index
+	if err := json.Unmarshal([]byte(debugfsCat(t, disk, "/ociboot/images/index.json")), &ix); err != nil {
+		t.Errorf("index.json on %s: %v", disk, err)
+	}
+	found := false
+	for _, e := range ix.Entries {
+		if e.Ref != ref {
+			continue
+		}
+		found = true
+		d, err := images.DirName(e.Digest)
+		if err != nil {
+			t.Errorf("index entry %+v: %v", e, err)
+			continue
+		}
+		n, bad := 0, 0
+		for _, f := range debugfsLs(t, disk, "/ociboot/images/"+d+"/data") {
+			if strings.HasPrefix(f.name, "f") {
+				n++
+				if f.size != bigSize {
+					bad++
+				}
+			}
+		}
+		t.Logf("%s: index.json names %s ready, %d files", filepath.Base(disk), e.Digest, n)
+		if n != bigFiles || bad != 0 {
+			t.Errorf("%s: a half tree is taken for ready: index.json names %s for %s, its data/ has %d of %d files, %d of the wrong size", filepath.Base(disk), e.Digest, ref, n, bigFiles, bad)
+		}
+	}
+	if want && !found {
+		t.Errorf("%s: index.json has no tree for %s", filepath.Base(disk), ref)
+	}
+}
+
+type lsEntry struct {
+	name string
+	size int64
+}
+
+// debugfsLs lists a directory of the image: names and sizes.
+func debugfsLs(t *testing.T, disk, dir string) []lsEntry {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", "ls -p "+dir, disk).Output()
+	if err != nil {
+		t.Fatalf("debugfs ls %s: %v", dir, err)
+	}
+	// ls -p: /inode/mode/uid/gid/name/size/
+	var ents []lsEntry
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Split(strings.TrimSpace(l), "/")
+		if len(f) < 7 {
+			continue
+		}
+		size, _ := strconv.ParseInt(f[6], 10, 64)
+		ents = append(ents, lsEntry{name: f[5], size: size})
+	}
+	return ents
+}
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return 99
+	}
+	return 0
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+// poll calls f every second until it returns nil or timeout passes.
+func poll(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(time.Second)
+	}
 }
