@@ -78,6 +78,17 @@ func TestQuota(t *testing.T) {
 	if _, st := c.create(root, "more", 0o644); st != errDQuot {
 		t.Errorf("CREATE at the quota: status %d, want %d", st, errDQuot)
 	}
+	// Truncating an existing file frees space: CREATE UNCHECKED of it
+	// (open with O_CREAT|O_TRUNC) works at the quota.
+	if st := createUncheckedTrunc(c, root, "big"); st != 0 {
+		t.Errorf("CREATE UNCHECKED size 0 of an existing file at the quota: status %d", st)
+	}
+	if data, _, st := c.read(big, 0, 4); st != 0 || len(data) != 0 {
+		t.Errorf("READ after the truncate: %q, status %d", data, st)
+	}
+	if n, st := fill(t, c, big, 2*quota); st != errDQuot {
+		t.Fatalf("WRITE up to the quota again: status %d after %d bytes", st, n)
+	}
 	if _, st := c.mkdir(root, "d", 0o755); st != errDQuot {
 		t.Errorf("MKDIR at the quota: status %d, want %d", st, errDQuot)
 	}
@@ -191,4 +202,21 @@ func TestReserve(t *testing.T) {
 	if n, st := fill(t, c2, other, 4<<20); st != 0 {
 		t.Errorf("WRITE on node2 after a REMOVE on node1: status %d after %d bytes", st, n)
 	}
+}
+
+// createUncheckedTrunc sends CREATE UNCHECKED with size 0, as a client's
+// open(O_CREAT|O_TRUNC) of a name it has not looked up does.
+func createUncheckedTrunc(c *client, dir []byte, name string) uint32 {
+	return c.raw(progNFS, 3, nfsCreate, args(func(w *writer) {
+		w.opaque(dir)
+		w.string(name)
+		w.uint32(createUnchecked)
+		w.bool(false) // mode
+		w.bool(false) // uid
+		w.bool(false) // gid
+		w.bool(true)  // size
+		w.uint64(0)
+		w.uint32(0)
+		w.uint32(0)
+	})).uint32()
 }

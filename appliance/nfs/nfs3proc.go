@@ -437,8 +437,13 @@ func (s *Server) makeFile(c *call, f newFile) createRes {
 	if f.setgidDir && d.st.Mode&unix.S_ISGID != 0 {
 		mode |= unix.S_ISGID
 	}
-	if err := e.mayGrow(entryCost); err != nil {
-		return failed(err)
+	// A name that exists takes no new space (CREATE UNCHECKED of an
+	// existing file truncates it, which frees space).
+	var probe unix.Stat_t
+	if unix.Fstatat(dfd, name, &probe, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		if err := e.mayGrow(entryCost); err != nil {
+			return failed(err)
+		}
 	}
 	var existed bool
 	err = e.measure(dfd, func() error {
