@@ -112,7 +112,7 @@ func newEnv(t *testing.T) *testEnv {
 }
 
 func (e *testEnv) start() {
-	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t)})
+	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t), InsecurePorts: true})
 	if err != nil {
 		e.t.Fatal(err)
 	}

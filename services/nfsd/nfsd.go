@@ -24,6 +24,7 @@ import (
 var (
 	nfsAddr     = flag.String("nfs_addr", ":2049", "address for NFSv3 and MOUNT v3 (TCP; MOUNT also on UDP)")
 	portmapAddr = flag.String("portmap_addr", ":111", "address for the portmapper (TCP and UDP; empty: none)")
+	insecure    = flag.Bool("insecure_ports", false, "serve NFS and MOUNT calls from source ports 1024 and above (knfsd's \"insecure\"); by default only root on a client can reach the nodes' roots")
 	replyLog    = flag.String("reply_log", "", "debugging: append every call's header and its reply to this file, for nfscheck.CheckLog (tests use it; it slows nfsd down)")
 )
 
@@ -45,11 +46,12 @@ func main() {
 			}
 		}
 		srv, err := nfs.New(nfs.Options{
-			OnReply:  onReply,
-			Store:    env.Store,
-			Resolver: nfs.NodeResolver{Config: env.Config, Store: env.Store},
-			Log:      env.Log,
-			Metrics:  env.Metrics,
+			OnReply:       onReply,
+			InsecurePorts: *insecure,
+			Store:         env.Store,
+			Resolver:      nfs.NodeResolver{Config: env.Config, Store: env.Store},
+			Log:           env.Log,
+			Metrics:       env.Metrics,
 			Personalize: func(key, root string) error {
 				return nodes.Personalize(env.Config, env.Store, key, root)
 			},
