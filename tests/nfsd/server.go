@@ -30,8 +30,12 @@ type Nfsd struct {
 	Image  string // the image tree, images/<digest>/
 	Config string
 	Port   int
-	t      testing.TB
-	ln     *lab.Listener
+	// InsecurePorts starts nfsd with -insecure_ports: QEMU's user-mode
+	// network is a NAT that connects to nfsd from the host's unprivileged
+	// ports, whatever port the guest's kernel bound.
+	InsecurePorts bool
+	t             testing.TB
+	ln            *lab.Listener
 	proc   *lab.Proc
 	runs   int
 }
@@ -72,10 +76,13 @@ func (s *Nfsd) View(key string) string { return filepath.Join(s.Store, store.Nod
 // Start runs nfsd and waits until it serves NFS.
 func (s *Nfsd) Start(timeout time.Duration) error {
 	s.runs++
+	args := []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
+		"-nfs_addr", s.ln.Addr, "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs)}
+	if s.InsecurePorts {
+		args = append(args, "-insecure_ports")
+	}
 	p := lab.Cmd{Name: fmt.Sprintf("nfsd#%d", s.runs), Log: filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
-		Args: []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
-			"-nfs_addr", s.ln.Addr, "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs)},
-		Files: s.ln.Files()}.Start(s.t)
+		Args: args, Files: s.ln.Files()}.Start(s.t)
 	s.proc = p
 	if _, err := p.WaitLine(timeout, `msg="nfs listening"`); err != nil {
 		p.Kill(syscall.SIGKILL)
