@@ -36,8 +36,8 @@ type Nfsd struct {
 	InsecurePorts bool
 	t             testing.TB
 	ln            *lab.Listener
-	proc   *lab.Proc
-	runs   int
+	proc          *lab.Proc
+	runs          int
 }
 
 // NewNfsd creates a store under dir whose default image is a tree written
