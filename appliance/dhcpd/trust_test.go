@@ -1,6 +1,7 @@
 package dhcpd
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -151,5 +152,21 @@ func TestAutoEnrolmentIsBounded(t *testing.T) {
 	f2.s.nodes.maxAuto = 5
 	if reply, _ := f2.s.Handle(pi(0xfd, 0x7fffffff).Discover(xid1)); reply != nil {
 		t.Errorf("a new invented serial was answered after a restart")
+	}
+}
+
+// Forged OFFERs from 1000 invented server addresses are counted, but
+// /status remembers at most maxForeign servers.
+func TestForeignServersAreBounded(t *testing.T) {
+	f := newFixture(t, fullConfig, nil, nil)
+	d := plainDiscover(net.HardwareAddr{0x52, 0x54, 0, 0, 0, 1})
+	for i := 0; i < 1000; i++ {
+		f.s.noteForeign(offerFrom(d, fmt.Sprintf("10.68.%d.%d", i/250, 1+i%250)))
+	}
+	if got, want := f.s.m.foreign.get("offer"), 1000; got != want {
+		t.Errorf("foreign offers counted = %d, want %d", got, want)
+	}
+	if got, want := len(f.s.Status().ForeignServers), maxForeign; got != want {
+		t.Errorf("/status remembers %d foreign servers, want %d", got, want)
 	}
 }
