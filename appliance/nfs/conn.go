@@ -37,6 +37,9 @@ const (
 	DefaultRecordTimeout = 60 * time.Second
 )
 
+// maxACLEntries bounds the cached access answers (export, client address).
+const maxACLEntries = 4096
+
 // PrivilegedPort is the first port an unprivileged process can bind:
 // NFS and MOUNT calls must come from below it unless Options.InsecurePorts
 // (knfsd's "secure", the default of its exports).

@@ -260,6 +260,11 @@ func (s *Server) allowed(e *export, client netip.Addr) bool {
 		ttl = 2 * time.Second
 	}
 	s.mu.Lock()
+	if len(s.acl) >= maxACLEntries {
+		// Calls over UDP can come from any forged address: a flood of
+		// them costs resolver lookups, not memory.
+		clear(s.acl)
+	}
 	s.acl[k] = aclEntry{ok: allowed, exp: now.Add(ttl)}
 	s.mu.Unlock()
 	return allowed

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -418,4 +419,24 @@ func FuzzRecords(f *testing.F) {
 			}
 		}
 	})
+}
+
+// MOUNT over UDP answers calls from any (forged) source address; the
+// access answers cached for them stay bounded.
+func TestAccessCacheIsBounded(t *testing.T) {
+	needRoot(t)
+	srv, _ := transportServer(t, Options{})
+	e, err := srv.export("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3*maxACLEntries; i++ {
+		srv.allowed(e, netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+	}
+	srv.mu.Lock()
+	n := len(srv.acl)
+	srv.mu.Unlock()
+	if n > maxACLEntries {
+		t.Errorf("%d cached access answers after calls from %d addresses, want ≤ %d", n, 3*maxACLEntries, maxACLEntries)
+	}
 }
