@@ -25,10 +25,13 @@ SERVICES := dhcpd tftpd ocicache nfsd status
 NODE_IMAGE       ?= $(CURDIR)/.build/node-image
 NODE_IMAGE_FLAGS ?=
 
+# `make fuzz` runs every fuzz target for this long, one after the other.
+FUZZTIME ?= 10m
+
 # `make test` needs pipefail: go test's status must survive the summary.
 SHELL := /bin/bash
 
-.PHONY: image update root run deps test unit bench demo builddir-sync node-image node-import
+.PHONY: image update root run deps test unit fuzz bench demo builddir-sync node-image node-import
 
 ## image: build a full Raspberry Pi image (boot, root, and an ext4 /perm)
 image:
@@ -87,6 +90,15 @@ test: deps
 ## unit: only what runs without root or network namespaces
 unit:
 	go test -short ./...
+
+## fuzz: every fuzz target (network parsers, image formats) for FUZZTIME (10m) each; stops at the first failure, whose input lands in the package's testdata/fuzz
+fuzz:
+	@set -e; for pkg in $$(go list ./appliance/...); do \
+	  for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f ($(FUZZTIME))"; \
+	    go test $$pkg -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME); \
+	  done; \
+	done
 
 ## bench: benchmarks against peers on this machine (dnsmasq, nfs-ganesha, skopeo+umoci)
 bench:

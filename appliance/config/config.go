@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -126,8 +127,10 @@ type Netboot struct {
 	// ExportTo lists extra CIDRs (beyond enrolled nodes' addresses) that
 	// nfsd answers, e.g. for a test client.
 	ExportTo []string
-	// Upstreams are registries the head node mirrors pull-through on /v2/,
-	// e.g. "registry.example:5000".
+	// Upstreams are registries the head node mirrors pull-through on /v2/:
+	// "registry.example:5000" relays only the repositories of the
+	// configured images (DefaultImage, Nodes[].Image) on that registry;
+	// "registry.example:5000/rpi" also every repository rpi/... there.
 	Upstreams []string
 	// InsecureRegistries are pulled over plain HTTP (local registries).
 	InsecureRegistries []string
@@ -463,8 +466,9 @@ func validate(raw Netboot, errs *Errors) *Config {
 		cfg.ExportTo = append(cfg.ExportTo, p.Masked())
 	}
 	for i, s := range raw.Upstreams {
-		if _, err := name.NewRegistry(s); err != nil || strings.Contains(s, "/") {
-			add("Netboot.Upstreams[%d]: %q is not a registry host such as \"registry.example:5000\"", i, s)
+		host, path, _ := strings.Cut(s, "/")
+		if _, err := name.NewRegistry(host); err != nil || host == "" || strings.HasSuffix(host, ":") || path != "" && !validRepoPath(path) {
+			add("Netboot.Upstreams[%d]: %q is not a registry host or repository prefix such as \"registry.example:5000\" or \"registry.example:5000/rpi\"", i, s)
 		}
 	}
 	for i, s := range raw.InsecureRegistries {
@@ -630,3 +634,16 @@ func (c *Config) Images() map[string][]string {
 	}
 	return out
 }
+
+// validRepoPath reports whether p is a repository path (lower-case
+// components separated by slashes, as the distribution spec has them).
+func validRepoPath(p string) bool {
+	for _, c := range strings.Split(p, "/") {
+		if !repoComponent.MatchString(c) {
+			return false
+		}
+	}
+	return true
+}
+
+var repoComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)

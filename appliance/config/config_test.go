@@ -156,7 +156,7 @@ func TestErrors(t *testing.T) {
 		{"bad export", `{"ExportTo": ["everyone"]}`,
 			[]string{`Netboot.ExportTo[0]: "everyone" is not an address or CIDR`}},
 		{"bad upstream", `{"Upstreams": ["http://x/y"]}`,
-			[]string{`Netboot.Upstreams[0]: "http://x/y" is not a registry host`}},
+			[]string{`Netboot.Upstreams[0]: "http://x/y" is not a registry host or repository prefix`}},
 		{"bad insecure", `{"InsecureRegistries": ["a/b"]}`,
 			[]string{`Netboot.InsecureRegistries[0]: "a/b" is not a registry host`}},
 		{"bad mac", `{"Nodes": [{"Serial": "abcd1234"}, {"Serial": "abcd1235"}, {"MAC": "zz:00"}]}`,

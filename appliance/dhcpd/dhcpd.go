@@ -78,6 +78,11 @@ type Options struct {
 	// RecordInterval bounds how often an unchanged node record is rewritten
 	// just to move LastSeen (default one minute).
 	RecordInterval time.Duration
+	// MaxAutoNodes bounds the nodes enrolled automatically (not in
+	// Netboot.Nodes) that are recorded; a netboot client beyond it is not
+	// recorded and gets no boot options, so invented serials cannot grow
+	// the store without bound. Default DefaultMaxAutoNodes.
+	MaxAutoNodes int
 	// WriteLeases writes the lease table to path crash-safely; default
 	// store.WriteJSON. Tests inject a failing writer to play a full disk.
 	WriteLeases func(path string, v any) error
@@ -115,6 +120,11 @@ type Server struct {
 	fmu     sync.Mutex
 	foreign map[netip.Addr]time.Time // other DHCP servers seen, last time
 }
+
+// maxNetbootXIDs bounds the netboot transactions remembered at once: a
+// flood of DISCOVERs from invented MACs must not grow the table without
+// bound (entries expire after offerHold).
+const maxNetbootXIDs = 4096
 
 type netbootXID struct {
 	xid  dhcpv4.TransactionID
@@ -178,7 +188,11 @@ func New(o Options) (*Server, error) {
 		s.setOnDisk(s.pool.snapshot())
 		s.m.leases.Set(float64(s.pool.active(s.now())))
 	}
+	if o.MaxAutoNodes <= 0 {
+		o.MaxAutoNodes = DefaultMaxAutoNodes
+	}
 	s.nodes = newRecorder(o.Store, o.Config, o.Log, o.RecordInterval, o.Now)
+	s.nodes.maxAuto = o.MaxAutoNodes
 	s.nodes.loadKnown()
 	return s, nil
 }
@@ -283,7 +297,7 @@ func (s *Server) Handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 		}
 		s.swept = now
 	}
-	if client.Netboot && mt == dhcpv4.MessageTypeDiscover {
+	if client.Netboot && mt == dhcpv4.MessageTypeDiscover && len(s.netXID) < maxNetbootXIDs {
 		s.netXID[client.MAC.String()] = netbootXID{xid: req.TransactionID, when: now}
 	} else if x, ok := s.netXID[client.MAC.String()]; ok && x.xid == req.TransactionID && now.Sub(x.when) < offerHold {
 		// The Pi's REQUEST lacks option 60; it still wants the boot options.
@@ -324,7 +338,10 @@ func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client C
 			s.m.drops.WithLabelValues("not_netboot").Inc()
 			return nil, nil
 		}
-		s.nodes.seen(client, key, netip.Addr{}, now)
+		if s.nodes.seen(client, key, netip.Addr{}, false, now) == enrolmentFull {
+			s.m.drops.WithLabelValues("enrolment_full").Inc()
+			return nil, nil
+		}
 		reply, err := dhcpv4.NewReplyFromRequest(req,
 			dhcpv4.WithMessageType(dhcpv4.MessageTypeOffer),
 			dhcpv4.WithBroadcast(true))
@@ -336,14 +353,16 @@ func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client C
 		return reply, s.destination(req, reply)
 	case dhcpv4.MessageTypeRequest:
 		// Not ours to answer; but the address the node asks the real server
-		// for is the one nfsd must export to.
+		// for is the one nfsd exports to, the first time it is seen. Any
+		// host can send a REQUEST with a node's MAC, so the claim never
+		// moves an address once it is known (see recorder.seen).
 		if key != "" {
 			ip := addrFrom(req.RequestedIPAddress())
 			if !ip.IsValid() {
 				ip = addrFrom(req.ClientIPAddr)
 			}
-			if ip.IsValid() {
-				s.nodes.seen(client, key, ip, now)
+			if ip.IsValid() && s.nodes.seen(client, key, ip, false, now) == addressPinned {
+				s.m.drops.WithLabelValues("address_pinned").Inc()
 			}
 		}
 		s.m.drops.WithLabelValues("proxy_ignores_" + msgName(mt)).Inc()
@@ -418,8 +437,10 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client Cl
 			return nil, nil
 		}
 		s.pool.hold(mac, ip, now)
-		if client.Netboot {
-			s.nodes.seen(client, key, netip.Addr{}, now)
+		if client.Netboot && s.nodes.seen(client, key, netip.Addr{}, true, now) == enrolmentFull {
+			// An address like any machine's, but no boot options.
+			s.m.drops.WithLabelValues("enrolment_full").Inc()
+			client.Netboot = false
 		}
 		return s.leaseReply(req, dhcpv4.MessageTypeOffer, client, ip)
 
@@ -466,8 +487,8 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client Cl
 			s.log.Error("ACKing renewal although the lease could not be saved: the new expiry is only in memory until a save succeeds; free space on the store (/perm)", "mac", mac.String(), "ip", ip.String(), "expiry", now.Add(s.cfg.Lease).Format(time.RFC3339), "path", LeasesPath(s.st), "err", err)
 		}
 		s.m.leases.Set(float64(s.pool.active(now)))
-		if key != "" {
-			s.nodes.seen(client, key, ip, now)
+		if key != "" && s.nodes.seen(client, key, ip, true, now) == enrolmentFull {
+			client.Netboot = false
 		}
 		return s.leaseReply(req, dhcpv4.MessageTypeAck, client, ip)
 
@@ -489,14 +510,17 @@ func (s *Server) handleFull(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client Cl
 			return nil, nil
 		}
 		ip := addrFrom(req.RequestedIPAddress())
-		if s.pool.decline(mac, ip, now) {
-			s.log.Warn("client declined address: another host uses it", "mac", mac.String(), "ip", ip.String())
-			s.saved = false
-			if err := s.saveLocked(); err != nil {
-				s.log.Error("saving declined address failed", "ip", ip.String(), "err", err)
-			}
-			s.m.leases.Set(float64(s.pool.active(now)))
+		if !s.pool.decline(mac, ip, now) {
+			s.m.drops.WithLabelValues("decline_not_holder").Inc()
+			s.log.Debug("ignoring DECLINE from a MAC that does not hold the address", "mac", mac.String(), "ip", ip.String())
+			return nil, nil
 		}
+		s.log.Warn("client declined address: another host uses it", "mac", mac.String(), "ip", ip.String())
+		s.saved = false
+		if err := s.saveLocked(); err != nil {
+			s.log.Error("saving declined address failed", "ip", ip.String(), "err", err)
+		}
+		s.m.leases.Set(float64(s.pool.active(now)))
 		return nil, nil
 
 	case dhcpv4.MessageTypeInform:

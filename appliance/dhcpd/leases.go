@@ -270,15 +270,26 @@ func (p *pool) release(mac net.HardwareAddr, ip netip.Addr, now time.Time) bool 
 }
 
 // decline sets ip aside for a lease time and forgets mac's claim on it.
+// Only the holder of ip (its lease or its pending offer) can decline it:
+// RFC 2131 4.3.3 has the client that was given an address report it in
+// use, and a DECLINE from any other MAC would let a host on the segment
+// take an address away from the node that holds it.
 func (p *pool) decline(mac net.HardwareAddr, ip netip.Addr, now time.Time) bool {
 	if !p.cfg.InRange(ip) {
 		return false
 	}
 	m := mac.String()
-	if l, ok := p.leases[m]; ok && l.IP == ip {
+	l, leased := p.leases[m]
+	leased = leased && l.IP == ip
+	o, offered := p.offers[m]
+	offered = offered && o.ip == ip && now.Before(o.until)
+	if !leased && !offered {
+		return false
+	}
+	if leased {
 		delete(p.leases, m)
 	}
-	if o, ok := p.offers[m]; ok && o.ip == ip {
+	if offered {
 		delete(p.offers, m)
 	}
 	p.declined[ip] = now.Add(p.cfg.Lease)

@@ -27,6 +27,9 @@ type recorder struct {
 	interval time.Duration
 	now      func() time.Time
 
+	// maxAuto bounds the records of nodes not in Netboot.Nodes.
+	maxAuto int
+
 	mu      sync.Mutex
 	byMAC   map[string]string // MAC -> node key, learned from requests and records
 	entries map[string]*entry
@@ -39,7 +42,25 @@ type entry struct {
 	rec     nodes.Record
 	detail  string
 	written nodes.Record // as last written; zero if never
+	warned  time.Time    // last warning about a refused address claim
 }
+
+// DefaultMaxAutoNodes is how many automatically enrolled nodes dhcpd
+// records by default: far more than the boards one head node serves, far
+// fewer than a flood of invented serials would make.
+const DefaultMaxAutoNodes = 64
+
+// verdict is what seen did with a request.
+type verdict int
+
+const (
+	recorded verdict = iota
+	// addressPinned: the node's address is pinned (reservation or first
+	// seen) and the request claimed another; the record kept its own.
+	addressPinned
+	// enrolmentFull: an unknown node beyond maxAuto; not recorded.
+	enrolmentFull
+)
 
 func newRecorder(st *store.Store, cfg *config.Config, log *slog.Logger, interval time.Duration, now func() time.Time) *recorder {
 	return &recorder{
@@ -125,20 +146,55 @@ func (r *recorder) serialOf(c Client) string {
 	return ""
 }
 
-// seen notes that the node key sent a request now; ip, if valid, is its
-// address.
-func (r *recorder) seen(c Client, key string, ip netip.Addr, now time.Time) {
+// seen notes that the node key sent a request now; ip, if valid, is the
+// address it uses: assigned by us (full mode: its lease) or only claimed
+// (proxy mode: the address a REQUEST asks another server for).
+//
+// The record's IP is what nfsd exports the node's root to, so it is
+// pinned: a reservation (Nodes[].IP) always wins, and otherwise the first
+// address seen stays until the config reserves another. A claim alone
+// never moves it: any host on the segment can send a REQUEST with a
+// node's MAC and serial. Only full mode's leases, which dhcpd itself
+// decides, move a recorded address.
+func (r *recorder) seen(c Client, key string, ip netip.Addr, assigned bool, now time.Time) verdict {
 	if key == "" || !store.ValidName(key) {
-		return
+		return recorded
+	}
+	n, configured := r.configured(c, c.Serial)
+	if !configured && len(key) == 8 {
+		n, configured = r.cfg.NodeBySerial(key)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.entries[key]
 	if !ok {
+		if !configured && r.autoCountLocked() >= r.maxAuto {
+			r.log.Debug("not enrolling node: automatic enrolment is full; list it in Netboot.Nodes", "node", key, "mac", c.MAC.String(), "max", r.maxAuto)
+			return enrolmentFull
+		}
 		e = &entry{rec: nodes.Record{Serial: key, Enrolled: now}}
 		r.entries[key] = e
 	}
 	rec := &e.rec
+	v := recorded
+	if ip.IsValid() {
+		claimed := ip
+		switch {
+		case configured && n.IP.IsValid():
+			ip = n.IP
+		case assigned || rec.IP == "":
+		default:
+			ip, _ = netip.ParseAddr(rec.IP)
+		}
+		if claimed != ip {
+			v = addressPinned
+			if now.Sub(e.warned) >= time.Minute {
+				e.warned = now
+				r.log.Warn("refused a DHCP claim to move a node's address: it is pinned (a reservation or the first address seen); if the node really moved, reserve its new address in Netboot.Nodes[].IP",
+					"node", key, "mac", c.MAC.String(), "pinned", ip.String(), "claimed", claimed.String())
+			}
+		}
+	}
 	rec.MAC = c.MAC.String()
 	r.byMAC[rec.MAC] = key
 	if c.Model != "" {
@@ -150,11 +206,7 @@ func (r *recorder) seen(c Client, key string, ip netip.Addr, now time.Time) {
 	} else if e.detail == "" {
 		e.detail = "boot options sent"
 	}
-	n, ok := r.configured(c, c.Serial)
-	if !ok && len(key) == 8 {
-		n, ok = r.cfg.NodeBySerial(key)
-	}
-	if ok {
+	if configured {
 		rec.Name, rec.Image, rec.Platform = n.Name, n.Image, n.Platform
 	} else {
 		rec.Name, rec.Image, rec.Platform = "", r.cfg.DefaultImage, r.cfg.Platform
@@ -170,6 +222,25 @@ func (r *recorder) seen(c Client, key string, ip netip.Addr, now time.Time) {
 		default:
 		}
 	}
+	return v
+}
+
+// autoCountLocked counts the recorded nodes that Netboot.Nodes does not
+// list; r.mu is held.
+func (r *recorder) autoCountLocked() int {
+	n := 0
+	for k, e := range r.entries {
+		if _, ok := r.cfg.NodeBySerial(k); ok {
+			continue
+		}
+		if mac, err := net.ParseMAC(e.rec.MAC); err == nil {
+			if _, ok := r.cfg.NodeByMAC(mac); ok {
+				continue
+			}
+		}
+		n++
+	}
+	return n
 }
 
 // changed reports whether rec says something that w, the record as last

@@ -124,13 +124,21 @@ func (s *Server) Watch(ctx context.Context, sn Sniffer) {
 	}
 }
 
+// maxForeign bounds the other DHCP servers remembered for /status.
+const maxForeign = 64
+
 func (s *Server) noteForeign(o Observed) {
 	s.m.foreign.WithLabelValues(msgName(o.Msg.MessageType())).Inc()
 	srv := o.server()
 	now := s.now()
 	s.fmu.Lock()
 	last, ok := s.foreign[srv]
-	s.foreign[srv] = now
+	if ok || len(s.foreign) < maxForeign {
+		s.foreign[srv] = now
+	} else {
+		// Forged replies from invented addresses: counted, not kept.
+		ok, last = true, now
+	}
 	s.fmu.Unlock()
 	if !ok || now.Sub(last) >= time.Minute {
 		s.log.Warn("another DHCP server answers on this segment", "server", srv.String(), "type", msgName(o.Msg.MessageType()),

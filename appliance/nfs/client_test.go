@@ -118,7 +118,7 @@ func newEnvIn(t *testing.T, dir string, opts Options) *testEnv {
 }
 
 func (e *testEnv) start() {
-	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t), Reserve: e.limits.Reserve, Quota: e.limits.Quota})
+	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t), Reserve: e.limits.Reserve, Quota: e.limits.Quota, InsecurePorts: true})
 	if err != nil {
 		e.t.Fatal(err)
 	}

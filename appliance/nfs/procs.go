@@ -262,6 +262,9 @@ func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) 
 		return replyHeader(c.xid, acceptProgUnavail).b
 	case prog.auth && c.proc != 0 && c.cred.flavor != authSys && c.cred.flavor != authNone:
 		return replyDeniedMsg(c.xid, rejectAuthError, authTooWeak)
+	case !s.securePort(prog, c.proc, remote):
+		s.refusedPort(remote)
+		return replyDeniedMsg(c.xid, rejectAuthError, authTooWeak)
 	case proto != "tcp" && !prog.udp:
 		return replyHeader(c.xid, acceptProgUnavail).b
 	case c.vers < prog.low || c.vers > prog.high:

@@ -29,7 +29,7 @@ func TestReimageOnBoot(t *testing.T) {
 	env := newEnv(t)
 	env.stop()
 	res := reimageResolver{fakeResolver{images: map[string]string{"node1": testDigest}}, env}
-	srv, err := New(Options{Store: env.st, Resolver: res})
+	srv, err := New(Options{Store: env.st, Resolver: res, InsecurePorts: true})
 	if err != nil {
 		t.Fatal(err)
 	}

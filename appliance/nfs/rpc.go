@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sync"
 )
 
@@ -168,8 +169,13 @@ func replyDeniedMsg(xid, reject, detail uint32, extra ...uint32) []byte {
 	return w.b
 }
 
+// recordChunk is how much of a fragment is read (and allocated) at a
+// time: the buffer grows with the bytes that arrived, never to the size a
+// fragment header announces before its data is there.
+const recordChunk = 64 << 10
+
 // readRecord reads one RPC message from a TCP stream (RFC 5531 §11 record
-// marking), joining fragments. buf is reused when large enough.
+// marking), joining fragments.
 func readRecord(r io.Reader, hdr []byte) ([]byte, error) {
 	var msg []byte
 	for {
@@ -182,10 +188,14 @@ func readRecord(r io.Reader, hdr []byte) ([]byte, error) {
 		if len(msg)+n > maxRecord {
 			return nil, fmt.Errorf("record of more than %d bytes", maxRecord)
 		}
-		start := len(msg)
-		msg = append(msg, make([]byte, n)...)
-		if _, err := io.ReadFull(r, msg[start:]); err != nil {
-			return nil, err
+		for n > 0 {
+			k := min(n, recordChunk)
+			start := len(msg)
+			msg = slices.Grow(msg, k)[:start+k]
+			if _, err := io.ReadFull(r, msg[start:]); err != nil {
+				return nil, err
+			}
+			n -= k
 		}
 		if last {
 			return msg, nil

@@ -54,6 +54,20 @@ type Options struct {
 	OnMount func(key string, client netip.Addr)
 	// MaxInFlight bounds concurrent requests per connection (default 64).
 	MaxInFlight int
+	// InsecurePorts serves NFS and MOUNT calls from source ports of 1024
+	// and above (knfsd's "insecure"). By default they are refused with
+	// AUTH_TOOWEAK: only root on a node can bind a lower port, so an
+	// unprivileged process there cannot claim uid 0 in AUTH_SYS.
+	InsecurePorts bool
+	// MaxConns and MaxConnsPerClient bound the TCP connections served at
+	// once (defaults DefaultMaxConns, DefaultMaxConnsPerClient); more are
+	// closed as soon as they are accepted.
+	MaxConns, MaxConnsPerClient int
+	// IdleTimeout closes a connection that has no call in flight and sent
+	// nothing for so long; RecordTimeout bounds the time one record takes
+	// to arrive once it started, and a reply to be sent (defaults
+	// DefaultIdleTimeout, DefaultRecordTimeout).
+	IdleTimeout, RecordTimeout time.Duration
 	// OnReply, if set, sees every call and its reply (one RPC message,
 	// without record mark) before the reply is sent; both are only valid
 	// during the call. nfsd's -reply_log writes them for nfscheck.
@@ -84,6 +98,7 @@ type Server struct {
 
 	metrics metrics
 	budget  *budget
+	conns   *connLimits
 }
 
 type mountKey struct {
@@ -121,6 +136,12 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = 64
 	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.RecordTimeout <= 0 {
+		opts.RecordTimeout = DefaultRecordTimeout
+	}
 	// Modes from clients are applied exactly; the process umask must not
 	// take bits away.
 	unix.Umask(0)
@@ -140,8 +161,10 @@ func New(opts Options) (*Server, error) {
 		copyUps:    prometheus.NewCounter(prometheus.CounterOpts{Name: "copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
 	}
 	s.budget = newBudget(opts, opts.Log)
+	s.conns = newConnLimits(opts.MaxConns, opts.MaxConnsPerClient)
 	if opts.Metrics != nil {
 		opts.Metrics.MustRegister(s.metrics.requests, s.metrics.errors, s.metrics.readBytes, s.metrics.writeBytes, s.metrics.copyUps, newUsageCollector(s))
+		opts.Metrics.MustRegister(s.conns.collectors()...)
 	}
 	s.scan()
 	return s, nil
@@ -245,6 +268,11 @@ func (s *Server) allowed(e *export, client netip.Addr) bool {
 		ttl = 2 * time.Second
 	}
 	s.mu.Lock()
+	if len(s.acl) >= maxACLEntries {
+		// Calls over UDP can come from any forged address: a flood of
+		// them costs resolver lookups, not memory.
+		clear(s.acl)
+	}
 	s.acl[k] = aclEntry{ok: allowed, exp: now.Add(ttl)}
 	s.mu.Unlock()
 	return allowed
@@ -305,19 +333,38 @@ func (s *Server) dispatch(msg []byte, remote, local netip.AddrPort, proto string
 }
 
 // ServeTCP answers RPC calls on ln until it is closed. Calls on one
-// connection run concurrently; replies go out as they finish.
+// connection run concurrently; replies go out as they finish. Out of file
+// descriptors (EMFILE) or memory, it pauses accepting, up to a second at a
+// time, and the connections it serves go on; connections beyond
+// MaxConns or MaxConnsPerClient are closed at once.
 func (s *Server) ServeTCP(ln net.Listener) error {
+	var pause time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if !temporary(err) {
+				return err
 			}
-			return err
+			if pause == 0 {
+				s.log.Warn("accepting NFS connections paused; the connections served go on", "err", err)
+			}
+			s.conns.backoff.Inc()
+			pause = nextBackoff(pause)
+			time.Sleep(pause)
+			continue
 		}
-		go s.serveConn(conn)
+		pause = 0
+		remote := addrPort(conn.RemoteAddr())
+		if limit := s.conns.take(remote.Addr()); limit != "" {
+			s.conns.refused.WithLabelValues(limit).Inc()
+			s.log.Debug("connection refused: limit reached", "client", remote, "limit", limit)
+			conn.Close()
+			continue
+		}
+		go func() {
+			defer s.conns.give(remote.Addr())
+			s.serveConn(conn)
+		}()
 	}
 }
 
@@ -352,6 +399,7 @@ func (s *Server) serveConn(conn net.Conn) {
 			reply := s.dispatch(msg, remote, local, "tcp")
 			if reply != nil {
 				wmu.Lock()
+				conn.SetWriteDeadline(time.Now().Add(s.opts.RecordTimeout))
 				_, err := conn.Write(frame(reply))
 				wmu.Unlock()
 				release(reply)
@@ -365,6 +413,9 @@ func (s *Server) serveConn(conn net.Conn) {
 	hdr := make([]byte, 4)
 	br := bufio.NewReaderSize(conn, 64<<10)
 	for {
+		if !s.awaitRecord(conn, br, func() bool { return workers != int(idle.Load()) }) {
+			return
+		}
 		msg, err := readRecord(br, hdr)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -378,6 +429,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		if br.Buffered() == 0 && workers == int(idle.Load()) && quick(msg) {
 			if reply := s.dispatch(msg, remote, local, "tcp"); reply != nil {
 				wmu.Lock()
+				conn.SetWriteDeadline(time.Now().Add(s.opts.RecordTimeout))
 				_, err := conn.Write(frame(reply))
 				wmu.Unlock()
 				release(reply)

@@ -115,3 +115,15 @@ func KeyByIP(cfg *config.Config, st *store.Store, ip netip.Addr) (string, bool) 
 	}
 	return "", false
 }
+
+// Known reports whether key (already Canonical) is a node the head node
+// knows: listed in Netboot.Nodes or recorded by dhcpd. Only known nodes get
+// state in the store and their own metric labels; anyone can name an
+// invented serial in a TFTP request, and those must not grow either.
+func Known(cfg *config.Config, st *store.Store, key string) bool {
+	if _, ok := configNode(cfg, key); ok {
+		return true
+	}
+	_, err := Load(st, key)
+	return err == nil
+}

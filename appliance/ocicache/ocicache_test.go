@@ -475,7 +475,7 @@ func TestPullThrough(t *testing.T) {
 	f := newFixture(t, nil)
 	img := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("x", 0o644, "x")))
 	f.push(t, "up/stream:v2", img)
-	cfg := f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, f.host, f.host))
+	cfg := f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, f.host+"/up", f.host))
 	f.cache.setConfig(cfg)
 	srv := httptest.NewServer(f.cache.RegistryHandler())
 	defer srv.Close()

@@ -65,7 +65,7 @@ func TestPullThroughLRUCap(t *testing.T) {
 		big[n] = ocitest.Layer(t, ocitest.File("data", 0o644, string(ocitest.Random(uint64(20+i), 100<<10))))
 		f.push(t, "up/"+n+":v1", ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), big[n]))
 	}
-	cfg := f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, f.host, f.host))
+	cfg := f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, f.host+"/up", f.host))
 	c.setConfig(cfg)
 	srv := httptest.NewServer(c.RegistryHandler())
 	defer srv.Close()
@@ -103,7 +103,7 @@ func TestPullThroughTagRevalidatedAfterTTL(t *testing.T) {
 	imgX := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("v", 0o644, "x")))
 	imgY := ocitest.Image(t, "linux/arm64", ocitest.PiBoot(t), ocitest.Layer(t, ocitest.File("v", 0o644, "y")))
 	f.push(t, "up/t:v1", imgX)
-	c.setConfig(f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, f.host, f.host)))
+	c.setConfig(f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, f.host+"/up", f.host)))
 	srv := httptest.NewServer(c.RegistryHandler())
 	defer srv.Close()
 	if got, want := pullVia(t, srv, "up/t:v1"), digestOf(t, imgX); got != want {
@@ -136,7 +136,7 @@ func TestUpstreamKnownDownFailsFast(t *testing.T) {
 	ln.Close() // connection refused from now on
 	f := newFixture(t, nil)
 	c := f.reopen(t, nil, func(o *Options) { o.Attempts = 3; o.Backoff = 200 * time.Millisecond })
-	c.setConfig(f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, dead, dead)))
+	c.setConfig(f.config(t, fmt.Sprintf(`{"Upstreams":[%q],"InsecureRegistries":[%q]}`, dead+"/up", dead)))
 	srv := httptest.NewServer(c.RegistryHandler())
 	defer srv.Close()
 	blob := srv.URL + "/v2/up/x/blobs/sha256:" + strings.Repeat("ab", 32)
@@ -150,10 +150,15 @@ func TestUpstreamKnownDownFailsFast(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode, string(b), time.Since(start)
 	}
-	if code, body, _ := get(blob); code != http.StatusServiceUnavailable || !strings.Contains(body, "unreachable") {
-		t.Errorf("first blob GET: got %d %s, want 503 naming the unreachable upstream", code, body)
+	manifest := srv.URL + "/v2/up/x/manifests/v1"
+	if code, body, _ := get(manifest); code != http.StatusServiceUnavailable || !strings.Contains(body, "unreachable") {
+		t.Errorf("first manifest GET: got %d %s, want 503 naming the unreachable upstream", code, body)
 	}
-	for _, u := range []string{blob, srv.URL + "/v2/up/x/manifests/v1"} {
+	// A blob no held manifest names is not relayed at all.
+	if code, body, took := get(blob); code != http.StatusNotFound || took > 150*time.Millisecond {
+		t.Errorf("blob no manifest names: got %d %s after %v, want 404 at once", code, body, took)
+	}
+	for _, u := range []string{manifest} {
 		code, body, took := get(u)
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "unreachable since") || !strings.Contains(body, dead) {
 			t.Errorf("GET %s with the upstream known down: got %d %s", u, code, body)

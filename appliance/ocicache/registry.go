@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -16,6 +17,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/ociboot/ociboot/appliance/config"
 )
 
 // The registry side: a read-only subset of the OCI distribution API
@@ -173,21 +176,85 @@ func (c *Cache) tags(repo, ns string) []string {
 	return out
 }
 
-// upstreams returns the registries to try for a pull-through, in order.
-func (c *Cache) upstreams(ns string) []string {
+// upstreams returns the registries to try for a pull-through of repo, in
+// order: those of Netboot.Upstreams (only ns when the client names one)
+// that relay repo (see relays).
+func (c *Cache) upstreams(ns, repo string) []string {
 	cfg := c.config()
 	if cfg == nil {
 		return nil
 	}
-	if ns != "" {
-		for _, u := range cfg.Upstreams {
-			if u == ns {
-				return []string{u}
+	var out []string
+	for _, u := range cfg.Upstreams {
+		host, _, _ := strings.Cut(u, "/")
+		if ns != "" && host != ns || slices.Contains(out, host) {
+			continue
+		}
+		if c.relays(cfg, host, repo) {
+			out = append(out, host)
+		}
+	}
+	return out
+}
+
+// relays reports whether the mirror fetches repository repo from upstream
+// host for a /v2/ client. The mirror fetches with the head node's
+// credentials and stores on its disk, so it relays only what the config
+// names: the repositories of its images on that host, and those under a
+// prefix listed in Upstreams ("host/prefix"). Anything else a LAN host
+// asks for is not fetched.
+func (c *Cache) relays(cfg *config.Config, host, repo string) bool {
+	for _, u := range cfg.Upstreams {
+		h, prefix, ok := strings.Cut(u, "/")
+		if ok && h == host && (repo == prefix || strings.HasPrefix(repo, prefix+"/")) {
+			return true
+		}
+	}
+	refs := []string{cfg.DefaultImage}
+	for _, n := range cfg.Nodes {
+		refs = append(refs, n.Image)
+	}
+	for _, s := range refs {
+		if s == "" {
+			continue
+		}
+		ref, err := ParseRef(cfg, s)
+		if err != nil {
+			continue
+		}
+		if ref.Context().RegistryStr() == host && ref.Context().RepositoryStr() == repo {
+			return true
+		}
+	}
+	return false
+}
+
+// pullThroughSize returns the size the held manifests declare for blob d:
+// a blob is fetched for a /v2/ client only as part of a manifest the
+// mirror relayed, and never larger than the pull-through cap.
+func (c *Cache) pullThroughSize(d v1.Hash) (int64, bool) {
+	ix, err := c.blobs.Index()
+	if err != nil {
+		return 0, false
+	}
+	var roots []v1.Hash
+	for _, m := range ix.Manifests {
+		roots = append(roots, m.Digest)
+	}
+	for _, h := range c.blobs.reachable(roots) {
+		data, err := c.blobs.ReadSmall(h)
+		if err != nil {
+			continue
+		}
+		if _, refs, ok := sniff(data); ok {
+			for _, r := range refs {
+				if r.Digest == d {
+					return r.Size, true
+				}
 			}
 		}
-		return nil
 	}
-	return cfg.Upstreams
+	return 0, false
 }
 
 func (c *Cache) serveManifest(w http.ResponseWriter, r *http.Request, rt Route, ns string) {
@@ -252,7 +319,7 @@ func (e *downError) Unwrap() error { return e.err }
 
 func (c *Cache) pullThroughManifest(ctx context.Context, rt Route, ns string) ([]byte, v1.Hash, error) {
 	var lastErr error = fs.ErrNotExist
-	for _, up := range c.upstreams(ns) {
+	for _, up := range c.upstreams(ns, rt.Name) {
 		sep := ":"
 		if digestRE.MatchString(rt.Ref) {
 			sep = "@"
@@ -306,8 +373,21 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt Route, ns s
 	}
 	f, err := c.blobs.Open(d)
 	var down error
+	ups := c.upstreams(ns, rt.Name)
+	size, declared := int64(-1), false
+	if errors.Is(err, fs.ErrNotExist) && len(ups) > 0 {
+		size, declared = c.pullThroughSize(d)
+		switch {
+		case !declared:
+			ups = nil
+			c.opts.Log.Info("pull-through: blob refused: no manifest the mirror holds names it", "repo", rt.Name, "blob", d.String())
+		case size > c.opts.PullThroughCap:
+			writeErr(w, http.StatusForbidden, "DENIED", fmt.Sprintf("blob %s is %d bytes, more than the mirror's pull-through cap of %d bytes (-pull_through_cap_mib)", d, size, c.opts.PullThroughCap))
+			return
+		}
+	}
 	if errors.Is(err, fs.ErrNotExist) {
-		for _, up := range c.upstreams(ns) {
+		for _, up := range ups {
 			repo, perr := name.NewRepository(up+"/"+rt.Name, nameOptions(c.config(), up)...)
 			if perr != nil {
 				continue
@@ -317,7 +397,7 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt Route, ns s
 				continue
 			}
 			// Two attempts: a /v2/ client is waiting, and retries itself.
-			ferr := c.fetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: -1}, "pull-through "+repo.Name(), min(2, c.opts.Attempts))
+			ferr := c.fetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: size}, "pull-through "+repo.Name(), min(2, c.opts.Attempts))
 			c.noteUpstream(up, ferr)
 			if ferr != nil {
 				c.opts.Log.Info("pull-through: blob not fetched", "repo", repo.Name(), "blob", d.String(), "err", ferr)

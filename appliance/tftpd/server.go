@@ -59,6 +59,11 @@ type Server struct {
 	retries int
 }
 
+// OtherNode stands for every node key that names no known node (not in
+// Netboot.Nodes, no record by dhcpd) in metric labels and /status: a
+// flood of requests with invented serials adds no label and no state.
+const OtherNode = "other"
+
 // Transfer is one finished (or failed) read request.
 type Transfer struct {
 	Node     string
@@ -273,6 +278,11 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		local = s.localFor(netip.AddrPortFrom(remote, uint16(ra.Port)))
 	}
 	c, req, err := s.open(name, remote, local)
+	if req.Key != "" && !nodes.Known(s.res.Config, s.res.Store, req.Key) {
+		// Served (with Enroll auto any serial boots DefaultImage), but
+		// neither recorded nor labelled by its key: see OtherNode.
+		req.Key = OtherNode
+	}
 	t := Transfer{Node: req.Key, File: name, Remote: remote.String(), Time: start}
 	if err != nil {
 		t.Result, t.Error = "not-found", err.Error()
@@ -332,7 +342,7 @@ func isEarlyTerminate(err error) bool {
 // eepromUpdate records a bootloader update the node fetched whole, for
 // its status.
 func (s *Server) eepromUpdate(key, file string, n int64, sum hash.Hash, node Node) {
-	if key == "" {
+	if key == "" || key == OtherNode {
 		return
 	}
 	u := nodes.EEPROMUpdate{File: file, Size: n, SHA256: hex.EncodeToString(sum.Sum(nil)), Source: node.Source(), Time: s.now().UTC()}
@@ -356,7 +366,7 @@ func shortReason(err error) string {
 // stage records the boot stage a request shows, only when it changes so
 // that a boot costs a few writes, not one per file.
 func (s *Server) stage(req Request) {
-	if req.Key == "" {
+	if req.Key == "" || req.Key == OtherNode {
 		return
 	}
 	var st string
@@ -423,7 +433,7 @@ func (s *Server) finish(t Transfer) {
 	default:
 		s.log.Info("transfer", attrs...)
 	}
-	if t.Result == "failed" && t.Node != "" {
+	if t.Result == "failed" && t.Node != "" && t.Node != OtherNode {
 		nodes.SaveStage(s.res.Store, t.Node, "tftpd-error", nodes.Stage{LastError: "tftp " + t.File + ": " + t.Error, ErrorTime: t.Time})
 	}
 }

@@ -82,6 +82,12 @@ func newFixture(t testing.TB, netboot string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The Pis the tests boot, recorded as dhcpd does before their TFTP.
+	for _, serial := range recordedSerials {
+		if err := nodes.Save(st, nodes.Record{Serial: serial}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	srv := New(Options{Config: cfg, Store: st, Timeout: 200 * time.Millisecond})
 	conn, err := Listen("127.0.0.1:0")
 	if err != nil {
@@ -91,6 +97,8 @@ func newFixture(t testing.TB, netboot string) *fixture {
 	t.Cleanup(srv.Shutdown)
 	return &fixture{st: st, srv: srv, addr: conn.LocalAddr().String(), files: files, root: root}
 }
+
+var recordedSerials = []string{"abcd1234", "bd989ae1", "da591740"}
 
 const defaultNetboot = `{"DefaultImage": "` + imageRef + `", "KernelArgs": ["cgroup_enable=memory"], "ConfigTxt": ["dtoverlay=disable-wifi"]}`
 

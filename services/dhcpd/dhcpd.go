@@ -18,6 +18,7 @@ var (
 	// client, so a shorter wait would miss the most common other server.
 	probeWait = flag.Duration("probe_wait", 5*time.Second, "full mode: how long to listen for offers of other DHCP servers before serving")
 	port      = flag.Int("port", dhcpd.ServerPort, "UDP port to serve on")
+	maxAuto   = flag.Int("max_auto_nodes", dhcpd.DefaultMaxAutoNodes, "how many nodes not listed in Netboot.Nodes are enrolled (recorded and given boot options); more are ignored")
 	ifaceWait = flag.Duration("interface_wait", 2*time.Minute, "proxy mode without Netboot.ServerIP: how long to wait for the interface's IPv4 address")
 )
 
@@ -47,13 +48,14 @@ func run(ctx context.Context, env *service.Env) error {
 	}
 	defer conn.Close()
 	srv, err := dhcpd.New(dhcpd.Options{
-		Config:   cfg,
-		Store:    env.Store,
-		Conn:     conn,
-		ServerIP: serverIP,
-		OwnMAC:   mac,
-		Log:      env.Log,
-		Metrics:  env.Metrics,
+		Config:       cfg,
+		Store:        env.Store,
+		Conn:         conn,
+		ServerIP:     serverIP,
+		OwnMAC:       mac,
+		Log:          env.Log,
+		MaxAutoNodes: *maxAuto,
+		Metrics:      env.Metrics,
 	})
 	if err != nil {
 		return err

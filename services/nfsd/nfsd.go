@@ -25,6 +25,7 @@ var (
 	nfsAddr     = flag.String("nfs_addr", ":2049", "address for NFSv3 and MOUNT v3 (TCP; MOUNT also on UDP)")
 	portmapAddr = flag.String("portmap_addr", ":111", "address for the portmapper (TCP and UDP; empty: none)")
 	reserveMiB  = flag.Int64("reserve_mib", nfs.DefaultReserve>>20, "MiB of free space on the store that node writes never take (they fail with \"No space left on device\" below it), kept for the head node's own state: leases, node records, image index")
+	insecure    = flag.Bool("insecure_ports", false, "serve NFS and MOUNT calls from source ports 1024 and above (knfsd's \"insecure\"); by default only root on a client can reach the nodes' roots")
 	replyLog    = flag.String("reply_log", "", "debugging: append every call's header and its reply to this file, for nfscheck.CheckLog (tests use it; it slows nfsd down)")
 )
 
@@ -49,13 +50,14 @@ func main() {
 			}
 		}
 		srv, err := nfs.New(nfs.Options{
-			OnReply:  onReply,
-			Store:    env.Store,
-			Resolver: nfs.NodeResolver{Config: env.Config, Store: env.Store},
-			Log:      env.Log,
-			Metrics:  env.Metrics,
-			Reserve:  *reserveMiB << 20,
-			Quota:    nfs.NodeResolver{Config: env.Config, Store: env.Store}.Quota,
+			OnReply:       onReply,
+			InsecurePorts: *insecure,
+			Store:         env.Store,
+			Resolver:      nfs.NodeResolver{Config: env.Config, Store: env.Store},
+			Log:           env.Log,
+			Metrics:       env.Metrics,
+			Reserve:       *reserveMiB << 20,
+			Quota:         nfs.NodeResolver{Config: env.Config, Store: env.Store}.Quota,
 			Personalize: func(key, root string) error {
 				return nodes.Personalize(env.Config, env.Store, key, root)
 			},

@@ -31,10 +31,14 @@ type Nfsd struct {
 	Config string
 	Port   int
 	Args   []string // more nfsd flags, e.g. -reserve_mib
-	t      testing.TB
-	ln     *lab.Listener
-	proc   *lab.Proc
-	runs   int
+	// InsecurePorts starts nfsd with -insecure_ports: QEMU's user-mode
+	// network is a NAT that connects to nfsd from the host's unprivileged
+	// ports, whatever port the guest's kernel bound.
+	InsecurePorts bool
+	t             testing.TB
+	ln            *lab.Listener
+	proc          *lab.Proc
+	runs          int
 }
 
 // NewNfsd creates a store under dir whose default image is a tree written
@@ -75,6 +79,9 @@ func (s *Nfsd) Start(timeout time.Duration) error {
 	s.runs++
 	args := []string{s.Bin, "-config", s.Config, "-store", s.Store, "-allow_tmpfs", "-status", "127.0.0.1:0",
 		"-nfs_addr", s.ln.Addr, "-portmap_addr", "", "-reply_log", s.ReplyLog(s.runs)}
+	if s.InsecurePorts {
+		args = append(args, "-insecure_ports")
+	}
 	p := lab.Cmd{Name: fmt.Sprintf("nfsd#%d", s.runs), Log: filepath.Join(s.Dir, fmt.Sprintf("nfsd-%d.log", s.runs)),
 		Args:  append(args, s.Args...),
 		Files: s.ln.Files()}.Start(s.t)

@@ -137,7 +137,7 @@ func TestServiceWithDockerRegistryAndSkopeo(t *testing.T) {
 
 	storeDir := t.TempDir()
 	s := startService(t, storeDir, fmt.Sprintf(`{"DefaultImage":%q,"InsecureRegistries":[%q],"Upstreams":[%q],
-		"Nodes":[{"Serial":"0000abcd","Image":%q}]}`, piRef, reg, reg, evilRef))
+		"Nodes":[{"Serial":"0000abcd","Image":%q}]}`, piRef, reg, reg+"/mirror", evilRef))
 	got := s.wait(t, 2, 60*time.Second)
 
 	if im := got[piRef+" linux/arm64"]; im.State != "ready" || im.Digest != digest(t, pi) || im.BootDir != "boot/firmware" || im.Kernel != "kernel8.img" {
