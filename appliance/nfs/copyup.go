@@ -1,7 +1,6 @@
 package nfs
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -41,7 +40,8 @@ func (e *export) breakLink(rel string) (unix.Stat_t, error) {
 	}
 	defer unix.Close(dfd)
 	tmp := copyPrefix + randName()
-	if err := e.copyInode(dfd, rel, tmp, &st, id); err != nil {
+	cid := copyID{id: id, tag: e.tag(rel, &st)}
+	if err := e.copyInode(dfd, rel, tmp, &st, cid); err != nil {
 		unix.Unlinkat(dfd, tmp, 0)
 		return st, fmt.Errorf("copy of %s before a change: %w", rel, err)
 	}
@@ -54,7 +54,7 @@ func (e *export) breakLink(rel string) (unix.Stat_t, error) {
 		// Known before the copy takes the name, so no call sees it
 		// without its fileid.
 		e.pmu.Lock()
-		e.copied[cst.Ino] = id
+		e.copied[cst.Ino] = cid
 		e.pmu.Unlock()
 	}
 	// Move the other names first, the requested one last: until then the
@@ -104,8 +104,8 @@ func (e *export) namesOf(ino uint64) []string {
 }
 
 // copyInode creates tmp in dfd as a copy of rel with the same type,
-// content, owner, mode, xattrs and times, and fileid id.
-func (e *export) copyInode(dfd int, rel, tmp string, st *unix.Stat_t, id uint64) error {
+// content, owner, mode, xattrs and times, and the fileid and tag of cid.
+func (e *export) copyInode(dfd int, rel, tmp string, st *unix.Stat_t, cid copyID) error {
 	mode := st.Mode & unix.S_IFMT
 	switch mode {
 	case unix.S_IFREG:
@@ -127,9 +127,7 @@ func (e *export) copyInode(dfd int, rel, tmp string, st *unix.Stat_t, id uint64)
 		if err := copyXattrs(fdPath(sfd), fdPath(dfdFile), true); err != nil {
 			return err
 		}
-		var b [8]byte
-		binary.BigEndian.PutUint64(b[:], id)
-		if err := unix.Fsetxattr(dfdFile, idXattr, b[:], 0); err != nil {
+		if err := unix.Fsetxattr(dfdFile, idXattr, cid.encode(), 0); err != nil {
 			return fmt.Errorf("keeping the fileid: %v", err)
 		}
 		if err := unix.Fchown(dfdFile, int(st.Uid), int(st.Gid)); err != nil {
@@ -176,6 +174,11 @@ func (e *export) readlink(rel string) (string, error) {
 		return "", err
 	}
 	defer unix.Close(fd)
+	return readlinkFd(fd)
+}
+
+// readlinkFd reads the target of the symlink fd (O_PATH) names.
+func readlinkFd(fd int) (string, error) {
 	buf := make([]byte, 4096)
 	n, err := unix.Readlinkat(fd, "", buf)
 	if err != nil {

@@ -3,6 +3,7 @@ package nfs
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -57,7 +58,7 @@ type export struct {
 
 	pmu    sync.RWMutex
 	paths  map[uint64]string // fileid → path relative to root ("" = root)
-	copied map[uint64]uint64 // inode of a copy → the fileid it keeps
+	copied map[uint64]copyID // inode of a copy → the fileid and tag it keeps
 	walkT  time.Time         // last full walk
 }
 
@@ -137,12 +138,45 @@ const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESO
 
 // open opens rel (relative to the view root) with flags; a symlink in the
 // last component is opened itself with O_PATH.
+//
+// A path longer than one system call takes (PATH_MAX, 4096 bytes with
+// its NUL) is walked in pieces from directory to directory: a node may
+// make trees deeper than that (its own paths are relative to its working
+// directory), and its local file system serves them.
 func (e *export) open(rel string, flags int) (int, error) {
 	if rel == "" {
 		rel = "."
 	}
+	dirfd := e.rootFd
+	for len(rel) > maxPiece {
+		cut := strings.LastIndexByte(rel[:maxPiece], '/')
+		if cut <= 0 {
+			return -1, unix.ENAMETOOLONG
+		}
+		fd, err := openat2(dirfd, rel[:cut], unix.O_PATH|unix.O_DIRECTORY)
+		if dirfd != e.rootFd {
+			unix.Close(dirfd)
+		}
+		if err != nil {
+			return -1, err
+		}
+		dirfd, rel = fd, rel[cut+1:]
+	}
+	fd, err := openat2(dirfd, rel, flags)
+	if dirfd != e.rootFd {
+		unix.Close(dirfd)
+	}
+	return fd, err
+}
+
+// maxPiece is the longest path open hands to one openat2.
+const maxPiece = unix.PathMax - 1
+
+// openat2 opens rel below dirfd, never following a symlink or leaving
+// dirfd (rel has no ".." components: names are checked on the way in).
+func openat2(dirfd int, rel string, flags int) (int, error) {
 	for {
-		fd, err := unix.Openat2(e.rootFd, rel, &unix.OpenHow{
+		fd, err := unix.Openat2(dirfd, rel, &unix.OpenHow{
 			Flags:   uint64(flags | unix.O_NOFOLLOW | unix.O_CLOEXEC),
 			Resolve: resolveFlags,
 		})
@@ -151,6 +185,65 @@ func (e *export) open(rel string, flags int) (int, error) {
 		}
 		return fd, err
 	}
+}
+
+// openFile opens the file o names and checks that it is still that file
+// (fileid and tag): between resolving a handle and opening its path a
+// rename may have put another file there. The file is then looked for
+// again by its fileid, once.
+func (e *export) openFile(o *obj, flags int) (int, error) {
+	for try := 0; ; try++ {
+		fd, err := e.open(o.rel, flags)
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return -1, err
+		}
+		if err == nil {
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err != nil {
+				unix.Close(fd)
+				return -1, err
+			}
+			if e.fileID(o.rel, &st) == o.id && (o.tag == 0 || e.tagOfFd(fd, &st) == o.tag) {
+				return fd, nil
+			}
+			unix.Close(fd)
+		}
+		if try > 0 {
+			return -1, errStale
+		}
+		rel, st, err := e.path(o.id)
+		if err != nil {
+			return -1, errStale
+		}
+		o.rel, o.st = rel, st
+	}
+}
+
+// openDir opens directory d (O_PATH), checked as openFile does.
+func (e *export) openDir(d *obj) (int, error) {
+	return e.openFile(d, unix.O_PATH|unix.O_DIRECTORY)
+}
+
+// tagOfFd is tag for an open file.
+func (e *export) tagOfFd(fd int, st *unix.Stat_t) uint32 {
+	if c, ok := e.copyOf(st); ok {
+		return c.tag
+	}
+	return inodeTag(fd, "", unix.AT_EMPTY_PATH)
+}
+
+// sameFile checks that name in dirfd is the file o names, before a call
+// changes it by name. Callers hold e.mu, which every change of the
+// view's namespace takes, so it stays so until they are done.
+func (e *export) sameFile(dirfd int, name string, o *obj) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return err
+	}
+	if e.fileID(o.rel, &st) != o.id {
+		return errStale
+	}
+	return nil
 }
 
 func (e *export) lstat(rel string) (unix.Stat_t, error) {

@@ -82,7 +82,7 @@ func FuzzRPC(f *testing.F) {
 // server; the fuzzer mutates it).
 func seedCalls() [][]byte {
 	e := &export{id: exportID("node1")}
-	fh := handleKey(fuzzKey).handle(e, 1)
+	fh := handleKey(fuzzKey).handle(e, 1, 0)
 	call := func(prog, vers, proc uint32, a func(w *writer)) []byte {
 		w := &writer{}
 		callHeader(w, 0x01020304, prog, vers, proc, &cred{uid: 1000, gid: 1000, gids: []uint32{27}})
@@ -199,7 +199,7 @@ func FuzzNFS(f *testing.F) {
 	testenv.NeedRoot(f, "the server sets owners")
 	srv := fuzzServer(f)
 	e := srv.exports[exportID("node1")]
-	root := srv.key.handle(e, e.rootID)
+	root := srv.key.handle(e, e.rootID, 0)
 	remote := netip.MustParseAddrPort("127.0.0.1:700")
 	local := netip.MustParseAddrPort("127.0.0.1:2049")
 	f.Fuzz(func(t *testing.T, proc uint8, a []byte) {

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path"
@@ -38,26 +39,45 @@ func (e *export) fileID(rel string, st *unix.Stat_t) uint64 {
 		return st.Ino
 	}
 	e.pmu.RLock()
-	id, ok := e.copied[st.Ino]
+	c, ok := e.copied[st.Ino]
 	e.pmu.RUnlock()
 	if ok {
-		return id
+		return c.id
 	}
 	return st.Ino
 }
 
-// xattrID reads the fileid a copy keeps in its xattr.
-func (e *export) xattrID(dirfd int, name string) (uint64, bool) {
+// copyID is what a copy keeps of its original: fileid and tag.
+type copyID struct {
+	id  uint64
+	tag uint32
+}
+
+// encode is idXattr's value: fileid, then tag (copies made before tags
+// existed have the fileid only, and tag 0).
+func (c copyID) encode() []byte {
+	b := make([]byte, 12)
+	binary.BigEndian.PutUint64(b, c.id)
+	binary.BigEndian.PutUint32(b[8:], c.tag)
+	return b
+}
+
+// xattrID reads the fileid and tag a copy keeps in its xattr.
+func (e *export) xattrID(dirfd int, name string) (copyID, bool) {
 	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, false
+		return copyID{}, false
 	}
 	defer unix.Close(fd)
-	var b [8]byte
-	if n, err := unix.Getxattr(fdPath(fd), idXattr, b[:]); err == nil && n == 8 {
-		return binary.BigEndian.Uint64(b[:]), true
+	var b [12]byte
+	n, err := unix.Getxattr(fdPath(fd), idXattr, b[:])
+	switch {
+	case err == nil && n == 12:
+		return copyID{binary.BigEndian.Uint64(b[:]), binary.BigEndian.Uint32(b[8:])}, true
+	case err == nil && n == 8:
+		return copyID{id: binary.BigEndian.Uint64(b[:])}, true
 	}
-	return 0, false
+	return copyID{}, false
 }
 
 // dropCopy forgets a copy whose last name is gone (its inode number may be
@@ -164,12 +184,12 @@ func (e *export) walk() bool {
 	e.walkT = time.Now()
 	e.pmu.Unlock()
 	found := map[uint64]string{e.rootID: ""}
-	copies := map[uint64]uint64{}
+	copies := map[uint64]copyID{}
 	e.eachEntry(func(dirfd int, name, rel string, st *unix.Stat_t) {
 		id := st.Ino
 		if st.Mode&unix.S_IFMT == unix.S_IFREG && !e.shared(st) {
 			if x, ok := e.xattrID(dirfd, name); ok {
-				id = x
+				id = x.id
 				copies[st.Ino] = x
 			}
 		}
@@ -184,10 +204,16 @@ func (e *export) walk() bool {
 	return true
 }
 
-// Handles are 32 bytes: version, export id, view generation, fileid and a
-// MAC over them with the server's persistent key, so a handle cannot be
-// forged or moved to another export.
-const handleLen = 32
+// Handles are 36 bytes: version (2), export id, view generation, fileid,
+// the file's tag and a MAC over them with the server's persistent key, so
+// a handle cannot be forged or moved to another export. The tag tells
+// one incarnation of an inode number from the next: a removed file's
+// handle must not name the file that reuses its inode. Version 1 handles
+// (32 bytes, no tag) from before still resolve, by fileid alone.
+const (
+	handleLen   = 36
+	handleV1Len = 32
+)
 
 type handleKey []byte
 
@@ -218,20 +244,92 @@ func (k handleKey) sign(b []byte) []byte {
 	return m.Sum(nil)[:8]
 }
 
-func (k handleKey) handle(e *export, id uint64) []byte {
-	b := make([]byte, 24, handleLen)
-	b[0] = 1
+func (k handleKey) handle(e *export, id uint64, tag uint32) []byte {
+	b := make([]byte, 28, handleLen)
+	b[0] = 2
 	copy(b[4:12], e.id[:])
 	binary.BigEndian.PutUint32(b[12:16], e.gen)
 	binary.BigEndian.PutUint64(b[16:24], id)
+	binary.BigEndian.PutUint32(b[24:28], tag)
 	return append(b, k.sign(b)...)
 }
 
-// parseHandle checks a handle's form and signature.
-func (k handleKey) parse(h []byte) (exp [8]byte, gen uint32, id uint64, ok bool) {
-	if len(h) != handleLen || h[0] != 1 || !hmac.Equal(k.sign(h[:24]), h[24:]) {
-		return exp, 0, 0, false
+// parse checks a handle's form and signature; tag 0 is not checked.
+func (k handleKey) parse(h []byte) (exp [8]byte, gen uint32, id uint64, tag uint32, ok bool) {
+	switch {
+	case len(h) == handleLen && h[0] == 2 && hmac.Equal(k.sign(h[:28]), h[28:]):
+		tag = binary.BigEndian.Uint32(h[24:28])
+	case len(h) == handleV1Len && h[0] == 1 && hmac.Equal(k.sign(h[:24]), h[24:]):
+	default:
+		return exp, 0, 0, 0, false
 	}
 	copy(exp[:], h[4:12])
-	return exp, binary.BigEndian.Uint32(h[12:16]), binary.BigEndian.Uint64(h[16:24]), true
+	return exp, binary.BigEndian.Uint32(h[12:16]), binary.BigEndian.Uint64(h[16:24]), tag, true
+}
+
+// inodeTag is a 32-bit digest of the file system's own handle of the
+// inode (name_to_handle_at, which never follows a symlink without
+// AT_SYMLINK_FOLLOW: inode number and generation on ext4, btrfs, xfs,
+// tmpfs), or 0 where the file system has none.
+func inodeTag(dirfd int, name string, flags int) uint32 {
+	fh, _, err := unix.NameToHandleAt(dirfd, name, flags)
+	if err != nil {
+		return 0
+	}
+	h := fnv.New32a()
+	var t [4]byte
+	binary.BigEndian.PutUint32(t[:], uint32(fh.Type()))
+	h.Write(t[:])
+	h.Write(fh.Bytes())
+	if v := h.Sum32(); v != 0 {
+		return v
+	}
+	return 1
+}
+
+// tag is the tag handles of rel carry: a copy keeps its original's (kept
+// with the fileid in idXattr), so handles stay valid across a copy-up.
+// st, if not nil, is rel's attributes.
+func (e *export) tag(rel string, st *unix.Stat_t) uint32 {
+	if c, ok := e.copyOf(st); ok {
+		return c.tag
+	}
+	fd, err := e.open(rel, unix.O_PATH)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	if st == nil {
+		var fst unix.Stat_t
+		if unix.Fstat(fd, &fst) != nil {
+			return 0
+		}
+		if c, ok := e.copyOf(&fst); ok {
+			return c.tag
+		}
+	}
+	return inodeTag(fd, "", unix.AT_EMPTY_PATH)
+}
+
+// tagAt is tag for the entry name of directory dirfd (at rel).
+func (e *export) tagAt(dirfd int, name, rel string, st *unix.Stat_t) uint32 {
+	if c, ok := e.copyOf(st); ok {
+		return c.tag
+	}
+	switch name {
+	case ".", "..":
+		return e.tag(rel, st)
+	}
+	return inodeTag(dirfd, name, 0)
+}
+
+// copyOf finds what a copy keeps of its original.
+func (e *export) copyOf(st *unix.Stat_t) (copyID, bool) {
+	if st == nil || st.Mode&unix.S_IFMT != unix.S_IFREG || e.shared(st) {
+		return copyID{}, false
+	}
+	e.pmu.RLock()
+	c, ok := e.copied[st.Ino]
+	e.pmu.RUnlock()
+	return c, ok
 }

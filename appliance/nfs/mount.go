@@ -86,7 +86,7 @@ func (s *Server) mnt(c *call, w *writer) bool {
 	if st != mntOK {
 		return true
 	}
-	w.opaque(s.key.handle(e, id))
+	w.opaque(s.key.handle(e, id, e.tag(sub, nil)))
 	w.uint32(1) // one flavor
 	w.uint32(authSys)
 	s.mu.Lock()

@@ -18,13 +18,14 @@ type obj struct {
 	rel string
 	st  unix.Stat_t
 	id  uint64
+	tag uint32 // 0: not checked (a version 1 handle, a file system without handles)
 }
 
 func (o *obj) isDir() bool { return o.st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
 // resolve finds the file handle h names, for caller c.
 func (s *Server) resolve(c *call, h []byte) (*obj, uint32) {
-	exp, gen, id, ok := s.key.parse(h)
+	exp, gen, id, tag, ok := s.key.parse(h)
 	if !ok {
 		return nil, errBadHandle
 	}
@@ -36,8 +37,20 @@ func (s *Server) resolve(c *call, h []byte) (*obj, uint32) {
 	if err != nil {
 		return nil, errStaleFH
 	}
-	return &obj{e: e, rel: rel, st: st, id: id}, nfsOK
+	if tag != 0 && e.tag(rel, &st) != tag {
+		// The inode number is another file's now.
+		return nil, errStaleFH
+	}
+	o := &obj{e: e, rel: rel, st: st, id: id, tag: tag}
+	if testHookResolved != nil {
+		testHookResolved(o)
+	}
+	return o, nfsOK
 }
+
+// testHookResolved, set by tests only, runs after a handle resolved: to
+// change the tree between resolving and using a handle.
+var testHookResolved func(*obj)
 
 // checkName validates a name a client wants to create or look up.
 func checkName(name string) uint32 {
@@ -80,18 +93,25 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
-// applySattr changes attributes as the caller. created skips the owner
-// checks for a file the caller just made. Callers hold e.mu.
+// applySattr changes attributes as the caller (asCaller: the kernel
+// applies its ownership and mode rules). created is a file the caller
+// just made, whose size and times it sets whatever their mode. Callers
+// hold e.mu.
 func (s *Server) applySattr(o *obj, c cred, sa sattr, created bool) error {
 	if !sa.changesMetadata() {
 		return nil
 	}
 	e := o.e
+	owner := c.uid == 0 || c.uid == o.st.Uid || created
+	if sa.mode != nil && !owner {
+		// The kernel would refuse it too; refused before the copy-up, a
+		// stranger's chmod of an image file costs no copy.
+		return unix.EPERM
+	}
 	st, err := e.breakLink(o.rel)
 	if err != nil {
 		return err
 	}
-	owner := c.uid == 0 || c.uid == st.Uid || created
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
 	if sa.size != nil {
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -100,6 +120,10 @@ func (s *Server) applySattr(o *obj, c cred, sa sattr, created bool) error {
 		if st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return unix.EINVAL
 		}
+		// Like knfsd: the owner may truncate whatever the mode (the
+		// client checked the open); the descriptor is opened by the
+		// server, the truncate runs as the caller, so it drops setuid
+		// and setgid as a local one does.
 		if !owner && !permitted(&st, c, mayWrite) {
 			return unix.EACCES
 		}
@@ -111,11 +135,13 @@ func (s *Server) applySattr(o *obj, c cred, sa sattr, created bool) error {
 				return err
 			}
 		}
-		fd, err := e.open(o.rel, unix.O_WRONLY)
+		fd, err := e.openFile(o, unix.O_WRONLY)
 		if err != nil {
 			return err
 		}
-		err = e.measure(fd, func() error { return unix.Ftruncate(fd, int64(*sa.size)) })
+		err = e.measure(fd, func() error {
+			return asCaller(c, func() error { return unix.Ftruncate(fd, int64(*sa.size)) })
+		})
 		unix.Close(fd)
 		if err != nil {
 			return err
@@ -132,66 +158,43 @@ func (s *Server) applySattr(o *obj, c cred, sa sattr, created bool) error {
 		}
 		defer unix.Close(dfd)
 	}
-	if sa.uid != nil || sa.gid != nil {
-		uid, gid := -1, -1
-		if sa.uid != nil && *sa.uid != st.Uid {
-			if c.uid != 0 {
-				return unix.EPERM
+	if err := e.sameFile(dfd, base, o); err != nil {
+		return err
+	}
+	return asCaller(c, func() error {
+		if sa.uid != nil || sa.gid != nil {
+			uid, gid := -1, -1
+			if sa.uid != nil {
+				uid = int(*sa.uid)
 			}
-			uid = int(*sa.uid)
-		}
-		if sa.gid != nil && *sa.gid != st.Gid {
-			if c.uid != 0 && !(c.uid == st.Uid && c.inGroup(*sa.gid)) {
-				return unix.EPERM
+			if sa.gid != nil {
+				gid = int(*sa.gid)
 			}
-			gid = int(*sa.gid)
-		}
-		if uid != -1 || gid != -1 {
 			if err := unix.Fchownat(dfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 				return err
 			}
 		}
-	}
-	if sa.mode != nil && !isLink {
-		if !owner {
-			return unix.EPERM
-		}
-		mode := *sa.mode & 0o7777
-		gid := st.Gid
-		if sa.gid != nil {
-			gid = *sa.gid
-		}
-		if c.uid != 0 && !c.inGroup(gid) && st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			mode &^= unix.S_ISGID
-		}
-		if err := unix.Fchmodat(dfd, base, mode, 0); err != nil {
-			return err
-		}
-	}
-	if sa.atime != dontChange || sa.mtime != dontChange {
-		if !owner && !(sa.atime != toClientTime && sa.mtime != toClientTime && permitted(&st, c, mayWrite)) {
-			return unix.EPERM
-		}
-		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
-		for i, how := range []uint32{sa.atime, sa.mtime} {
-			switch how {
-			case toServerTime:
-				ts[i] = unix.Timespec{Nsec: unix.UTIME_NOW}
-			case toClientTime:
-				ts[i] = []unix.Timespec{sa.atimeTS, sa.mtimeTS}[i]
+		if sa.mode != nil && !isLink {
+			if err := unix.Fchmodat(dfd, base, *sa.mode&0o7777, 0); err != nil {
+				return err
 			}
 		}
-		if err := unix.UtimesNanoAt(dfd, base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			return err
+		if sa.atime != dontChange || sa.mtime != dontChange {
+			ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+			for i, how := range []uint32{sa.atime, sa.mtime} {
+				switch how {
+				case toServerTime:
+					ts[i] = unix.Timespec{Nsec: unix.UTIME_NOW}
+				case toClientTime:
+					ts[i] = []unix.Timespec{sa.atimeTS, sa.mtimeTS}[i]
+				}
+			}
+			if err := unix.UtimesNanoAt(dfd, base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
-}
-
-// stickyDenied applies the sticky-directory rule to removing or renaming
-// the entry with attributes cst from directory d.
-func stickyDenied(d *unix.Stat_t, cst *unix.Stat_t, c cred) bool {
-	return d.Mode&unix.S_ISVTX != 0 && c.uid != 0 && c.uid != d.Uid && c.uid != cst.Uid
+		return nil
+	})
 }
 
 func (s *Server) getattr(c *call, a *fhArgs) getattrRes {
@@ -248,7 +251,7 @@ func (s *Server) lookup(c *call, a *diropArgs) lookupRes {
 	}
 	id := d.e.fileID(rel, &cst)
 	d.e.remember(id, rel)
-	return lookupRes{status: nfsOK, fh: s.key.handle(d.e, id), obj: statAttrs(d.e, &cst, id), dir: attrsOf(d)}
+	return lookupRes{status: nfsOK, fh: s.key.handle(d.e, id, d.e.tag(rel, &cst)), obj: statAttrs(d.e, &cst, id), dir: attrsOf(d)}
 }
 
 func (s *Server) access(c *call, a *accessArgs) accessRes {
@@ -267,7 +270,11 @@ func (s *Server) readlink(c *call, a *fhArgs) readlinkRes {
 	var target string
 	if st == nfsOK {
 		var err error
-		target, err = o.e.readlink(o.rel)
+		var fd int
+		if fd, err = o.e.openFile(o, unix.O_PATH); err == nil {
+			target, err = readlinkFd(fd)
+			unix.Close(fd)
+		}
 		st = status(err)
 	}
 	return readlinkRes{status: st, obj: attrsOf(o), target: target}
@@ -301,7 +308,7 @@ func (s *Server) read(c *call, a *readArgs) readRes {
 	} else if int64(off) >= o.st.Size && count > 4096 {
 		count = 4096
 	}
-	fd, err := o.e.open(o.rel, unix.O_RDONLY|unix.O_NOATIME)
+	fd, err := o.e.openFile(o, unix.O_RDONLY|unix.O_NOATIME)
 	if err != nil {
 		return readRes{status: status(err), file: attrsOf(o)}
 	}
@@ -337,7 +344,7 @@ func (s *Server) write(c *call, a *writeArgs) writeRes {
 			return failed(err)
 		}
 	}
-	fd, err := o.e.open(o.rel, unix.O_WRONLY)
+	fd, err := o.e.openFile(o, unix.O_WRONLY)
 	if err != nil {
 		return failed(err)
 	}
@@ -346,7 +353,7 @@ func (s *Server) write(c *call, a *writeArgs) writeRes {
 		return failed(err)
 	}
 	n := 0
-	err = o.e.measure(fd, func() error {
+	pwrite := func() error {
 		var err error
 		for n < len(data) && err == nil {
 			var m int
@@ -357,6 +364,15 @@ func (s *Server) write(c *call, a *writeArgs) writeRes {
 			n += m
 		}
 		return err
+	}
+	err = o.e.measure(fd, func() error {
+		if o.st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+			// Written as the caller, the kernel drops setuid and setgid
+			// as on a local write by anyone without CAP_FSETID. Other
+			// files are written as the server, without the thread switch.
+			return asCaller(c.cred, pwrite)
+		}
+		return pwrite()
 	})
 	committed := uint32(unstable)
 	if err == nil && a.stable != unstable {
@@ -366,15 +382,6 @@ func (s *Server) write(c *call, a *writeArgs) writeRes {
 			err = unix.Fsync(fd)
 		}
 		committed = fileSync
-	}
-	if err == nil && c.cred.uid != 0 && o.st.Mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
-		// A write by anyone but root drops setuid (and setgid on group
-		// executables), as a local write would.
-		mode := o.st.Mode &^ unix.S_ISUID
-		if o.st.Mode&0o010 != 0 {
-			mode &^= unix.S_ISGID
-		}
-		unix.Fchmod(fd, mode&0o7777)
 	}
 	if err != nil {
 		return failed(err)
@@ -389,15 +396,16 @@ type newFile struct {
 	where diropArgs
 	sa    sattr
 	mode  uint32 // without sa.mode
-	// make creates name in dfd with the caller's uid and gid and mode;
-	// existed reports an existing file that counts as made (CREATE).
-	make func(dfd int, name string, uid, gid, mode uint32) (existed bool, err error)
+	// make creates name in dfd with mode; it runs as the caller, so the
+	// kernel gives the file its owner and group (a setgid directory's)
+	// and strips S_ISGID the caller may not set. existed reports an
+	// existing file that counts as made (CREATE).
+	make func(dfd int, name string, mode uint32) (existed bool, err error)
 	// setTimes applies sa's size and times to a new file (not EXCLUSIVE).
 	setTimes bool
-	// reapply applies sa (but owners) to an existing file (UNCHECKED).
-	reapply bool
-	// setgidDir: a directory made in a setgid directory is setgid too.
-	setgidDir bool
+	// truncate applies sa's size to an existing file (UNCHECKED: the
+	// truncate of open(O_CREAT|O_TRUNC)); like knfsd, nothing else of sa.
+	truncate bool
 	// check is a further check on the arguments (MKNOD's type).
 	check func() uint32
 }
@@ -420,22 +428,15 @@ func (s *Server) makeFile(c *call, f newFile) createRes {
 	pre := e.pre(d.rel, d.id)
 	failed := func(err error) createRes { return createRes{status: status(err), dir: wccOf(e, pre)} }
 	rel := join(d.rel, name)
-	dfd, err := e.open(d.rel, unix.O_PATH|unix.O_DIRECTORY)
+	dfd, err := e.openDir(d)
 	if err != nil {
 		return failed(err)
 	}
 	defer unix.Close(dfd)
-	uid, gid := c.cred.uid, c.cred.gid
-	if d.st.Mode&unix.S_ISGID != 0 {
-		gid = d.st.Gid
-	}
 	mode := f.mode
 	sa := f.sa
 	if sa.mode != nil {
 		mode = *sa.mode & 0o7777
-	}
-	if f.setgidDir && d.st.Mode&unix.S_ISGID != 0 {
-		mode |= unix.S_ISGID
 	}
 	// A name that exists takes no new space (CREATE UNCHECKED of an
 	// existing file truncates it, which frees space).
@@ -447,9 +448,11 @@ func (s *Server) makeFile(c *call, f newFile) createRes {
 	}
 	var existed bool
 	err = e.measure(dfd, func() error {
-		var err error
-		existed, err = f.make(dfd, name, uid, gid, mode)
-		return err
+		return asCaller(c.cred, func() error {
+			var err error
+			existed, err = f.make(dfd, name, mode)
+			return err
+		})
 	})
 	if err != nil {
 		return failed(err)
@@ -465,31 +468,41 @@ func (s *Server) makeFile(c *call, f newFile) createRes {
 	if existed {
 		id = e.fileID(rel, &cst)
 	}
-	if f.reapply && existed && sa.changesMetadata() {
-		// UNCHECKED on an existing file applies the attributes (usually
-		// size 0: the truncate of open(O_CREAT|O_TRUNC)).
-		sa.uid, sa.gid = nil, nil
-		if err := s.applySattr(&obj{e: e, rel: rel, st: cst, id: id}, c.cred, sa, false); err != nil {
+	if f.truncate && existed && sa.size != nil {
+		if err := s.applySattr(&obj{e: e, rel: rel, st: cst, id: id}, c.cred, sattr{size: sa.size}, false); err != nil {
 			return failed(err)
 		}
 		cst, _ = e.lstat(rel)
-	} else if !existed && f.setTimes && (sa.atime != 0 || sa.mtime != 0 || sa.size != nil) {
-		sa.mode, sa.uid, sa.gid = nil, nil, nil
-		s.applySattr(&obj{e: e, rel: rel, st: cst, id: id}, c.cred, sa, true)
-		cst, _ = e.lstat(rel)
+	} else if !existed {
+		// Size and times, set as the caller; the mode is the one the
+		// file was made with (as knfsd's nfsd_create_setattr: mkdir
+		// keeps a setgid parent's S_ISGID, which a chmod would drop).
+		var after sattr
+		if f.setTimes {
+			after.size, after.atime, after.mtime, after.atimeTS, after.mtimeTS = sa.size, sa.atime, sa.mtime, sa.atimeTS, sa.mtimeTS
+		}
+		if after.changesMetadata() {
+			if err := s.applySattr(&obj{e: e, rel: rel, st: cst, id: id}, c.cred, after, true); err != nil {
+				return failed(err)
+			}
+			cst, _ = e.lstat(rel)
+		}
 	}
 	e.remember(id, rel)
 	if err := e.commitMeta(d.rel, &d.st); err != nil {
 		return failed(err)
 	}
-	return createRes{status: nfsOK, fh: s.key.handle(e, id), obj: statAttrs(e, &cst, id), dir: wccOf(e, pre)}
+	return createRes{status: nfsOK, fh: s.key.handle(e, id, e.tag(rel, &cst)), obj: statAttrs(e, &cst, id), dir: wccOf(e, pre)}
 }
 
 func (s *Server) create(c *call, a *createArgs) createRes {
 	return s.makeFile(c, newFile{where: a.where, sa: a.sa, mode: 0o644,
-		setTimes: a.how != createExclusive, reapply: a.how == createUnchecked,
-		make: func(dfd int, name string, uid, gid, mode uint32) (bool, error) {
-			fd, err := unix.Openat(dfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		setTimes: a.how != createExclusive, truncate: a.how == createUnchecked,
+		make: func(dfd int, name string, mode uint32) (bool, error) {
+			if a.how == createExclusive {
+				mode = 0
+			}
+			fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode)
 			if err == unix.EEXIST {
 				var cst unix.Stat_t
 				e2 := unix.Fstatat(dfd, name, &cst, unix.AT_SYMLINK_NOFOLLOW)
@@ -509,14 +522,8 @@ func (s *Server) create(c *call, a *createArgs) createRes {
 				return false, err
 			}
 			unix.Close(fd)
-			if err := unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return false, err
-			}
 			if a.how != createExclusive {
-				return false, unix.Fchmodat(dfd, name, mode, 0)
-			}
-			if err := unix.Fchmodat(dfd, name, 0, 0); err != nil {
-				return false, err
+				return false, nil
 			}
 			return false, unix.UtimesNanoAt(dfd, name, []unix.Timespec{
 				{Sec: int64(binary.BigEndian.Uint32(a.verf[:4]))},
@@ -525,25 +532,16 @@ func (s *Server) create(c *call, a *createArgs) createRes {
 }
 
 func (s *Server) mkdir(c *call, a *mkdirArgs) createRes {
-	return s.makeFile(c, newFile{where: a.where, sa: a.sa, mode: 0o755, setTimes: true, setgidDir: true,
-		make: func(dfd int, name string, uid, gid, mode uint32) (bool, error) {
-			if err := unix.Mkdirat(dfd, name, mode&0o777); err != nil {
-				return false, err
-			}
-			if err := unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return false, err
-			}
-			return false, unix.Fchmodat(dfd, name, mode, 0)
+	return s.makeFile(c, newFile{where: a.where, sa: a.sa, mode: 0o755, setTimes: true,
+		make: func(dfd int, name string, mode uint32) (bool, error) {
+			return false, unix.Mkdirat(dfd, name, mode)
 		}})
 }
 
 func (s *Server) symlink(c *call, a *symlinkArgs) createRes {
-	return s.makeFile(c, newFile{where: a.where, sa: a.sa, mode: 0o644, setTimes: true,
-		make: func(dfd int, name string, uid, gid, mode uint32) (bool, error) {
-			if err := unix.Symlinkat(a.target, dfd, name); err != nil {
-				return false, err
-			}
-			return false, unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW)
+	return s.makeFile(c, newFile{where: a.where, sa: a.sa, mode: 0o777, setTimes: true,
+		make: func(dfd int, name string, mode uint32) (bool, error) {
+			return false, unix.Symlinkat(a.target, dfd, name)
 		}})
 }
 
@@ -559,14 +557,8 @@ func (s *Server) mknod(c *call, a *mknodArgs) createRes {
 			}
 			return nfsOK
 		},
-		make: func(dfd int, name string, uid, gid, mode uint32) (bool, error) {
-			if err := unix.Mknodat(dfd, name, fmtBits|mode&0o777, int(a.rdev)); err != nil {
-				return false, err
-			}
-			if err := unix.Fchownat(dfd, name, int(uid), int(gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-				return false, err
-			}
-			return false, unix.Fchmodat(dfd, name, mode, 0)
+		make: func(dfd int, name string, mode uint32) (bool, error) {
+			return false, unix.Mknodat(dfd, name, fmtBits|mode, int(a.rdev))
 		}})
 }
 
@@ -601,9 +593,6 @@ func (s *Server) unlink(c *call, a *diropArgs, dir bool) wccRes {
 		if err != nil {
 			return err
 		}
-		if stickyDenied(&d.st, &cst, c.cred) {
-			return unix.EACCES
-		}
 		isDir := cst.Mode&unix.S_IFMT == unix.S_IFDIR
 		if !dir && isDir {
 			return unix.EISDIR
@@ -612,7 +601,7 @@ func (s *Server) unlink(c *call, a *diropArgs, dir bool) wccRes {
 			return unix.ENOTDIR
 		}
 		id := e.fileID(rel, &cst)
-		dfd, err := e.open(d.rel, unix.O_PATH|unix.O_DIRECTORY)
+		dfd, err := e.openDir(d)
 		if err != nil {
 			return err
 		}
@@ -621,7 +610,8 @@ func (s *Server) unlink(c *call, a *diropArgs, dir bool) wccRes {
 		if isDir {
 			flags = unix.AT_REMOVEDIR
 		}
-		if err := unix.Unlinkat(dfd, name, flags); err != nil {
+		// As the caller: the kernel applies the sticky-directory rule.
+		if err := asCaller(c.cred, func() error { return unix.Unlinkat(dfd, name, flags) }); err != nil {
 			return err
 		}
 		e.credit(&cst)
@@ -669,36 +659,28 @@ func (s *Server) rename(c *call, a *renameArgs) renameRes {
 		if err != nil {
 			return err
 		}
-		if stickyDenied(&from.st, &sst, c.cred) {
-			return unix.EACCES
-		}
-		// A directory that changes parent has its ".." rewritten: like
-		// vfs_rename, ask for write permission on the directory itself.
-		if sst.Mode&unix.S_IFMT == unix.S_IFDIR && from.rel != to.rel && !permitted(&sst, c.cred, mayWrite) {
-			return unix.EACCES
-		}
 		var overwritten uint64
 		dstSt, err := e.lstat(dst)
 		if err == nil {
-			if stickyDenied(&to.st, &dstSt, c.cred) {
-				return unix.EACCES
-			}
 			overwritten = e.fileID(dst, &dstSt)
 			if overwritten == e.fileID(src, &sst) {
 				return nil // two names of one file: rename does nothing
 			}
 		}
-		ffd, err := e.open(from.rel, unix.O_PATH|unix.O_DIRECTORY)
+		ffd, err := e.openDir(from)
 		if err != nil {
 			return err
 		}
 		defer unix.Close(ffd)
-		tfd, err := e.open(to.rel, unix.O_PATH|unix.O_DIRECTORY)
+		tfd, err := e.openDir(to)
 		if err != nil {
 			return err
 		}
 		defer unix.Close(tfd)
-		if err := unix.Renameat(ffd, fromName, tfd, toName); err != nil {
+		// As the caller: the kernel applies the sticky rule to both
+		// names and asks for write permission on a directory that
+		// changes parent (its ".." is rewritten).
+		if err := asCaller(c.cred, func() error { return unix.Renameat(ffd, fromName, tfd, toName) }); err != nil {
 			return err
 		}
 		if overwritten != 0 {
@@ -753,7 +735,10 @@ func (s *Server) link(c *call, a *linkArgs) linkRes {
 			return err
 		}
 		defer unix.Close(sfd)
-		dfd, err := e.open(d.rel, unix.O_PATH|unix.O_DIRECTORY)
+		if err := e.sameFile(sfd, sbase, f); err != nil {
+			return err
+		}
+		dfd, err := e.openDir(d)
 		if err != nil {
 			return err
 		}
@@ -761,6 +746,10 @@ func (s *Server) link(c *call, a *linkArgs) linkRes {
 		if err := e.mayGrow(entryCost); err != nil {
 			return err
 		}
+		// As the server, after inDir's check of the directory: knfsd
+		// calls vfs_link, which (unlike linkat(2)) leaves out
+		// fs.protected_hardlinks; the node's setting is not the head
+		// node's to apply, and nfs-ganesha does not apply it either.
 		if err := e.measure(dfd, func() error { return unix.Linkat(sfd, sbase, dfd, name, 0) }); err != nil {
 			return err
 		}
@@ -810,7 +799,7 @@ func (s *Server) listDir(c *call, a *readdirArgs, plus bool) readdirRes {
 		return readdirRes{status: st, dir: attrsOf(d)}
 	}
 	e := d.e
-	fd, err := e.open(d.rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	fd, err := e.openFile(d, unix.O_RDONLY|unix.O_DIRECTORY)
 	if err != nil {
 		return readdirRes{status: status(err), dir: attrsOf(d)}
 	}
@@ -889,7 +878,7 @@ func (s *Server) listDir(c *call, a *readdirArgs, plus bool) readdirRes {
 					if haveAttr {
 						e.postOpStat(w, &cst, id)
 						w.bool(true)
-						w.opaque(s.key.handle(e, id))
+						w.opaque(s.key.handle(e, id, e.tagAt(fd, name, rel, &cst)))
 					} else {
 						w.bool(false)
 						w.bool(false)
@@ -946,7 +935,7 @@ func (s *Server) commit(c *call, a *commitArgs) commitRes {
 	pre := preOp{ok: true, st: o.st, rel: o.rel, id: o.id}
 	// fsync flushes the inode however it was written, so a fresh
 	// descriptor commits what earlier WRITEs left unstable.
-	fd, err := o.e.open(o.rel, unix.O_RDONLY)
+	fd, err := o.e.openFile(o, unix.O_RDONLY)
 	if err == nil {
 		err = unix.Fsync(fd)
 		unix.Close(fd)

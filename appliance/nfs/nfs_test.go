@@ -202,11 +202,11 @@ func TestBadHandles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	foreign := env.srv.key.handle(e2, e2.rootID)
+	foreign := env.srv.key.handle(e2, e2.rootID, 0)
 	forged := append([]byte(nil), root...)
 	forged[20] ^= 1
-	wrongGen := env.srv.key.handle(&export{id: exportID("node1"), gen: 12345}, 1)
-	unknownID := env.srv.key.handle(env.srv.exports[exportID("node1")], 1<<60)
+	wrongGen := env.srv.key.handle(&export{id: exportID("node1"), gen: 12345}, 1, 0)
+	unknownID := env.srv.key.handle(env.srv.exports[exportID("node1")], 1<<60, 0)
 	for _, tc := range []struct {
 		name string
 		fh   []byte
@@ -243,9 +243,10 @@ func TestOwnersAndPermissions(t *testing.T) {
 	if _, _, st := other.read(fh, 0, 10); st != errAcces {
 		t.Errorf("READ of a 0640 file by a stranger: status %d, want ACCES", st)
 	}
-	// Sticky /tmp: strangers cannot remove others' files.
-	if st := other.nameOp(nfsRemove, tmp, "mine"); st != errAcces {
-		t.Errorf("REMOVE of another user's file in sticky /tmp: status %d, want ACCES", st)
+	// Sticky /tmp: strangers cannot remove others' files (EPERM, as
+	// the kernel's may_delete says).
+	if st := other.nameOp(nfsRemove, tmp, "mine"); st != errPerm {
+		t.Errorf("REMOVE of another user's file in sticky /tmp: status %d, want PERM", st)
 	}
 	if _, st := other.lookup(rootc.walk(root, "home", "u"), "x"); st != errAcces {
 		t.Errorf("LOOKUP in another user's 0700 dir: status %d, want ACCES", st)
@@ -272,6 +273,11 @@ func TestOwnersAndPermissions(t *testing.T) {
 		w.uint32(0)
 		w.bool(false)
 	}))
+	// MKDIR's mode does not set S_ISGID (mkdir(2) ignores it, and knfsd
+	// does not apply the mode again); a SETATTR does.
+	if st := rootc.setattr(sgdir, 0o2775, -1, nil); st != 0 {
+		t.Fatalf("SETATTR 02775: status %d", st)
+	}
 	sub, st := rootc.mkdir(sgdir, "sub", 0o755)
 	if st != 0 {
 		t.Fatal(st)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strconv"
+	"time"
 )
 
 // The RPC programs this server answers and their procedures. This table
@@ -55,6 +56,7 @@ type proc struct {
 	run func(s *Server, c *call, w *writer) (status uint32, ok bool)
 	// slow calls are never answered on the connection's reader, where
 	// they would hold up the calls that arrive meanwhile: COMMIT's fsync,
+	// CREATE (UNCHECKED truncates an existing file, which may copy it up),
 	// MNT (which may make a node's root) and with it the rest of MOUNT and
 	// the portmapper, which are no part of a node's steady traffic.
 	slow bool
@@ -63,6 +65,15 @@ type proc struct {
 	// request cache would keep their replies (knfsd's RC_NOCACHE against
 	// RC_REPLBUFF, same split as nfsd_procedures3).
 	idempotent bool
+	// copies: the call may copy a file out of the image first (copyup.go),
+	// which takes as long as the file is large; its first argument is
+	// the file's handle. Such a call is answered on the reader only when
+	// that file is the node's own already (Server.quick).
+	copies bool
+	// cached calls' replies are kept for retransmissions (drc.go): the
+	// calls that are not idempotent but WRITE, which gives the same
+	// result when it runs again and whose arguments are large.
+	cached bool
 }
 
 func (p *program) public() Program {
@@ -154,20 +165,20 @@ func nfs3[A, R any, PA nfs3Args[A], PR nfs3Result[R]](do func(s *Server, c *call
 var nfs3Procs = []proc{
 	nfsNull:        {name: "NULL", run: null, idempotent: true},
 	nfsGetattr:     {name: "GETATTR", run: nfs3((*Server).getattr), idempotent: true},
-	nfsSetattr:     {name: "SETATTR", run: nfs3((*Server).setattr)},
+	nfsSetattr:     {name: "SETATTR", run: nfs3((*Server).setattr), copies: true, cached: true},
 	nfsLookup:      {name: "LOOKUP", run: nfs3((*Server).lookup), idempotent: true},
 	nfsAccess:      {name: "ACCESS", run: nfs3((*Server).access), idempotent: true},
 	nfsReadlink:    {name: "READLINK", run: nfs3((*Server).readlink), idempotent: true},
 	nfsRead:        {name: "READ", run: nfs3((*Server).read), idempotent: true},
-	nfsWrite:       {name: "WRITE", run: nfs3((*Server).write)},
-	nfsCreate:      {name: "CREATE", run: nfs3((*Server).create)},
-	nfsMkdir:       {name: "MKDIR", run: nfs3((*Server).mkdir)},
-	nfsSymlink:     {name: "SYMLINK", run: nfs3((*Server).symlink)},
-	nfsMknod:       {name: "MKNOD", run: nfs3((*Server).mknod)},
-	nfsRemove:      {name: "REMOVE", run: nfs3((*Server).remove)},
-	nfsRmdir:       {name: "RMDIR", run: nfs3((*Server).rmdir)},
-	nfsRename:      {name: "RENAME", run: nfs3((*Server).rename)},
-	nfsLink:        {name: "LINK", run: nfs3((*Server).link)},
+	nfsWrite:       {name: "WRITE", run: nfs3((*Server).write), copies: true},
+	nfsCreate:      {name: "CREATE", run: nfs3((*Server).create), slow: true, cached: true},
+	nfsMkdir:       {name: "MKDIR", run: nfs3((*Server).mkdir), cached: true},
+	nfsSymlink:     {name: "SYMLINK", run: nfs3((*Server).symlink), cached: true},
+	nfsMknod:       {name: "MKNOD", run: nfs3((*Server).mknod), cached: true},
+	nfsRemove:      {name: "REMOVE", run: nfs3((*Server).remove), cached: true},
+	nfsRmdir:       {name: "RMDIR", run: nfs3((*Server).rmdir), cached: true},
+	nfsRename:      {name: "RENAME", run: nfs3((*Server).rename), cached: true},
+	nfsLink:        {name: "LINK", run: nfs3((*Server).link), copies: true, cached: true},
 	nfsReaddir:     {name: "READDIR", run: nfs3((*Server).readdir), idempotent: true},
 	nfsReaddirplus: {name: "READDIRPLUS", run: nfs3((*Server).readdirplus), idempotent: true},
 	nfsFsstat:      {name: "FSSTAT", run: nfs3((*Server).fsstat), idempotent: true},
@@ -241,6 +252,43 @@ func quick(msg []byte) bool {
 	return p == nil || !p.slow
 }
 
+// quick is the package-level quick, and for a call that may copy a file
+// up: whether the file its handle names is the node's own already.
+func (s *Server) quick(msg []byte) bool {
+	if !quick(msg) {
+		return false
+	}
+	p := procOf(binary.BigEndian.Uint32(msg[12:]), binary.BigEndian.Uint32(msg[16:]), binary.BigEndian.Uint32(msg[20:]))
+	if p == nil || !p.copies {
+		return true
+	}
+	c, err := parseCall(msg)
+	if err != nil || c == nil {
+		return true // answered with a rejection
+	}
+	exp, gen, id, _, ok := s.key.parse(c.args.opaque(64))
+	if !ok {
+		return true
+	}
+	s.mu.Lock()
+	e := s.exports[exp]
+	s.mu.Unlock()
+	if e == nil || e.gen != gen || e.image == nil {
+		return true
+	}
+	if _, inImage := e.image.nlink[id]; !inImage {
+		return true // the node's own file (copies keep their original's fileid)
+	}
+	e.pmu.RLock()
+	rel, known := e.paths[id]
+	e.pmu.RUnlock()
+	if !known {
+		return false
+	}
+	st, err := e.lstat(rel)
+	return err == nil && !e.shared(&st)
+}
+
 // answer decodes one call, runs it by the table and returns the reply; nil
 // means no answer (not a call).
 func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) []byte {
@@ -274,11 +322,29 @@ func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) 
 	if p == nil {
 		return replyHeader(c.xid, acceptProcUnavail).b
 	}
+	var dk drcKey
+	if p.cached {
+		dk = drcKeyOf(c)
+		reply, busy := s.drc.start(dk, time.Now())
+		if busy {
+			return nil
+		}
+		if reply != nil {
+			s.metrics.retransmits.Inc()
+			return reply
+		}
+	}
 	w := replyHeader(c.xid, acceptSuccess)
 	st, ok := p.run(s, c, w)
 	s.metrics.requests.WithLabelValues(prog.name, p.name).Inc()
 	if !ok {
+		if p.cached {
+			s.drc.forget(dk)
+		}
 		return replyHeader(c.xid, acceptGarbageArgs).b
+	}
+	if p.cached {
+		s.drc.finish(dk, w.b)
 	}
 	if st != nfsOK {
 		s.metrics.errors.WithLabelValues(p.name, strconv.Itoa(int(st))).Inc()

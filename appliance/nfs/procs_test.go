@@ -52,6 +52,15 @@ func TestProcedureTable(t *testing.T) {
 	if got, want := strings.Join(changing, " "), "SETATTR WRITE CREATE MKDIR SYMLINK MKNOD REMOVE RMDIR RENAME LINK"; got != want {
 		t.Errorf("non-idempotent NFSv3 procedures: got %s, want %s", got, want)
 	}
+	var cached []string
+	for _, p := range nfs3Procs {
+		if p.cached {
+			cached = append(cached, p.name)
+		}
+	}
+	if got, want := strings.Join(cached, " "), "SETATTR CREATE MKDIR SYMLINK MKNOD REMOVE RMDIR RENAME LINK"; got != want {
+		t.Errorf("NFSv3 procedures in the duplicate request cache: got %s, want %s", got, want)
+	}
 	if got, want := len(nfs3Procs), nfsCommit+1; got != want {
 		t.Errorf("NFSv3 table has %d procedures, want %d", got, want)
 	}

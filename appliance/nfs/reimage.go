@@ -63,7 +63,7 @@ func (s *Server) exportForMount(key string, client netip.Addr) (*export, error) 
 		s.log.Warn("reimage failed; the node keeps its previous root", "node", key, "err", err)
 		return nil, err
 	}
-	if err := os.RemoveAll(filepath.Join(dir, previousDir)); err != nil {
+	if err := s.discard(filepath.Join(dir, previousDir)); err != nil {
 		s.log.Warn("removing the previous root", "node", key, "err", err)
 	}
 	s.log.Info("node reimaged", "node", key, "from", old, "to", e.digest)

@@ -87,7 +87,8 @@ type Server struct {
 	key  handleKey
 	verf [8]byte // write verifier: new on every start, so clients resend unstable writes
 
-	buildMu sync.Mutex // held while a view is made
+	buildMu sync.Mutex     // held while a view is made
+	bg      sync.WaitGroup // deletions of dropped roots (discard)
 	mu      sync.Mutex
 	exports map[[8]byte]*export
 	images  map[string]*imageSet
@@ -95,6 +96,7 @@ type Server struct {
 	scanT   time.Time
 	acl     map[aclKey]aclEntry
 	ports   map[portKey]uint32
+	drc     *drc
 
 	metrics metrics
 	budget  *budget
@@ -121,11 +123,12 @@ type portKey struct {
 }
 
 type metrics struct {
-	requests   *prometheus.CounterVec
-	errors     *prometheus.CounterVec
-	readBytes  prometheus.Counter
-	writeBytes prometheus.Counter
-	copyUps    prometheus.Counter
+	requests    *prometheus.CounterVec
+	errors      *prometheus.CounterVec
+	readBytes   prometheus.Counter
+	writeBytes  prometheus.Counter
+	copyUps     prometheus.Counter
+	retransmits prometheus.Counter
 }
 
 // New makes a server over the store's nodes/ and images/ areas.
@@ -151,27 +154,31 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Log, key: key,
 		exports: map[[8]byte]*export{}, images: map[string]*imageSet{},
-		mounts: map[mountKey]time.Time{}, acl: map[aclKey]aclEntry{}, ports: map[portKey]uint32{}}
+		mounts: map[mountKey]time.Time{}, acl: map[aclKey]aclEntry{}, ports: map[portKey]uint32{}, drc: newDRC()}
 	rand.Read(s.verf[:])
 	s.metrics = metrics{
-		requests:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "requests_total", Help: "RPC calls by program and procedure."}, []string{"prog", "proc"}),
-		errors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "errors_total", Help: "NFS replies with a status other than OK, by procedure and status."}, []string{"proc", "status"}),
-		readBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "read_bytes_total", Help: "Bytes returned by READ."}),
-		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "write_bytes_total", Help: "Bytes written by WRITE."}),
-		copyUps:    prometheus.NewCounter(prometheus.CounterOpts{Name: "copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
+		requests:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "requests_total", Help: "RPC calls by program and procedure."}, []string{"prog", "proc"}),
+		errors:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "errors_total", Help: "NFS replies with a status other than OK, by procedure and status."}, []string{"proc", "status"}),
+		readBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "read_bytes_total", Help: "Bytes returned by READ."}),
+		writeBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "write_bytes_total", Help: "Bytes written by WRITE."}),
+		copyUps:     prometheus.NewCounter(prometheus.CounterOpts{Name: "copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
+		retransmits: prometheus.NewCounter(prometheus.CounterOpts{Name: "retransmits_answered_total", Help: "Retransmitted calls answered with the first call's reply (duplicate request cache)."}),
 	}
 	s.budget = newBudget(opts, opts.Log)
 	s.conns = newConnLimits(opts.MaxConns, opts.MaxConnsPerClient)
 	if opts.Metrics != nil {
-		opts.Metrics.MustRegister(s.metrics.requests, s.metrics.errors, s.metrics.readBytes, s.metrics.writeBytes, s.metrics.copyUps, newUsageCollector(s))
+		opts.Metrics.MustRegister(s.metrics.requests, s.metrics.errors, s.metrics.readBytes, s.metrics.writeBytes, s.metrics.copyUps, s.metrics.retransmits, newUsageCollector(s))
 		opts.Metrics.MustRegister(s.conns.collectors()...)
 	}
+	s.discardLeftovers()
 	s.scan()
 	return s, nil
 }
 
-// Close releases the exports' directory descriptors.
+// Close releases the exports' directory descriptors and waits for the
+// deletion of dropped roots.
 func (s *Server) Close() {
+	defer s.bg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, e := range s.exports {
@@ -236,18 +243,25 @@ func (s *Server) exportByID(id [8]byte) *export {
 // dropExportLocked closes key's view and forgets what was cached about
 // it; handles into it go stale. s.mu is held.
 func (s *Server) dropExportLocked(key string) {
-	id := exportID(key)
-	if e := s.exports[id]; e != nil {
+	if e := s.takeExportLocked(key); e != nil {
 		e.mu.Lock()
 		e.close()
-		delete(s.exports, id)
 		e.mu.Unlock()
 	}
+}
+
+// takeExportLocked takes key's view out of service (handles into it go
+// stale) and returns it for the caller to close. s.mu is held.
+func (s *Server) takeExportLocked(key string) *export {
+	id := exportID(key)
+	e := s.exports[id]
+	delete(s.exports, id)
 	for k := range s.acl {
 		if k.e.key == key {
 			delete(s.acl, k)
 		}
 	}
+	return e
 }
 
 // allowed caches the resolver's answer for a few seconds: it reads node
@@ -426,7 +440,7 @@ func (s *Server) serveConn(conn net.Conn) {
 		// A client that waits for this answer before it sends more (no
 		// call buffered, none in flight) gets it without a handoff to a
 		// worker, which costs a thread wakeup per call.
-		if br.Buffered() == 0 && workers == int(idle.Load()) && quick(msg) {
+		if br.Buffered() == 0 && workers == int(idle.Load()) && s.quick(msg) {
 			if reply := s.dispatch(msg, remote, local, "tcp"); reply != nil {
 				wmu.Lock()
 				conn.SetWriteDeadline(time.Now().Add(s.opts.RecordTimeout))

@@ -150,7 +150,7 @@ func openExport(dir, key, imageRoot, digest string, create bool, images func(dig
 		return nil, fmt.Errorf("nfsd: %v", err)
 	}
 	e := &export{key: key, id: exportID(key), gen: vi.Gen, digest: vi.Digest, dir: dir, root: root,
-		rootFd: fd, rootID: st.Ino, dev: st.Dev, paths: map[uint64]string{}, copied: map[uint64]uint64{}}
+		rootFd: fd, rootID: st.Ino, dev: st.Dev, paths: map[uint64]string{}, copied: map[uint64]copyID{}}
 	e.paths[e.rootID] = ""
 	if vi.Digest != "" && images != nil {
 		// Without the image set every file counts as the node's own; that
@@ -170,13 +170,13 @@ func openExport(dir, key, imageRoot, digest string, create bool, images func(dig
 	return e, nil
 }
 
-// cleanCopies removes temp files a crash left inside the view.
+// cleanCopies removes temp files a crash left inside the view (fd-relative,
+// so trees deeper than PATH_MAX are cleaned too).
 func (e *export) cleanCopies() {
-	filepath.WalkDir(e.root, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && strings.HasPrefix(d.Name(), copyPrefix) {
-			os.RemoveAll(p)
+	e.eachEntry(func(dirfd int, name, rel string, st *unix.Stat_t) {
+		if strings.HasPrefix(name, copyPrefix) && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			unix.Unlinkat(dirfd, name, 0)
 		}
-		return nil
 	})
 }
 
@@ -269,25 +269,81 @@ func (s *Server) export(key string) (*export, error) {
 }
 
 // Reset drops a node's view; the next MNT makes a new one from its current
-// image and handles into the old one go stale.
+// image and handles into the old one go stale. Under the server's lock it
+// only takes the view out of service and renames its tree aside; the
+// tree is deleted in the background (discard), which for a whole root
+// takes seconds that no other node's calls wait for.
 func (s *Server) Reset(key string) error {
 	dir, err := s.opts.Store.NodeDir(key)
 	if err != nil {
 		return err
 	}
+	s.buildMu.Lock() // no MNT makes the view again meanwhile
+	defer s.buildMu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.dropExportLocked(key)
-	if err := os.Remove(filepath.Join(dir, viewFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
+	e := s.takeExportLocked(key)
+	err = func() error {
+		if err := os.Remove(filepath.Join(dir, viewFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("nfsd: reset of %s: %v", key, err)
+		}
+		store.SyncDir(dir)
+		// The generation is gone with view.json: from here on a crash
+		// leaves only garbage that the next openExport replaces.
+		return s.discard(filepath.Join(dir, viewRoot))
+	}()
+	s.mu.Unlock()
+	if e != nil {
+		// Calls of the node that are under way finish first.
+		e.mu.Lock()
+		e.close()
+		e.mu.Unlock()
 	}
-	store.SyncDir(dir)
-	// The generation is gone with view.json; removing the tree can take
-	// a while and a crash in the middle leaves only garbage that the next
-	// openExport replaces.
-	if err := os.RemoveAll(filepath.Join(dir, viewRoot)); err != nil {
-		return fmt.Errorf("nfsd: reset of %s: %v", key, err)
+	if err != nil {
+		return err
 	}
 	s.log.Info("node root reset", "node", key)
 	return nil
+}
+
+// discardPrefix names trees renamed aside in nodes/ to be deleted (not a
+// valid node name, so no scan takes one for a node).
+const discardPrefix = ".discard-"
+
+// discard renames the tree p to a name of its own in nodes/ and deletes
+// it in the background; Close waits for the deletions. A tree left by a
+// crash is deleted at the next start (discardLeftovers).
+func (s *Server) discard(p string) error {
+	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	aside := s.opts.Store.Path(store.NodesDir, discardPrefix+randName())
+	if err := os.Rename(p, aside); err != nil {
+		return fmt.Errorf("nfsd: moving %s aside to delete it: %v", p, err)
+	}
+	store.SyncDir(filepath.Dir(p))
+	s.removeInBackground(aside)
+	return nil
+}
+
+func (s *Server) removeInBackground(p string) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		start := time.Now()
+		if err := os.RemoveAll(p); err != nil {
+			s.log.Warn("deleting a dropped node root", "path", p, "err", err)
+			return
+		}
+		s.log.Debug("dropped node root deleted", "path", p, "took", time.Since(start).Round(time.Millisecond))
+	}()
+}
+
+// discardLeftovers deletes what discard renamed aside before a crash.
+func (s *Server) discardLeftovers() {
+	ents, _ := os.ReadDir(s.opts.Store.Path(store.NodesDir))
+	for _, d := range ents {
+		if strings.HasPrefix(d.Name(), discardPrefix) {
+			s.removeInBackground(s.opts.Store.Path(store.NodesDir, d.Name()))
+		}
+	}
 }

@@ -124,3 +124,12 @@ func (s *Nfsd) Log() string {
 	}
 	return s.proc.Tail(6000)
 }
+
+// ListenIn moves the server's sockets into network namespace ns (made with
+// lab.NewNS), where a QEMU guest started in the same namespace reaches
+// them; call it before Start.
+func (s *Nfsd) ListenIn(t testing.TB, ns string) {
+	t.Helper()
+	lab.InNS(t, ns, func() { s.ln = lab.ListenTCPUDP(t) })
+	s.Port = s.ln.Port
+}
