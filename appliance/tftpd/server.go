@@ -1,6 +1,7 @@
 package tftpd
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -28,6 +29,10 @@ import (
 // MaxBlockSize is the largest blksize we grant: 1468 fills a 1500-byte
 // Ethernet frame, which the Pi 4 bootloader asks for since 2022.
 const MaxBlockSize = 1468
+
+// readBuffer is what a transfer reads from its file at once: 44 blocks of
+// 1468 bytes.
+const readBuffer = 64 << 10
 
 // Options configure a Server.
 type Options struct {
@@ -299,6 +304,13 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	}
 	s.stage(req)
 	var r io.Reader = c.r
+	if c.c != nil {
+		// A file: pin/tftp reads one block at a time, a read(2) each
+		// without a buffer.
+		br := &pooledReader{r: c.r}
+		defer br.release()
+		r = br
+	}
 	var sum hash.Hash
 	if path.Base(req.File) == "pieeprom.upd" {
 		sum = sha256.New()
@@ -322,6 +334,33 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	}
 	s.finish(t)
 	return nil
+}
+
+// readBuffers are the read buffers of running transfers: a buffer per
+// request would cost more than the rest of answering one that ends after
+// the OACK (the Pi's size query).
+var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBuffer) }}
+
+// pooledReader reads r through a pooled buffer taken at the first read.
+type pooledReader struct {
+	r  io.Reader
+	br *bufio.Reader
+}
+
+func (p *pooledReader) Read(b []byte) (int, error) {
+	if p.br == nil {
+		p.br = readBuffers.Get().(*bufio.Reader)
+		p.br.Reset(p.r)
+	}
+	return p.br.Read(b)
+}
+
+func (p *pooledReader) release() {
+	if p.br != nil {
+		p.br.Reset(nil)
+		readBuffers.Put(p.br)
+		p.br = nil
+	}
 }
 
 // seekable reads through r and seeks s, the file r reads: pin/tftp seeks

@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"os"
+	"runtime"
 
 	"github.com/ociboot/ociboot/appliance/netconsole"
 	"github.com/ociboot/ociboot/appliance/service"
@@ -19,6 +21,13 @@ var (
 )
 
 func main() {
+	// One P: pin/tftp's single-port mode hands every ACK from the socket's
+	// reader goroutine to the transfer's; with more Ps the runtime wakes a
+	// second thread for that goroutine on every block, and lock-step
+	// throughput halves (README, tftpd benchmark).
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	service.Main("tftpd", ":9069", func(ctx context.Context, env *service.Env) error {
 		// All addresses: the generated cmdline.txt names the address each
 		// request arrived on, read from IP_PKTINFO.
