@@ -214,6 +214,12 @@ func (e *DigestError) Error() string {
 // on the way, and is renamed into place only if it matches d (and size,
 // when >= 0). counted, if not nil, is told of each chunk written.
 func (b *Blobs) Put(d v1.Hash, size int64, r io.Reader, counted func(n int)) error {
+	return b.put(d, size, r, counted, nil)
+}
+
+// put is Put that tells s, if not nil, of the temp file and of each chunk
+// once it is in the file, so that a reader can follow the download.
+func (b *Blobs) put(d v1.Hash, size int64, r io.Reader, counted func(n int), s *stream) error {
 	if !validHash(d) {
 		return fmt.Errorf("ocicache: %q is not a sha256 digest", d)
 	}
@@ -230,6 +236,12 @@ func (b *Blobs) Put(d v1.Hash, size int64, r io.Reader, counted func(n int)) err
 			os.Remove(tmp)
 		}
 	}()
+	if s != nil {
+		if err := s.begin(tmp); err != nil {
+			return err
+		}
+		counted = s.grew(counted)
+	}
 	h := sha256.New()
 	src := r
 	if size >= 0 {

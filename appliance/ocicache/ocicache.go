@@ -22,6 +22,7 @@
 package ocicache
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -590,10 +591,12 @@ func hint(err error, r name.Reference) string {
 	return ""
 }
 
-// fetch is one layer download; done is closed when err is final.
+// fetch is one layer download; done is closed when err is final. stream,
+// for a layer being downloaded, lets the unpacker read it as it arrives.
 type fetch struct {
-	done chan struct{}
-	err  error
+	done   chan struct{}
+	err    error
+	stream *stream
 }
 
 func (f *fetch) wait(ctx context.Context) error {
@@ -622,6 +625,7 @@ func (c *Cache) startFetch(ctx context.Context, r name.Reference, layers []v1.De
 			close(f.done)
 			continue
 		}
+		f.stream = newStream()
 		todo = append(todo, i)
 	}
 	stop := c.logProgress(ctx, r.Name())
@@ -638,6 +642,7 @@ func (c *Cache) startFetch(ctx context.Context, r name.Reference, layers []v1.De
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				f.err = ctx.Err()
+				f.stream.end(f.err)
 				close(f.done)
 				continue
 			}
@@ -645,7 +650,8 @@ func (c *Cache) startFetch(ctx context.Context, r name.Reference, layers []v1.De
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				f.err = c.FetchBlob(ctx, r.Context(), l, r.Name())
+				f.err = c.fetchBlob(ctx, r.Context(), l, r.Name(), c.opts.Attempts, f.stream)
+				f.stream.end(f.err)
 				close(f.done)
 			}()
 		}
@@ -657,10 +663,11 @@ func (c *Cache) startFetch(ctx context.Context, r name.Reference, layers []v1.De
 // backoff; each attempt starts over, so a failed or corrupted transfer
 // never reaches the blob's final name.
 func (c *Cache) FetchBlob(ctx context.Context, repo name.Repository, d v1.Descriptor, label string) error {
-	return c.fetchBlob(ctx, repo, d, label, c.opts.Attempts)
+	return c.fetchBlob(ctx, repo, d, label, c.opts.Attempts, nil)
 }
 
-func (c *Cache) fetchBlob(ctx context.Context, repo name.Repository, d v1.Descriptor, label string, attempts int) error {
+// fetchBlob is FetchBlob; s, if not nil, follows each attempt.
+func (c *Cache) fetchBlob(ctx context.Context, repo name.Repository, d v1.Descriptor, label string, attempts int, s *stream) error {
 	p := &layerProgress{Ref: label, Total: d.Size}
 	c.mu.Lock()
 	c.progress[d.Digest.String()] = p
@@ -678,7 +685,7 @@ func (c *Cache) fetchBlob(ctx context.Context, repo name.Repository, d v1.Descri
 	var err error
 	for attempt := 1; attempt <= attempts; attempt++ {
 		p.Done.Store(0)
-		err = c.fetchOnce(ctx, repo, d, p)
+		err = c.fetchOnce(ctx, repo, d, p, s)
 		if err == nil || ctx.Err() != nil || !retryable(err) || attempt == attempts {
 			break
 		}
@@ -717,7 +724,7 @@ func retryable(err error) bool {
 		errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, io.EOF)
 }
 
-func (c *Cache) fetchOnce(ctx context.Context, repo name.Repository, d v1.Descriptor, p *layerProgress) error {
+func (c *Cache) fetchOnce(ctx context.Context, repo name.Repository, d v1.Descriptor, p *layerProgress, s *stream) error {
 	// FetchBlob owns the retries of blob downloads; go-containerregistry's
 	// own would multiply them (and their sleeps).
 	opts := append(c.remoteOptions(ctx), remote.WithRetryPredicate(func(error) bool { return false }), remote.WithRetryStatusCodes())
@@ -730,10 +737,10 @@ func (c *Cache) fetchOnce(ctx context.Context, repo name.Repository, d v1.Descri
 		return err
 	}
 	defer rc.Close()
-	return c.blobs.Put(d.Digest, d.Size, rc, func(n int) {
+	return c.blobs.put(d.Digest, d.Size, rc, func(n int) {
 		p.Done.Add(int64(n))
 		c.fetchedBytes.Add(int64(n))
-	})
+	}, s)
 }
 
 // logProgress logs bytes per running layer every 5 seconds until stopped.
@@ -835,6 +842,25 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 		boot, err := FindBoot(final, bootOverride, platform)
 		return boot, imageFault(err)
 	}
+	defer func() {
+		for _, f := range fetches {
+			if f.stream != nil {
+				f.stream.close()
+			}
+		}
+	}()
+	boot, err := c.unpackTree(ctx, final, bootOverride, layers, platform, fetches, true)
+	if errors.Is(err, errRestart) {
+		c.opts.Log.Info("a layer download was retried while being unpacked; unpacking again from the stored layers", "image", digest.String())
+		boot, err = c.unpackTree(ctx, final, bootOverride, layers, platform, fetches, false)
+	}
+	return boot, err
+}
+
+// unpackTree unpacks the layers into a temp tree renamed to final at the
+// end. With follow, a layer still downloading is read as it arrives;
+// otherwise each is read from the store once its download is done.
+func (c *Cache) unpackTree(ctx context.Context, final, bootOverride string, layers []v1.Descriptor, platform string, fetches []*fetch, follow bool) (Boot, error) {
 	tmp, err := store.TempDir(final)
 	if err != nil {
 		return Boot{}, fmt.Errorf("ocicache: %v", err)
@@ -854,11 +880,45 @@ func (c *Cache) unpack(ctx context.Context, cfg *config.Config, digest v1.Hash, 
 		return Boot{}, err
 	}
 	for i, l := range layers {
-		if err := fetches[i].wait(ctx); err != nil {
+		f := fetches[i]
+		var src io.Reader
+		lctx, stop := context.WithCancel(ctx)
+		defer stop()
+		streamed := follow && f.stream != nil
+		if streamed {
+			src = f.stream.reader(lctx)
+		} else {
+			if err := f.wait(ctx); err != nil {
+				u.Close()
+				return Boot{}, err
+			}
+			bf, err := c.blobs.Open(l.Digest)
+			if err != nil {
+				u.Close()
+				return Boot{}, err
+			}
+			defer bf.Close()
+			src = bf
+		}
+		err := c.applyLayer(u, src, stop)
+		if streamed {
+			// The layer counts only once its digest is checked: the
+			// tar may end before the last bytes of the download.
+			if werr := f.wait(ctx); werr != nil {
+				u.Close()
+				return Boot{}, werr
+			}
+			// A corrupted attempt may have failed the apply (or
+			// passed it): only the bytes of the verified one count.
+			if f.stream.restarted() {
+				err = errRestart
+			}
+		}
+		if errors.Is(err, errRestart) {
 			u.Close()
 			return Boot{}, err
 		}
-		if err := c.applyLayer(u, l); err != nil {
+		if err != nil {
 			u.Close()
 			return Boot{}, imageFault(fmt.Errorf("layer %d (%s): %w", i, l.Digest, err))
 		}
@@ -895,13 +955,10 @@ func imageFault(err error) error {
 	return &rejectErr{err: err}
 }
 
-func (c *Cache) applyLayer(u *unpack.Unpacker, l v1.Descriptor) error {
-	f, err := c.blobs.Open(l.Digest)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r, closeFn, err := decompress(f)
+// applyLayer applies the layer src reads; stop ends a src that follows a
+// download, so that a failed apply does not wait for the download.
+func (c *Cache) applyLayer(u *unpack.Unpacker, src io.Reader, stop func()) error {
+	r, closeFn, err := decompress(src)
 	if err != nil {
 		return err
 	}
@@ -910,6 +967,7 @@ func (c *Cache) applyLayer(u *unpack.Unpacker, l v1.Descriptor) error {
 	// goroutine lets them overlap.
 	ra := newReadAhead(r, 1<<20, 8)
 	defer ra.Close()
+	defer stop() // before ra.Close, which waits for the goroutine reading src
 	return u.Apply(ra)
 }
 
@@ -989,25 +1047,26 @@ func (ra *readAhead) Close() {
 
 // decompress detects gzip, zstd or a plain tar by magic bytes, as media
 // types in the wild are not reliable (docker "tar.gzip" for zstd, etc.).
-func decompress(f *os.File) (io.Reader, func(), error) {
-	var magic [4]byte
-	n, _ := io.ReadFull(f, magic[:])
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
+func decompress(src io.Reader) (io.Reader, func(), error) {
+	br := bufio.NewReaderSize(src, 64<<10)
+	magic, err := br.Peek(4)
+	if err != nil && err != io.EOF {
 		return nil, nil, err
 	}
+	n := len(magic)
 	switch {
 	case n >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
-		zr, err := gzip.NewReader(f)
+		zr, err := gzip.NewReader(br)
 		if err != nil {
 			return nil, nil, err
 		}
 		return zr, func() { zr.Close() }, nil
-	case n == 4 && magic == [4]byte{0x28, 0xb5, 0x2f, 0xfd}:
-		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	case n == 4 && [4]byte(magic) == [4]byte{0x28, 0xb5, 0x2f, 0xfd}:
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 		if err != nil {
 			return nil, nil, err
 		}
 		return zr, zr.Close, nil
 	}
-	return f, func() {}, nil
+	return br, func() {}, nil
 }

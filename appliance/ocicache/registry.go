@@ -397,7 +397,7 @@ func (c *Cache) serveBlob(w http.ResponseWriter, r *http.Request, rt Route, ns s
 				continue
 			}
 			// Two attempts: a /v2/ client is waiting, and retries itself.
-			ferr := c.fetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: size}, "pull-through "+repo.Name(), min(2, c.opts.Attempts))
+			ferr := c.fetchBlob(r.Context(), repo, v1.Descriptor{Digest: d, Size: size}, "pull-through "+repo.Name(), min(2, c.opts.Attempts), nil)
 			c.noteUpstream(up, ferr)
 			if ferr != nil {
 				c.opts.Log.Info("pull-through: blob not fetched", "repo", repo.Name(), "blob", d.String(), "err", ferr)
