@@ -2,6 +2,7 @@ package ocicache
 
 import (
 	"context"
+	"runtime/debug"
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/config"
@@ -34,6 +35,10 @@ func (c *Cache) Run(ctx context.Context, cfg *config.Config, o RunOptions) error
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		// A pull's buffers (read-ahead, decompressors, HTTP) are garbage
+		// now; hand the pages back rather than wait for the scavenger, so
+		// that the idle service is small (README, idle RSS).
+		debug.FreeOSMemory()
 		next := o.Revalidate
 		if failed && o.Retry < next {
 			next = o.Retry
