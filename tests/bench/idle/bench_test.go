@@ -53,7 +53,7 @@ func TestBenchIdleRSS(t *testing.T) {
 	h := e2e.NewHead(t, lab, e2e.FullMode(lab))
 	h.Start(t)
 	h.WaitImage(t, 3*time.Minute)
-	// One MOUNT call, as a node's first contact, so that nfsd has served
+	// One MOUNT EXPORT call, so that nfsd has served
 	// (the head checks every reply it sent).
 	if out, err := exec.Command("ip", "netns", "exec", lab.Head, "showmount", "-e", lab.Addr(1)).CombinedOutput(); err != nil {
 		t.Fatalf("showmount -e %s: %v\n%s", lab.Addr(1), err, out)
