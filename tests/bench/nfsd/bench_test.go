@@ -30,6 +30,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -259,6 +260,37 @@ func TestBenchNFS(t *testing.T) {
 				err = check(r)
 			}
 			return r, err
+		})
+		// The kernel client has many calls in flight; several libnfs
+		// clients at once are the nearest a synchronous client gets.
+		const clients = 4
+		compare(t, fmt.Sprintf("read by %d clients at once (totals)", clients), servers, func(s *server, i int) (result, error) {
+			rs := make([]result, clients)
+			errs := make([]error, clients)
+			var wg sync.WaitGroup
+			start := time.Now()
+			for c := range rs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rs[c], errs[c] = runClient(client, s.ns, "read", s.url)
+					if errs[c] == nil {
+						errs[c] = check(rs[c])
+					}
+				}()
+			}
+			wg.Wait()
+			total := result{Seconds: time.Since(start).Seconds()}
+			for c, r := range rs {
+				if errs[c] != nil {
+					return total, fmt.Errorf("client %d: %v", c, errs[c])
+				}
+				total.Files += r.Files
+				total.Dirs += r.Dirs
+				total.Symlinks += r.Symlinks
+				total.Bytes += r.Bytes
+			}
+			return total, nil
 		})
 	})
 
