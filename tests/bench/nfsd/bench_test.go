@@ -231,15 +231,22 @@ func TestBenchNFS(t *testing.T) {
 
 	// One tree, generated once: the read workload's image, the source of
 	// the untar workload's tar and the reference for both.
+	// The tree sits in /tree of the image: nfsd writes a node's identity
+	// (hostname, hosts, machine-id) into its root when it makes it, so the
+	// root itself has three more files than the image and ganesha's export.
 	var want treeStats
 	readStore, readRoot, readCfg := makeStore(t, readDigest, func(root string) {
 		start := time.Now()
-		genTree(t, root)
-		want = digest(t, root)
+		tree := filepath.Join(root, "tree")
+		if err := os.Mkdir(tree, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		genTree(t, tree)
+		want = digest(t, tree)
 		t.Logf("tree: %s, generated in %v", want, time.Since(start).Round(time.Millisecond))
 	})
 	tarFile := filepath.Join(t.TempDir(), "rootfs.tar")
-	writeTar(t, readRoot, tarFile)
+	writeTar(t, filepath.Join(readRoot, "tree"), tarFile)
 
 	check := func(r result) error {
 		if r.treeStats != want {
@@ -255,7 +262,7 @@ func TestBenchNFS(t *testing.T) {
 			t.Errorf("ociboot nfsd: %v", s.err)
 		}
 		compare(t, "read", servers, func(s *server, i int) (result, error) {
-			r, err := runClient(client, s.ns, "read", s.url)
+			r, err := runClient(client, s.ns, "read", s.url, "/tree")
 			if err == nil {
 				err = check(r)
 			}
@@ -273,7 +280,7 @@ func TestBenchNFS(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					rs[c], errs[c] = runClient(client, s.ns, "read", s.url)
+					rs[c], errs[c] = runClient(client, s.ns, "read", s.url, "/tree")
 					if errs[c] == nil {
 						errs[c] = check(rs[c])
 					}
