@@ -158,7 +158,11 @@ type NodeConfig struct {
 
 // Config is the validated section with parsed values.
 type Config struct {
-	Raw Netboot
+	// Warnings are problems that do not stop a service but probably
+	// are not what the user meant (see warnings); services log them at
+	// start, make check prints them and the status page shows them.
+	Warnings []string
+	Raw      Netboot
 
 	Interface    string
 	Mode         string
@@ -231,6 +235,7 @@ func Parse(b []byte) (*Config, error) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
+	cfg.Warnings = warnings(top, cfg)
 	return cfg, nil
 }
 

@@ -187,6 +187,9 @@ func Main(name, defaultStatus string, run func(ctx context.Context, env *Env) er
 		os.Exit(1)
 	}
 	SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Running: true})
+	for _, w := range env.Config.Warnings {
+		env.Log.Warn("config.json: "+w, "config", env.ConfigPath)
+	}
 	env.Log.Info("started", "config", env.ConfigPath, "store", env.Store.Root, "mode", env.Config.Mode, "interface", env.Config.Interface)
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()

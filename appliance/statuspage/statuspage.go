@@ -205,6 +205,9 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 	}
 	t := now().UTC()
 	ov := Overview{Generated: t, Mode: p.Config.Mode, Interface: p.Config.Interface}
+	for _, w := range p.Config.Warnings {
+		ov.Problems = append(ov.Problems, "config.json: "+strings.TrimPrefix(w, "config.json: "))
+	}
 
 	states := make([]ServiceState, len(p.Services))
 	var wg sync.WaitGroup
