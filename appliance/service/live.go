@@ -69,11 +69,10 @@ var ConfigPoll = 5 * time.Second
 
 // WatchConfig is the one way every service learns of a changed
 // config.json: it looks at the file every poll and on SIGHUP, and when its
-// bytes changed calls changed with the newly parsed config, or with the
-// reason it does not load (the caller keeps its config then). It returns
-// when ctx is done.
-func WatchConfig(ctx context.Context, path string, poll time.Duration, log *slog.Logger, changed func(*config.Config, error)) {
-	seen, _ := os.ReadFile(path)
+// bytes differ from seen (what the running config was parsed from) calls
+// changed with the newly parsed config, or with the reason it does not
+// load (the caller keeps its config then). It returns when ctx is done.
+func WatchConfig(ctx context.Context, path string, seen []byte, poll time.Duration, log *slog.Logger, changed func(*config.Config, error)) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -145,6 +144,9 @@ func (e *Env) deliver(ctx context.Context, next *config.Config) bool {
 // function returned and closed its sockets.
 func reexec(env *Env) {
 	exe, err := os.Executable()
+	if err == nil {
+		err = passKept()
+	}
 	if err == nil {
 		err = syscall.Exec(exe, os.Args, os.Environ())
 	}

@@ -58,6 +58,8 @@ type Env struct {
 	mu     sync.Mutex
 	status func() any
 	live   chan *config.Config // nil until LiveConfig
+	// configRaw is the config.json Config was parsed from.
+	configRaw []byte
 }
 
 // SetStatus installs the function whose result /status returns as JSON.
@@ -110,7 +112,7 @@ func RegisterFlags(fs *flag.FlagSet, defaultStatus string) Flags {
 func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, error) {
 	log := slog.New(slog.NewTextHandler(logOut, nil)).With("service", name)
 	st, stErr := store.Open(*f.Store, store.Options{AllowTmpfs: *f.AllowTmpfs})
-	cfg, err := config.Load(*f.Config)
+	cfg, raw, err := config.LoadBytes(*f.Config)
 	if err != nil {
 		if stErr == nil {
 			SaveState(st, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Error: err.Error()})
@@ -135,6 +137,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), reg),
 		Mux:        http.NewServeMux(),
 		Guard:      guard,
+		configRaw:  raw,
 	}
 	env.Mux.HandleFunc("/status", env.serveStatus)
 	// Profiles show memory and cost CPU: for the head node itself only
@@ -193,8 +196,8 @@ func Main(name, defaultStatus string, run func(ctx context.Context, env *Env) er
 	env.Log.Info("started", "config", env.ConfigPath, "store", env.Store.Root, "mode", env.Config.Mode, "interface", env.Config.Interface)
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
-	restart := make(chan struct{})
-	go WatchConfig(runCtx, env.ConfigPath, ConfigPoll, env.Log, func(next *config.Config, err error) {
+	restart := make(chan struct{}, 1)
+	go WatchConfig(runCtx, env.ConfigPath, env.configRaw, ConfigPoll, env.Log, func(next *config.Config, err error) {
 		if err != nil {
 			SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Running: true,
 				ConfigError: "config.json changed but is not valid; still running with the previous one: " + err.Error()})

@@ -254,6 +254,11 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 		}
 	}
 	ov.Services = states
+	for _, name := range sortedKeys(recorded) {
+		if r := recorded[name]; r.ConfigError != "" && r.Running {
+			ov.Problems = append(ov.Problems, name+": "+r.ConfigError)
+		}
+	}
 
 	ix, err := images.LoadIndex(p.Store)
 	if err != nil {
@@ -563,4 +568,13 @@ func ago(now, t time.Time) string {
 		d = 0
 	}
 	return d.String() + " ago"
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
