@@ -124,6 +124,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metricNames := &names{Registerer: reg, set: map[string]bool{}}
 	guard := &webauth.Guard{}
 	if *f.PasswordFile != "" {
 		guard.Files = []string{*f.PasswordFile}
@@ -134,7 +135,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 		Config:     cfg,
 		Store:      st,
 		Log:        log,
-		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), reg),
+		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), metricNames),
 		Mux:        http.NewServeMux(),
 		Guard:      guard,
 		configRaw:  raw,
@@ -145,6 +146,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 	env.Mux.Handle("/debug/pprof/", webauth.LoopbackOnly(http.HandlerFunc(pprof.Index)))
 	env.Mux.Handle("/debug/pprof/profile", webauth.LoopbackOnly(http.HandlerFunc(pprof.Profile)))
 	env.Mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	env.Mux.HandleFunc("/metrics/names", metricNames.serve)
 	if *f.Status != "" {
 		ln, err := Listen("tcp", *f.Status)
 		if err != nil {

@@ -350,7 +350,7 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 		}
 	}
 	for _, n := range rows {
-		n.DiskBytes = -1
+		n.DiskBytes, n.Liveness = -1, NotSeen
 		if img, ok := byRef[n.Image]; ok {
 			n.Digest, n.ImageState = img.Digest, img.State
 		} else if n.Image != "" {

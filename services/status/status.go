@@ -34,6 +34,7 @@ func main() {
 			},
 		}
 		env.Mux.Handle("/", page)
+		env.Metrics.MustRegister(page.Collector())
 		env.SetStatus(func() any { return map[string]any{"service": "status"} })
 		<-ctx.Done()
 		return ctx.Err()
