@@ -133,6 +133,8 @@ type Node struct {
 	DiskBytes int64
 	Known     bool // listed in config.json
 	Seen      bool // has asked for something
+
+	platform string
 }
 
 // Image is one configured reference in the cache.
@@ -327,7 +329,7 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 	bySerial := map[string]*Node{}
 	var rows []*Node
 	for _, rec := range recs {
-		n := &Node{Name: rec.Name, Serial: rec.Serial, MAC: rec.MAC, IP: rec.IP, Image: rec.Image, LastSeen: rec.LastSeen, Seen: true}
+		n := &Node{Name: rec.Name, Serial: rec.Serial, MAC: rec.MAC, IP: rec.IP, Image: rec.Image, LastSeen: rec.LastSeen, Seen: true, platform: rec.Platform}
 		bySerial[rec.Serial] = n
 		rows = append(rows, n)
 	}
@@ -344,7 +346,7 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 		}
 		n.Known = true
 		n.Name = nc.Name
-		n.Image = nc.Image
+		n.Image, n.platform = nc.Image, nc.Platform
 		if nc.IP.IsValid() && n.IP == "" {
 			n.IP = nc.IP.String()
 		}
@@ -352,9 +354,16 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 	for _, n := range rows {
 		n.DiskBytes, n.Liveness = -1, NotSeen
 		if img, ok := byRef[n.Image]; ok {
-			n.Digest, n.ImageState = img.Digest, img.State
+			n.ImageState = img.State
 		} else if n.Image != "" {
 			n.ImageState = "pending"
+		}
+		platform := n.platform
+		if platform == "" {
+			platform = p.Config.Platform
+		}
+		if e, ok := ix.Lookup(n.Image, platform); ok {
+			n.Digest = e.Digest
 		}
 		if n.Serial != "" {
 			p.nodeDetail(n, t, nfsAct, mountedBy)
