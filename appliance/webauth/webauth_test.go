@@ -99,3 +99,26 @@ func TestLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCheck: any Origin, Sec-Fetch-Site and Authorization header is
+// answered without a panic, and nothing passes without the password.
+func FuzzCheck(f *testing.F) {
+	f.Add("http://head:8080", "same-origin", "Basic Z29rcmF6eTpzM2NyZXQ=")
+	f.Add("null", "cross-site", "Basic !!!")
+	f.Add("", "", "Bearer x")
+	pwFile := filepath.Join(f.TempDir(), "pw")
+	os.WriteFile(pwFile, []byte("s3cret"), 0o600)
+	g := &Guard{Files: []string{pwFile}}
+	f.Fuzz(func(t *testing.T, origin, site, auth string) {
+		r := httptest.NewRequest("POST", "http://head:8080/api/reset", nil)
+		r.Header.Set("Origin", origin)
+		r.Header.Set("Sec-Fetch-Site", site)
+		r.Header.Set("Authorization", auth)
+		code, _ := g.Check(r)
+		if code == 0 {
+			if u, p, ok := r.BasicAuth(); !ok || u != User || p != "s3cret" {
+				t.Errorf("accepted without the password: %q", auth)
+			}
+		}
+	})
+}
