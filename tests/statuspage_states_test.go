@@ -178,6 +178,14 @@ func TestStatusPageStates(t *testing.T) {
 		t.Error("reset with password: the root is still there")
 	}
 
+	// Re-pull now, with the password: ocicache starts a pass.
+	b.Navigate(page + "/")
+	b.Click("form.pull button")
+	b.Eval(`document.body.innerText`, &body)
+	if !strings.Contains(body, "pull pass started") {
+		t.Errorf("re-pull: page says %q, want \"pull pass started\"", body)
+	}
+
 	// Another site's page posts a reset of busy, with force, while the
 	// browser holds the password: refused, the root stays.
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
