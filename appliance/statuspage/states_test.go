@@ -2,6 +2,7 @@ package statuspage
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -126,5 +127,31 @@ func TestActionsForwarded(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed || len(got) != 1 {
 		t.Errorf("GET /api/reset: got %d and %d forwards, want 405 and none", resp.StatusCode, len(got)-1)
+	}
+}
+
+// A node whose root nfsd sees in use gets a reset button that says so,
+// a confirmation that warns, and force.
+func TestResetWarnsWhenInUse(t *testing.T) {
+	st, _ := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
+	cfg, _ := config.Parse([]byte(`{"Netboot": {"DefaultImage": "localhost:5000/node:v1", "Nodes": [{"Name": "n1", "Serial": "abcd0001", "IP": "10.0.0.11"}]}}`))
+	now := time.Now().UTC()
+	nodes.SaveStage(st, "abcd0001", "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: now.Add(-time.Minute)})
+	nfsd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"Mounts": [{"Client": "10.0.0.11", "Path": "/nodes/abcd0001"}], "Activity": [{"Client": "10.0.0.11", "Time": %q}]}`, now.Add(-5*time.Second).Format(time.RFC3339Nano))
+	}))
+	defer nfsd.Close()
+	srv := httptest.NewServer(&Page{Config: cfg, Store: st, Services: []Service{{Name: "nfsd", URL: nfsd.URL}}})
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"is running from its root right now", `<input type="hidden" name="force" value="1">`, "Reset (in use!)", `<span class="badge online liveness">online`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("page lacks %q", want)
+		}
 	}
 }
