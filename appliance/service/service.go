@@ -229,5 +229,6 @@ func Main(name, defaultStatus string, run func(ctx context.Context, env *Env) er
 		env.Log.Error("failed", "err", err)
 		os.Exit(1)
 	}
+	SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC()})
 	env.Log.Info("stopped")
 }
