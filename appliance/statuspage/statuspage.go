@@ -241,8 +241,11 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 	for i, s := range states {
 		if r, ok := recorded[s.Name]; ok {
 			states[i].ConfigError = r.ConfigError
-			if !s.Up && r.Error != "" {
+			switch {
+			case !s.Up && r.Error != "":
 				states[i].Error = fmt.Sprintf("%s (it stopped %s: %s)", s.Error, ago(t, r.Time), r.Error)
+			case !s.Up && !r.Running:
+				states[i].Error = fmt.Sprintf("%s (it was stopped %s)", s.Error, ago(t, r.Time))
 			}
 		}
 		if !s.Up {
