@@ -33,11 +33,11 @@ func (t Timeline) Reached() string {
 }
 
 // LastBoot merges the services' stage histories into the node's latest
-// boot. A boot begins with the bootloader's DHCP or, when that was not
-// seen, its first firmware file; the kernel's own DHCP (ip=dhcp, after the
-// kernel was fetched) belongs to the boot it is in. So a node that boots
-// again shows the new boot from its first packet, and a boot that stops
-// shows where.
+// boot. A boot begins with the DHCP that is followed by the bootloader's
+// TFTP or, when that DHCP was not seen, its first firmware file; the
+// kernel's own DHCP (ip=dhcp) and a running system's lease renewals
+// belong to the boot they are in. So a node that boots again shows the new
+// boot from its first packet, and a boot that stops shows where.
 func LastBoot(st *store.Store, serial string) Timeline {
 	dir, err := st.NodeDir(serial)
 	if err != nil {
@@ -64,23 +64,36 @@ func timeline(spans []Span) Timeline {
 	sort.SliceStable(spans, func(i, j int) bool { return spans[i].First.Before(spans[j].First) })
 	var tl Timeline
 	start := -1
+	reached := "" // furthest stage of the boot that begins at start
 	for i, s := range spans {
 		if s.Last.After(tl.Activity) {
 			tl.Activity = s.Last
 		}
-		prev := ""
+		prev, next := "", ""
 		if i > 0 {
 			prev = spans[i-1].Stage
 		}
+		if i+1 < len(spans) {
+			next = spans[i+1].Stage
+		}
+		begins := false
 		switch s.Stage {
 		case StageDHCP:
-			if prev != StageKernel {
-				start = i
-			}
+			// The bootloader's DHCP is followed by its TFTP (firmware,
+			// or the kernel for a PXE machine). A DHCP during a boot
+			// that got no further than DHCP or firmware is a retry;
+			// after the kernel it is the kernel's own or a running
+			// system's renewal: the same boot.
+			begins = start < 0 || next == StageFirmware || next == StageKernel && prev != StageFirmware ||
+				next == "" && StageOrder[reached] < StageOrder[StageFirmware]
 		case StageFirmware:
-			if prev != StageDHCP && prev != StageFirmware {
-				start = i
-			}
+			begins = prev != StageDHCP && prev != StageFirmware
+		}
+		if begins {
+			start, reached = i, ""
+		}
+		if StageOrder[s.Stage] > StageOrder[reached] {
+			reached = s.Stage
 		}
 	}
 	if start < 0 {

@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,11 @@ func TestLastBoot(t *testing.T) {
 	if got, want := tl.Activity, at(40); !got.Equal(want) {
 		t.Errorf("activity: got %v, want %v", got, want)
 	}
+	// A running system renews its lease (full mode): the same boot.
+	save("dhcpd", StageDHCP, 300)
+	if got, want := LastBoot(st, "abcd0001").Reached(), StageRoot; got != want {
+		t.Errorf("after a renewal: got %q, want %q", got, want)
+	}
 	// A reboot that stops after the firmware: the page must not show
 	// the old root-mounted.
 	save("dhcpd", StageDHCP, 600)
@@ -68,5 +74,35 @@ func TestHistoryBounded(t *testing.T) {
 	}
 	if got, want := len(h), HistoryLen; got != want {
 		t.Errorf("history length: got %d, want %d", got, want)
+	}
+}
+
+func TestTimelinePXEAndRetries(t *testing.T) {
+	t0 := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	span := func(stage string, s int) Span { return Span{Stage: stage, First: at(s), Last: at(s)} }
+	for _, c := range []struct {
+		name  string
+		spans []Span
+		want  []string
+	}{
+		{"PXE machine: DHCP, kernel over TFTP, the initramfs' DHCP, mount",
+			[]Span{span(StageDHCP, 0), span(StageKernel, 2), span(StageDHCP, 20), span(StageDHCP, 40), span(StageRoot, 45)},
+			[]string{StageDHCP, StageKernel, StageRoot}},
+		{"no image: DHCP retries only",
+			[]Span{span(StageDHCP, 0), span(StageDHCP, 60), span(StageDHCP, 120)},
+			[]string{StageDHCP}},
+		{"reboot of a PXE machine",
+			[]Span{span(StageDHCP, 0), span(StageKernel, 2), span(StageRoot, 30), span(StageDHCP, 600), span(StageKernel, 602)},
+			[]string{StageDHCP, StageKernel}},
+	} {
+		tl := timeline(c.spans)
+		var got []string
+		for _, s := range tl.Steps {
+			got = append(got, s.Stage)
+		}
+		if strings.Join(got, ",") != strings.Join(c.want, ",") {
+			t.Errorf("%s: got %v, want %v", c.name, got, c.want)
+		}
 	}
 }
