@@ -111,7 +111,12 @@ func (p *Page) forward(r *http.Request, svc, path string, form url.Values) (int,
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	webauth.SetCredentials(req, r)
-	c := p.client()
+	// Not the 2 s of the status fetches: dropping a large root takes a
+	// while.
+	c := &http.Client{Timeout: 2 * time.Minute}
+	if p.Client != nil {
+		c = p.Client
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		return http.StatusBadGateway, fmt.Sprintf("%s is not answering: %v\n", svc, err)
