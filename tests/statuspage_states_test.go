@@ -117,7 +117,7 @@ func TestStatusPageStates(t *testing.T) {
 		{"busyBoot", "root-mounted at"},
 		{"busyBoot", "(+10s)"},
 		{"pull", "node:big"},
-		{"pull", "MiB ("},
+		{"pull", "M of "},
 		{"disk", "free of"},
 		{"services", "dhcpd"},
 	} {

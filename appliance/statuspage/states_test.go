@@ -42,10 +42,12 @@ func TestNodeStates(t *testing.T) {
 	nodes.SaveStage(st, "abcd0002", "tftpd", nodes.Stage{Stage: nodes.StageFirmware, Time: old.Add(time.Second)})
 	nodes.SaveStage(st, "abcd0003", "dhcpd", nodes.Stage{Stage: nodes.StageDHCP, Time: now.Add(-30 * time.Second)})
 	nodes.SaveStage(st, "abcd0003", "nfsd", nodes.Stage{Stage: nodes.StageRoot, Time: now.Add(-10 * time.Second)})
-	d3, _ := st.NodeDir("abcd0003")
-	store.WriteJSON(filepath.Join(d3, "usage.json"), map[string]int64{"Bytes": 12345})
+	nfsd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"Exports": [{"Node": "abcd0003", "Used": 12345}]}`)
+	}))
+	defer nfsd.Close()
 	service.SaveState(st, service.State{Service: "tftpd", Time: now.Add(-time.Minute), Error: "tftpd: listen on UDP 69: address already in use"})
-	p := &Page{Config: cfg, Store: st, Now: func() time.Time { return now }, Services: []Service{{Name: "tftpd", URL: "http://127.0.0.1:1"}}}
+	p := &Page{Config: cfg, Store: st, Now: func() time.Time { return now }, Services: []Service{{Name: "tftpd", URL: "http://127.0.0.1:1"}, {Name: "nfsd", URL: nfsd.URL}}}
 	ov := p.Collect(context.Background(), "")
 	by := map[string]Node{}
 	for _, n := range ov.Nodes {
