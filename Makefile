@@ -31,10 +31,19 @@ FUZZTIME ?= 10m
 # `make test` needs pipefail: go test's status must survive the summary.
 SHELL := /bin/bash
 
-.PHONY: image update root run deps test unit fuzz bench demo builddir-sync node-image node-import
+# `make check` asks each image's registry whether its reference resolves;
+# CHECKFLAGS=-online=false skips that (no network).
+CHECKFLAGS   ?=
+CHECK_CONFIG ?= $(CURDIR)/config.json
+
+.PHONY: check image update root run deps test unit fuzz bench demo builddir-sync node-image node-import
+
+## check: validate config.json as the services will (errors stop; warnings: Netboot key case, DefaultImage, unreachable images)
+check:
+	go run ./appliance/config/cmd/check $(CHECKFLAGS) $(CHECK_CONFIG)
 
 ## image: build a full Raspberry Pi image (boot, root, and an ext4 /perm)
-image:
+image: check
 	@command -v mkfs.ext4 >/dev/null || [ "$$(id -u)" != 0 ] || apt-get -o DPkg::Lock::Timeout=600 install -y -qq e2fsprogs
 	@command -v mkfs.ext4 >/dev/null || { echo "make image: mkfs.ext4 not found; install e2fsprogs (as root: apt-get install e2fsprogs)" >&2; exit 1; }
 	mkdir -p .build
@@ -56,12 +65,12 @@ node-import:
 	go run ./appliance/nodeimage/cmd/nodeimage import -o $(NODE_IMAGE) $(IMG)
 
 ## root: build only the root file system (what `make test` inspects)
-root:
+root: check
 	mkdir -p .build
 	$(GOK) $(GOKFLAGS) overwrite --root .build/root.squashfs
 
 ## update: build and ship the image to the running head node over the network
-update:
+update: check
 	$(GOK) $(GOKFLAGS) update
 
 ## run: run all services on this machine against $(STORE) (needs root for ports 67, 69, 111, 2049)

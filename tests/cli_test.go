@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,11 +40,19 @@ func TestBadConfigOneLinePerProblem(t *testing.T) {
 		`Netboot.Nodes[2]: needs a Serial or a MAC to recognise the node`,
 	}
 	for _, svc := range []string{"dhcpd", "tftpd", "ocicache", "nfsd"} {
-		cmd := exec.Command(filepath.Join(bins, svc), "-config", cfg, "-store", filepath.Join(dir, "store"), "-status", "")
-		out, err := cmd.CombinedOutput()
+		cmd := exec.Command(filepath.Join(bins, svc), "-config", cfg, "-store", filepath.Join(dir, "store"), "-allow_tmpfs", "-status", "")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		out := stderr.String() // what gokrazy's UI shows of a crashing service
 		if err == nil {
 			t.Errorf("%s started with a bad config", svc)
 			continue
+		}
+		// The reason is also where the status page reads it.
+		var state struct{ Error string }
+		if b, err := os.ReadFile(filepath.Join(dir, "store", "services", svc+".json")); err != nil || json.Unmarshal(b, &state) != nil || !strings.Contains(state.Error, `"fulll" is not a mode`) {
+			t.Errorf("%s recorded no reason for the status page: %s, %v", svc, b, err)
 		}
 		for _, w := range want {
 			found := false

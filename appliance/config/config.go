@@ -158,7 +158,11 @@ type NodeConfig struct {
 
 // Config is the validated section with parsed values.
 type Config struct {
-	Raw Netboot
+	// Warnings are problems that do not stop a service but probably
+	// are not what the user meant (see warnings); services log them at
+	// start, make check prints them and the status page shows them.
+	Warnings []string
+	Raw      Netboot
 
 	Interface    string
 	Mode         string
@@ -202,15 +206,22 @@ func (e Errors) Error() string {
 
 // Load reads path (a gokrazy config.json) and returns its Netboot section.
 func Load(path string) (*Config, error) {
+	cfg, _, err := LoadBytes(path)
+	return cfg, err
+}
+
+// LoadBytes is Load that also returns the bytes it parsed, so that a
+// watcher compares later versions of the file with exactly what applies.
+func LoadBytes(path string) (*Config, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %v (pass -config with the path of config.json)", err)
+		return nil, nil, fmt.Errorf("config: %v (pass -config with the path of config.json)", err)
 	}
 	cfg, err := Parse(b)
 	if err != nil {
-		return nil, fmt.Errorf("config: %s:\n%w", path, err)
+		return nil, b, fmt.Errorf("config: %s:\n%w", path, err)
 	}
-	return cfg, nil
+	return cfg, b, nil
 }
 
 // Parse decodes a whole config.json and validates its Netboot section.
@@ -231,6 +242,7 @@ func Parse(b []byte) (*Config, error) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
+	cfg.Warnings = warnings(top, cfg)
 	return cfg, nil
 }
 

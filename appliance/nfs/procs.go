@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
-	"strconv"
 	"time"
 )
 
@@ -337,6 +336,7 @@ func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) 
 	w := replyHeader(c.xid, acceptSuccess)
 	st, ok := p.run(s, c, w)
 	s.metrics.requests.WithLabelValues(prog.name, p.name).Inc()
+	s.activity().touch(c.remote.Addr().Unmap(), time.Now())
 	if !ok {
 		if p.cached {
 			s.drc.forget(dk)
@@ -347,7 +347,7 @@ func (s *Server) answer(msg []byte, remote, local netip.AddrPort, proto string) 
 		s.drc.finish(dk, w.b)
 	}
 	if st != nfsOK {
-		s.metrics.errors.WithLabelValues(p.name, strconv.Itoa(int(st))).Inc()
+		s.metrics.errors.WithLabelValues(p.name, StatusName(st)).Inc()
 	}
 	return w.b
 }

@@ -101,6 +101,7 @@ type Server struct {
 	metrics metrics
 	budget  *budget
 	conns   *connLimits
+	act     activity // last call per client (admin.go)
 }
 
 type mountKey struct {

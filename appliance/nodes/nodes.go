@@ -50,6 +50,42 @@ type Stage struct {
 	Detail    string    `json:",omitempty"` // e.g. the last file fetched
 	LastError string    `json:",omitempty"`
 	ErrorTime time.Time `json:",omitempty"`
+	// History is what this service saw of the recent boots, oldest
+	// first: one span per stretch of saves of the same stage (a node
+	// fetching its firmware files is one span), at most HistoryLen.
+	// The status page merges the services' histories into the current
+	// boot's timeline.
+	History []Span `json:",omitempty"`
+}
+
+// Span is a stretch of one stage: first and last time a service saw it.
+type Span struct {
+	Stage       string
+	First, Last time.Time
+}
+
+// HistoryLen bounds Stage.History; SpanGap is the quiet time after which
+// the same stage starts a new span (a node's second DHCP of one boot, the
+// kernel's, comes tens of seconds after the bootloader's).
+const (
+	HistoryLen = 32
+	SpanGap    = 10 * time.Second
+)
+
+// extend adds s to the history h.
+func extend(h []Span, stage string, t time.Time) []Span {
+	if stage == "" || t.IsZero() {
+		return h
+	}
+	if n := len(h); n > 0 && h[n-1].Stage == stage && t.Sub(h[n-1].Last) < SpanGap && !t.Before(h[n-1].First) {
+		h[n-1].Last = t
+		return h
+	}
+	h = append(h, Span{Stage: stage, First: t, Last: t})
+	if len(h) > HistoryLen {
+		h = h[len(h)-HistoryLen:]
+	}
+	return h
 }
 
 const recordFile = "node.json"
@@ -116,7 +152,15 @@ func SaveStage(st *store.Store, serial, service string, s Stage) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("nodes: %v", err)
 	}
-	return store.WriteJSON(filepath.Join(dir, "stage-"+service+".json"), s)
+	path := filepath.Join(dir, "stage-"+service+".json")
+	// The service is this file's only writer, so read-extend-write
+	// cannot lose another's span.
+	var prev Stage
+	if store.ReadJSON(path, &prev) == nil && s.History == nil {
+		s.History = prev.History
+	}
+	s.History = extend(s.History, s.Stage, s.Time)
+	return store.WriteJSON(path, s)
 }
 
 // Progress merges the stage files of a node: the furthest stage reached, its

@@ -100,7 +100,7 @@ func parseAddr(addr string) (netip.AddrPort, bool) {
 func Listen(network, addr string) (net.Listener, error) {
 	if ap, ok := parseAddr(addr); ok {
 		if f := inheritedSocket(unix.SOCK_STREAM, ap); f != nil {
-			defer f.Close() // FileListener dups it
+			keep(f) // FileListener dups it; f is for a restart (reexec)
 			ln, err := net.FileListener(f)
 			if err != nil {
 				return nil, fmt.Errorf("inherited socket for %s: %v", addr, err)
@@ -116,7 +116,7 @@ func Listen(network, addr string) (net.Listener, error) {
 func ListenPacket(network, addr string) (net.PacketConn, error) {
 	if ap, ok := parseAddr(addr); ok {
 		if f := inheritedSocket(unix.SOCK_DGRAM, ap); f != nil {
-			defer f.Close()
+			keep(f)
 			pc, err := net.FilePacketConn(f)
 			if err != nil {
 				return nil, fmt.Errorf("inherited socket for %s: %v", addr, err)
@@ -125,4 +125,42 @@ func ListenPacket(network, addr string) (net.PacketConn, error) {
 		}
 	}
 	return net.ListenPacket(network, addr)
+}
+
+// kept are the inherited sockets the service took, held open so that a
+// restart in place (reexec) can pass them on: the parent still holds the
+// port, a fresh bind would fail.
+var kept []*os.File
+
+func keep(f *os.File) {
+	inheritMu.Lock()
+	defer inheritMu.Unlock()
+	kept = append(kept, f)
+}
+
+// passKept arranges for the kept sockets to be fds 3, 4, ... of the next
+// program exec'd, with ListenFDsEnv saying how many. Only for right
+// before exec: it overwrites whatever those fds are.
+func passKept() error {
+	inheritMu.Lock()
+	defer inheritMu.Unlock()
+	if len(kept) == 0 {
+		return nil
+	}
+	// First out of the way of 3, 4, ..., then into place without
+	// close-on-exec.
+	high := make([]int, len(kept))
+	for i, f := range kept {
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 1000)
+		if err != nil {
+			return fmt.Errorf("passing socket %s on: %v", f.Name(), err)
+		}
+		high[i] = fd
+	}
+	for i, fd := range high {
+		if err := unix.Dup3(fd, 3+i, 0); err != nil {
+			return fmt.Errorf("passing socket on as fd %d: %v", 3+i, err)
+		}
+	}
+	return os.Setenv(ListenFDsEnv, strconv.Itoa(len(kept)))
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/store"
+	"github.com/ociboot/ociboot/appliance/webauth"
 )
 
 // MetricPrefix is the prefix of every metric service name exports:
@@ -49,9 +50,16 @@ type Env struct {
 	Mux *http.ServeMux
 	// StatusAddr is the address the status listener is bound to.
 	StatusAddr net.Addr
+	// Guard is the password and cross-site check every state-changing
+	// request on Mux passes before its handler runs (see package
+	// webauth); handlers use it only to pass on credentials.
+	Guard *webauth.Guard
 
 	mu     sync.Mutex
 	status func() any
+	live   chan *config.Config // nil until LiveConfig
+	// configRaw is the config.json Config was parsed from.
+	configRaw []byte
 }
 
 // SetStatus installs the function whose result /status returns as JSON.
@@ -81,54 +89,73 @@ type Flags struct {
 	Store      *string
 	Status     *string
 	AllowTmpfs *bool
+	// PasswordFile replaces gokrazy's password files (make run, tests).
+	PasswordFile *string
 }
 
 // RegisterFlags adds the common flags to fs with defaultStatus as the
 // default status listen address.
 func RegisterFlags(fs *flag.FlagSet, defaultStatus string) Flags {
 	return Flags{
-		Config:     fs.String("config", config.DefaultPath, "path of config.json (the gokrazy instance config with its Netboot section)"),
-		Store:      fs.String("store", store.DefaultRoot, "directory of the persistent store"),
-		Status:     fs.String("status", defaultStatus, "listen address for /status and /metrics (empty: off)"),
-		AllowTmpfs: fs.Bool("allow_tmpfs", false, "accept a store on tmpfs (throw-away runs only)"),
+		Config:       fs.String("config", config.DefaultPath, "path of config.json (the gokrazy instance config with its Netboot section)"),
+		Store:        fs.String("store", store.DefaultRoot, "directory of the persistent store"),
+		Status:       fs.String("status", defaultStatus, "listen address for /status and /metrics (empty: off)"),
+		AllowTmpfs:   fs.Bool("allow_tmpfs", false, "accept a store on tmpfs (throw-away runs only)"),
+		PasswordFile: fs.String("password_file", "", "file with the password state-changing HTTP requests need (empty: gokrazy's gokr-pw.txt in /perm, /etc or /)"),
 	}
 }
 
 // Setup loads the config, opens the store and starts the status listener.
-// The listener stops when ctx is done.
+// The listener stops when ctx is done. A config that does not load is also
+// recorded in the store (services/<name>.json) when the store opens, so
+// the status page can say why the service is down.
 func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, error) {
 	log := slog.New(slog.NewTextHandler(logOut, nil)).With("service", name)
-	cfg, err := config.Load(*f.Config)
+	st, stErr := store.Open(*f.Store, store.Options{AllowTmpfs: *f.AllowTmpfs})
+	cfg, raw, err := config.LoadBytes(*f.Config)
 	if err != nil {
+		if stErr == nil {
+			SaveState(st, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Error: err.Error()})
+		}
 		return nil, err
 	}
-	st, err := store.Open(*f.Store, store.Options{AllowTmpfs: *f.AllowTmpfs})
-	if err != nil {
-		return nil, err
+	if stErr != nil {
+		return nil, stErr
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metricNames := &names{Registerer: reg, set: map[string]bool{}}
+	guard := &webauth.Guard{}
+	if *f.PasswordFile != "" {
+		guard.Files = []string{*f.PasswordFile}
+	}
 	env := &Env{
 		Name:       name,
 		ConfigPath: *f.Config,
 		Config:     cfg,
 		Store:      st,
 		Log:        log,
-		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), reg),
+		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), metricNames),
 		Mux:        http.NewServeMux(),
+		Guard:      guard,
+		configRaw:  raw,
 	}
 	env.Mux.HandleFunc("/status", env.serveStatus)
-	// Profiles of a running service, for the status port's own network.
-	env.Mux.HandleFunc("/debug/pprof/", pprof.Index)
-	env.Mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	// Profiles show memory and cost CPU: for the head node itself only
+	// (an SSH tunnel from a laptop).
+	env.Mux.Handle("/debug/pprof/", webauth.LoopbackOnly(http.HandlerFunc(pprof.Index)))
+	env.Mux.Handle("/debug/pprof/profile", webauth.LoopbackOnly(http.HandlerFunc(pprof.Profile)))
 	env.Mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	env.Mux.HandleFunc("/metrics/names", metricNames.serve)
 	if *f.Status != "" {
 		ln, err := Listen("tcp", *f.Status)
 		if err != nil {
 			return nil, fmt.Errorf("%s: status listener: %v; pass another -status address", name, err)
 		}
 		env.StatusAddr = ln.Addr()
-		srv := &http.Server{Handler: env.Mux, ReadHeaderTimeout: 10 * time.Second}
+		// Every handler a service adds to Mux is behind the guard: no
+		// state-changing request reaches one without the password.
+		srv := webauth.Server(guard.Protect(env.Mux), webauth.StatusLimits)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("status listener failed", "err", err)
@@ -146,6 +173,10 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 // Main is the whole main function of a service: it parses flags, sets up,
 // runs run until SIGINT/SIGTERM and exits non-zero on error so that the
 // gokrazy supervisor restarts the service and shows the reason.
+//
+// It also watches config.json (see WatchConfig): a service that called
+// LiveConfig gets each new valid config; any other service stops and
+// executes itself again, so it starts over with the new config.
 func Main(name, defaultStatus string, run func(ctx context.Context, env *Env) error) {
 	f := RegisterFlags(flag.CommandLine, defaultStatus)
 	flag.Parse()
@@ -153,16 +184,51 @@ func Main(name, defaultStatus string, run func(ctx context.Context, env *Env) er
 	defer stop()
 	env, err := Setup(ctx, name, f, os.Stdout)
 	if err != nil {
-		// Plain lines, one per problem, are easier to read in gokrazy's
-		// log view than one escaped slog attribute.
-		fmt.Fprintln(os.Stderr, err)
+		// gokrazy's UI shows a service's last stderr lines: plain lines,
+		// one per problem, are easier to read there than one escaped
+		// slog attribute.
+		fmt.Fprintf(os.Stderr, "%s cannot start:\n%v\n", name, err)
 		slog.New(slog.NewTextHandler(os.Stdout, nil)).Error("start failed; the reason is on stderr", "service", name)
 		os.Exit(1)
 	}
+	SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Running: true})
+	for _, w := range env.Config.Warnings {
+		env.Log.Warn("config.json: "+w, "config", env.ConfigPath)
+	}
 	env.Log.Info("started", "config", env.ConfigPath, "store", env.Store.Root, "mode", env.Config.Mode, "interface", env.Config.Interface)
-	if err := run(ctx, env); err != nil && !errors.Is(err, context.Canceled) {
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	restart := make(chan struct{}, 1)
+	go WatchConfig(runCtx, env.ConfigPath, env.configRaw, ConfigPoll, env.Log, func(next *config.Config, err error) {
+		if err != nil {
+			SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Running: true,
+				ConfigError: "config.json changed but is not valid; still running with the previous one: " + err.Error()})
+			return
+		}
+		SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Running: true})
+		if env.deliver(runCtx, next) {
+			return
+		}
+		env.Log.Info("config.json changed: restarting to apply it")
+		select {
+		case restart <- struct{}{}:
+		default:
+		}
+		cancelRun()
+	})
+	err = run(runCtx, env)
+	select {
+	case <-restart:
+		stop()
+		reexec(env)
+	default:
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(os.Stderr, "%s failed: %v\n", name, err)
+		SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC(), Error: err.Error()})
 		env.Log.Error("failed", "err", err)
 		os.Exit(1)
 	}
+	SaveState(env.Store, State{Service: name, Pid: os.Getpid(), Time: time.Now().UTC()})
 	env.Log.Info("stopped")
 }

@@ -86,3 +86,29 @@ func TestSetupReportsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricNamesWithoutSamples(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.json")
+	os.WriteFile(cfgPath, []byte(`{"Netboot": {}}`), 0o644)
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	f := RegisterFlags(fs, "127.0.0.1:0")
+	fs.Parse([]string{"-config", cfgPath, "-store", filepath.Join(dir, "store"), "-allow_tmpfs"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	env, err := Setup(ctx, "testd", f, os.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Metrics.MustRegister(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "errors_total", Help: "Errors."}, []string{"kind"}))
+	resp, err := http.Get("http://" + env.StatusAddr.String() + "/metrics/names")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got []string
+	json.NewDecoder(resp.Body).Decode(&got)
+	if len(got) != 1 || got[0] != "ociboot_testd_errors_total" {
+		t.Errorf("/metrics/names: got %q, want [ociboot_testd_errors_total]", got)
+	}
+}

@@ -38,8 +38,8 @@ func TestImageServingAndLastFailure(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	page := string(b)
-	for _, want := range []string{"serving <code>sha256:2e2e", "the tree of localhost:5000/node:v1", "pulled 72h0m0s ago",
-		"last attempt failed (1m0s ago): resolving localhost:5000/nodee:v1: NAME_UNKNOWN (check the repository and tag)"} {
+	for _, want := range []string{`<span class="badge stale">stale</span>`, "<code>sha256:2e2e", "the tree of localhost:5000/node:v1", "72h0m0s ago",
+		"last attempt 1m0s ago: resolving localhost:5000/nodee:v1: NAME_UNKNOWN (check the repository and tag) — the last good tree keeps serving"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
 		}

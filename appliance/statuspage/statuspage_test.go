@@ -107,19 +107,20 @@ func TestHTML(t *testing.T) {
 	resp.Body.Close()
 	html := string(b)
 	for _, want := range []string{
-		"<td>node2</td>",
-		`<span class="stage rootmounted">root-mounted</span>`,
-		`<span class="stage none">not seen</span>`,
-		"kernel8.img: not in image",
+		`<h3>node2 <span class="badge online liveness">online since 12:00:00</span>`,
+		`<h3>typo <span class="badge notseen liveness">not seen</span>`,
+		"Last error: kernel8.img: not in image. What to do: the file is not in the image&#39;s boot directory",
 		"<code>sha256:1f1f1f1f1f1f</code>",
-		`<span class="down">down</span>`,
-		"localhost:5000/node:v2",
-		"image changed: the root was made from sha256:0e0e0e0e0e0e; reset the node",
+		`<span class="badge down">down</span>`,
+		"image changed: the root was made from sha256:0e0e0e0e0e0e; reimage the node",
 		"boots from its own root (nodes/abcd0003/root/boot/firmware)",
 		"boots from image localhost:5000/node:v1",
-		"boot log of abcd0003: 2 lines, the last 1s ago",
+		"boot log: 2 lines, the last 1s ago",
 		"11:59:59 TFTP_GET: &lt;abcd0003/start4.elf&gt;\n",
 		"bootloader update abcd0002/pieeprom.upd (524288 bytes, sha256 abababababababababa) fetched 1m0s ago",
+		`<li>root-mounted at 12:00:00</li>`,
+		`<form method="post" action="/api/reset" class="reset"`,
+		`http://127.0.0.1:1/status`,
 	} {
 		if !strings.Contains(html, want) {
 			t.Errorf("page lacks %q", want)

@@ -468,7 +468,14 @@ func (s *Server) finish(t Transfer) {
 	case "failed":
 		s.log.Warn("transfer failed", append(attrs, "err", t.Error)...)
 	case "not-found":
-		s.log.Debug("not found", append(attrs, "err", t.Error)...)
+		// A Pi probes files that need not exist (dt-blob.bin, ...): those
+		// stay at debug level. A node without an image cannot boot at
+		// all: that is worth a warning and a line on the status page.
+		if strings.Contains(t.Error, nodes.ErrNoImage.Error()) {
+			s.log.Warn("node has no image to boot", append(attrs, "err", t.Error)...)
+		} else {
+			s.log.Debug("not found", append(attrs, "err", t.Error)...)
+		}
 	default:
 		s.log.Info("transfer", attrs...)
 	}

@@ -72,15 +72,33 @@ func main() {
 			return err
 		}
 		defer srv.Close()
-		env.SetStatus(func() any { return srv.Status() })
-		env.Mux.HandleFunc("POST /reset", func(w http.ResponseWriter, r *http.Request) {
-			node := r.FormValue("node")
-			if err := srv.Reset(node); err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			fmt.Fprintf(w, "node %s: root dropped; its next mount makes a fresh one from its image\n", node)
+		env.SetStatus(func() any {
+			return struct {
+				nfs.Status
+				Activity []nfs.Activity
+			}{srv.Status(), srv.Activities()}
 		})
+		// Both need the password (service.Env's guard). A node whose
+		// root is in use is refused unless force=1.
+		admin := func(what string, act func(key string, force bool) error, done string) {
+			env.Mux.HandleFunc("POST /"+what, func(w http.ResponseWriter, r *http.Request) {
+				node := r.FormValue("node")
+				err := act(node, r.FormValue("force") == "1")
+				switch {
+				case errors.Is(err, nfs.ErrUnknownNode):
+					http.Error(w, err.Error(), http.StatusNotFound)
+				case errors.Is(err, nfs.ErrMounted):
+					http.Error(w, err.Error(), http.StatusConflict)
+				case err != nil:
+					http.Error(w, err.Error(), http.StatusBadRequest)
+				default:
+					env.Log.Info(what, "node", node, "from", r.RemoteAddr)
+					fmt.Fprintf(w, "node %s: %s\n", node, done)
+				}
+			})
+		}
+		admin("reset", func(k string, f bool) error { return srv.ResetNode(env.Config, k, f) }, "root dropped; its next mount makes a fresh one from its image")
+		admin("forget", func(k string, f bool) error { return srv.Forget(env.Config, k, f) }, "forgotten; if it boots again it is enrolled afresh")
 		errc := make(chan error, 4)
 		var closers []func() error
 		defer func() {

@@ -1,19 +1,17 @@
 // Binary ocicache pulls, caches and unpacks the OCI images nodes boot, and serves them as a registry.
 //
-// It pulls every image the config names at start, again on SIGHUP and when
-// the config file changes (checked every 10 seconds), revalidates the tags
-// every -revalidate and retries failed images every -retry. Garbage
-// collection follows each pass.
+// It pulls every image the config names at start, again on SIGHUP, when
+// the config file changes (service.WatchConfig) and on POST /pull,
+// revalidates the tags every -revalidate and retries failed images every
+// -retry. Garbage collection follows each pass.
 package main
 
 import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +19,7 @@ import (
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/ocicache"
 	"github.com/ociboot/ociboot/appliance/service"
+	"github.com/ociboot/ociboot/appliance/webauth"
 )
 
 var (
@@ -54,7 +53,7 @@ func main() {
 				return err
 			}
 			env.Log.Info("registry listening", "addr", ln.Addr().String())
-			srv := &http.Server{Handler: c.RegistryHandler(), ReadHeaderTimeout: 30 * time.Second}
+			srv := webauth.Server(c.RegistryHandler(), webauth.RegistryLimits)
 			go func() {
 				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					env.Log.Error("registry listener failed", "err", err)
@@ -62,41 +61,31 @@ func main() {
 			}()
 			defer srv.Close()
 		}
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		modTime := func() time.Time {
-			fi, err := os.Stat(env.ConfigPath)
-			if err != nil {
-				return time.Time{}
-			}
-			return fi.ModTime()
-		}
+		// A new config.json arrives through the services' one watcher
+		// (service.WatchConfig) and starts a pass at once, as does
+		// POST /pull ("re-pull now" on the status page).
+		live := env.LiveConfig()
 		reload := make(chan *config.Config)
+		current := env.Config
+		pullNow := make(chan struct{}, 1)
+		env.Mux.HandleFunc("POST /pull", func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case pullNow <- struct{}{}:
+			default:
+			}
+			fmt.Fprintln(w, "pull pass started: every configured image is resolved again and new content fetched")
+		})
 		go func() {
-			seen := modTime()
-			poll := time.NewTicker(10 * time.Second)
-			defer poll.Stop()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-hup:
-					env.Log.Info("SIGHUP: reloading config")
-				case <-poll.C:
-					m := modTime()
-					if m.Equal(seen) {
-						continue
-					}
-					seen = m
-					env.Log.Info("config file changed: reloading")
-				}
-				next, err := config.Load(env.ConfigPath)
-				if err != nil {
-					env.Log.Error("config reload failed; keeping the previous config", "err", err)
-					continue
+				case next := <-live:
+					current = next
+				case <-pullNow:
 				}
 				select {
-				case reload <- next:
+				case reload <- current:
 				case <-ctx.Done():
 					return
 				}

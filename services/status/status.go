@@ -1,5 +1,6 @@
 // Binary status serves the cluster status page: nodes, boot stages, image
-// cache and links to every service's metrics.
+// cache and links to every service's metrics, and the actions (reset,
+// forget, re-pull) it forwards to nfsd and ocicache.
 package main
 
 import (
@@ -24,6 +25,7 @@ func main() {
 		page := &statuspage.Page{
 			Config: env.Config,
 			Store:  env.Store,
+			Guard:  env.Guard,
 			Services: []statuspage.Service{
 				{Name: "dhcpd", URL: *dhcpdURL},
 				{Name: "tftpd", URL: *tftpdURL},
@@ -32,6 +34,7 @@ func main() {
 			},
 		}
 		env.Mux.Handle("/", page)
+		env.Metrics.MustRegister(page.Collector())
 		env.SetStatus(func() any { return map[string]any{"service": "status"} })
 		<-ctx.Done()
 		return ctx.Err()

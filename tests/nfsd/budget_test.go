@@ -134,7 +134,7 @@ func TestLibnfsQuotaAndReserve(t *testing.T) {
 		t.Errorf("nfs-cp of 16 MiB into a node with an 8 MiB quota succeeded")
 	}
 	// nfs-cp prints no status; nfsd's metrics count what it answered.
-	if got := s.metric(t, `ociboot_nfsd_errors_total{proc="WRITE",status="69"}`); got < 1 {
+	if got := s.metric(t, `ociboot_nfsd_errors_total{proc="WRITE",status="NFS3ERR_DQUOT"}`); got < 1 {
 		t.Errorf("WRITE replies with NFS3ERR_DQUOT (69): %v, want at least 1", got)
 	}
 	if got := s.metric(t, `ociboot_nfsd_node_used_bytes{node="aabbccdd"}`); got < 7<<20 || got > 9<<20 {
@@ -160,7 +160,7 @@ func TestLibnfsQuotaAndReserve(t *testing.T) {
 	if err == nil {
 		t.Errorf("nfs-cp of 16 MiB with 4 MiB above the reserve succeeded")
 	}
-	if got := s.metric(t, `ociboot_nfsd_errors_total{proc="WRITE",status="28"}`); got < 1 {
+	if got := s.metric(t, `ociboot_nfsd_errors_total{proc="WRITE",status="NFS3ERR_NOSPC"}`); got < 1 {
 		t.Errorf("WRITE replies with NFS3ERR_NOSPC (28): %v, want at least 1", got)
 	}
 	if free := storeFree(t, dir); free < reserveMiB<<20 {

@@ -118,7 +118,21 @@ func TestLibnfsClients(t *testing.T) {
 		t.Fatalf("no status address in the log:\n%s", s.Log())
 	}
 	addr, _, _ := strings.Cut(rest, "\n")
-	out, err = libnfs(t, "curl", "-sf", "-X", "POST", "http://"+addr+"/reset?node=aabbccdd")
+	// The root is mounted and was just used: refused without force,
+	// and a serial nobody knows is refused too.
+	for _, tt := range []struct{ query, want string }{
+		{"node=aabbccdd", "409"},
+		{"node=0badc0de&force=1", "404"},
+	} {
+		out, _ = libnfs(t, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "http://"+addr+"/reset?"+tt.query)
+		if out != tt.want {
+			t.Errorf("POST /reset?%s: got HTTP %s, want %s", tt.query, out, tt.want)
+		}
+	}
+	if out, _ := libnfs(t, "nfs-ls", s.url("/nodes/aabbccdd/tmp")); !strings.Contains(out, "blob") {
+		t.Errorf("a refused reset dropped the root: tmp lists %q", out)
+	}
+	out, err = libnfs(t, "curl", "-sf", "-X", "POST", "http://"+addr+"/reset?node=aabbccdd&force=1")
 	if err != nil {
 		t.Fatalf("POST /reset: %v\n%s", err, out)
 	}
