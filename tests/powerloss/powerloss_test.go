@@ -218,7 +218,7 @@ func TestPowerLossUnderWrites(t *testing.T) {
 		}
 		return files, blocks
 	}
-	deadline := time.Now().Add(60 * slow * time.Second)
+	deadline := time.Now().Add(180 * slow * time.Second) // the mount may take two minutes (nfspower.c)
 	for {
 		f, _ := acks()
 		mu.Lock()

@@ -57,13 +57,18 @@ int main(int argc, char **argv)
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	nfs = nfs_init_context();
-	nfs_set_timeout(nfs, 10000);
+	/* The first MOUNT makes the node's root (tree and identity, host
+	 * keys included) inside an emulated head node that shares this
+	 * machine's cores with other tests: give it two minutes, calls after
+	 * it half a minute. */
+	nfs_set_timeout(nfs, 120000);
 	nfs_set_autoreconnect(nfs, 0);
 	struct nfs_url *url = nfs_parse_url_dir(nfs, argv[2]);
 	if (url == NULL)
 		die("parse url");
 	if (nfs_mount(nfs, url->server, url->path) != 0)
 		die("mount");
+	nfs_set_timeout(nfs, 30000);
 	static unsigned char buf[131072], got[131072];
 	if (strcmp(argv[1], "write") == 0) {
 		struct nfsfh *log;
