@@ -87,7 +87,10 @@ func TestStatusPageStates(t *testing.T) {
 	deadline := time.Now().Add(40 * time.Second)
 	for {
 		var state struct{ Pulling, Failed bool }
-		b.Eval(`({Pulling: !!document.querySelector('tr.image[data-state=pulling] .bar > div'), Failed: /could not be pulled/.test((document.querySelector('#node-abcd0001 .problem') || {}).textContent || '')})`, &state)
+		// Wait for at least a megabyte: at the first few hundred kilobytes
+		// the bar's fill is a few pixels wide, too narrow to measure its
+		// colour past the anti-aliased edges.
+		b.Eval(`({Pulling: !!document.querySelector('tr.image[data-state=pulling] .bar > div') && /M of /.test(document.querySelector('tr.image[data-state=pulling]').innerText), Failed: /could not be pulled/.test((document.querySelector('#node-abcd0001 .problem') || {}).textContent || '')})`, &state)
 		if state.Pulling && state.Failed {
 			break
 		}

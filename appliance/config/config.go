@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path"
 	"reflect"
 	"regexp"
 	"sort"
@@ -76,6 +77,54 @@ type Node struct {
 	// node's store, e.g. "10G" (overrides Netboot.NodeQuota; "0": none).
 	// Writes past it fail on the node with "Disk quota exceeded".
 	Quota string
+	// Disk overrides Netboot.NodeDisk for this node ({"Off": true}: none).
+	Disk *Disk
+	// Install copies the netbooted system to a disk of the node, which
+	// then boots from it; see Install.
+	Install *Install
+}
+
+// Disk is local-filesystem storage for a node's container runtime:
+// overlayfs refuses an NFS upper directory, so /var/lib/containerd and
+// /var/lib/rancher need a block device. Either the head node serves one
+// over NBD (a sparse file in the node's directory on the store; the node
+// makes an ext4 on first use), or Device names a disk of the node itself.
+type Disk struct {
+	// Size of the NBD disk, e.g. "20G" (at least 1G; default 20G). Only
+	// written blocks take space on the store, and they count against the
+	// node's Quota.
+	Size string
+	// Mount lists where the node mounts the disk, before container
+	// runtimes start (one ext4; each path is a directory on it, bind-
+	// mounted). Default ["/var/lib/containerd", "/var/lib/rancher"].
+	Mount []string
+	// Device uses a disk of the node instead of NBD: "/dev/nvme0n1p1",
+	// "/dev/disk/by-id/<serial>", "LABEL=data" or "UUID=...".
+	Device string
+	// Format makes an ext4 on Device when it holds no file system. Without
+	// it a blank Device fails the mount and says so; a device with a file
+	// system is never formatted. (NBD disks are always formatted on first use.)
+	Format bool
+	// KeepOnReset keeps the NBD disk when the node's root is reset or
+	// reimaged (default: it is dropped with the root). Forgetting the node
+	// always drops it.
+	KeepOnReset bool
+	// Off: no disk for this node even though Netboot.NodeDisk is set.
+	Off bool
+}
+
+// Install is Nodes[].Install: on its next netboot the node partitions
+// Device like an SD card (FAT boot, ext4 root), copies its boot files and
+// root onto it, makes fstab and cmdline.txt local and reports back; from
+// then on it boots from Device.
+type Install struct {
+	// Device is the node's whole disk: "/dev/mmcblk0", "/dev/nvme0n1".
+	// Everything on it is lost.
+	Device string
+	// KeepNetboot keeps answering the node's netboot after the install
+	// (a fallback when the local disk fails; on a Pi the boot order then
+	// decides). Default: an installed node is no longer netbooted.
+	KeepNetboot bool
 }
 
 // Netboot is the "Netboot" section of config.json as written by users.
@@ -138,6 +187,10 @@ type Netboot struct {
 	// that may log in as root on every node: nfsd writes them into each
 	// node's root (and its cloud-init seed) when it makes the root.
 	SSHAuthorizedKeys []string
+	// NodeDisk gives every node a disk for its container runtime (see
+	// Disk) unless Nodes[].Disk says otherwise, e.g.
+	// {"Size": "20G", "Mount": ["/var/lib/containerd", "/var/lib/rancher"]}.
+	NodeDisk *Disk
 	// NodeQuota is every node's quota on the store unless Nodes[].Quota
 	// says otherwise, e.g. "10G"; empty: none (nfsd's -reserve_mib still
 	// keeps space for the head node's own state).
@@ -153,7 +206,35 @@ type NodeConfig struct {
 	Image      string           // the node's image (DefaultImage filled in)
 	Platform   string
 	Netconsole bool
-	Quota      int64 // bytes the node's root may use; 0: no quota (NodeQuota filled in)
+	Quota      int64          // bytes the node's root may use; 0: no quota (NodeQuota filled in)
+	Disk       *DiskConfig    // nil: none (NodeDisk filled in)
+	Install    *InstallConfig // nil: netboot only
+}
+
+// DefaultDiskSize and DefaultDiskMounts are a Disk's defaults;
+// MinDiskSize is the smallest NBD disk (an ext4 journal and a few images).
+var (
+	DefaultDiskSize   int64 = 20 << 30
+	MinDiskSize       int64 = 1 << 30
+	DefaultDiskMounts       = []string{"/var/lib/containerd", "/var/lib/rancher"}
+)
+
+// DiskConfig is a validated Disk.
+type DiskConfig struct {
+	Size        int64    // NBD disk size in bytes; 0 when Device is set
+	Mount       []string // absolute, clean, without commas or spaces
+	Device      string   // "" for NBD
+	Format      bool
+	KeepOnReset bool
+}
+
+// NBD reports whether the head node serves this disk.
+func (d *DiskConfig) NBD() bool { return d != nil && d.Device == "" }
+
+// InstallConfig is a validated Install.
+type InstallConfig struct {
+	Device      string
+	KeepNetboot bool
 }
 
 // Config is the validated section with parsed values.
@@ -190,6 +271,8 @@ type Config struct {
 	AuthorizedKeys []string
 	// NodeQuota is the parsed Netboot.NodeQuota in bytes (0: none).
 	NodeQuota int64
+	// NodeDisk is the parsed Netboot.NodeDisk (nil: none).
+	NodeDisk *DiskConfig
 }
 
 // Errors collects every problem found in the section; Error prints one per
@@ -261,6 +344,17 @@ func jsonErr(b []byte, err error) error {
 // run reports all problems.
 func decodeStrict(path string, raw json.RawMessage, v reflect.Value, errs *Errors) {
 	switch {
+	case v.Kind() == reflect.Pointer && v.Type().Elem().Kind() == reflect.Struct:
+		if string(bytes.TrimSpace(raw)) == "null" {
+			return
+		}
+		p := reflect.New(v.Type().Elem())
+		decodeStrict(path, raw, p.Elem(), errs)
+		// Not an object: the error above says so; a zero struct in its
+		// place would only add errors about its empty fields.
+		if bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
+			v.Set(p)
+		}
 	case v.Kind() == reflect.Struct:
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
@@ -508,6 +602,7 @@ func validate(raw Netboot, errs *Errors) *Config {
 		return n
 	}
 	cfg.NodeQuota = quota("Netboot.NodeQuota", raw.NodeQuota)
+	cfg.NodeDisk = checkDisk("Netboot.NodeDisk", raw.NodeDisk, add)
 
 	seen := map[string]string{}
 	dup := func(field, kind, v string) {
@@ -524,6 +619,11 @@ func validate(raw Netboot, errs *Errors) *Config {
 		if n.Quota != "" {
 			nc.Quota = quota(p+".Quota", n.Quota)
 		}
+		nc.Disk = cfg.NodeDisk
+		if n.Disk != nil {
+			nc.Disk = checkDisk(p+".Disk", n.Disk, add)
+		}
+		nc.Install = checkInstall(p+".Install", n.Install, add)
 		if n.Serial != "" {
 			s, err := NormalizeSerial(n.Serial)
 			if err != nil {
@@ -576,6 +676,84 @@ func validate(raw Netboot, errs *Errors) *Config {
 		cfg.Nodes = append(cfg.Nodes, nc)
 	}
 	return cfg
+}
+
+// checkDisk validates a Disk; nil (no disk) for nil or Off.
+func checkDisk(field string, d *Disk, add func(string, ...any)) *DiskConfig {
+	if d == nil || d.Off {
+		return nil
+	}
+	dc := &DiskConfig{Device: d.Device, Format: d.Format, KeepOnReset: d.KeepOnReset}
+	if d.Device != "" {
+		if !validDevice(d.Device) {
+			add("%s.Device: %q is not a device of the node; use a path such as \"/dev/nvme0n1p1\" or \"/dev/disk/by-id/...\", or \"LABEL=...\" or \"UUID=...\"", field, d.Device)
+		}
+		if d.Size != "" {
+			add("%s: Size is for disks the head node serves; a Device has its own size (drop Size or Device)", field)
+		}
+		if d.KeepOnReset {
+			add("%s: KeepOnReset is for disks the head node serves; a Device is never dropped (drop KeepOnReset)", field)
+		}
+	} else {
+		if d.Format {
+			add("%s: Format is for a Device; the head node's disks are always formatted on first use (drop Format)", field)
+		}
+		dc.Size = DefaultDiskSize
+		if d.Size != "" {
+			n, err := ParseSize(d.Size)
+			switch {
+			case err != nil:
+				add("%s.Size: %v", field, err)
+			case n < MinDiskSize:
+				add("%s.Size: %q is below the smallest disk, 1G", field, d.Size)
+			default:
+				dc.Size = n
+			}
+		}
+	}
+	mounts := d.Mount
+	if mounts == nil {
+		mounts = DefaultDiskMounts
+	}
+	if len(mounts) == 0 {
+		add("%s.Mount: empty; name where the disk goes, e.g. [\"/var/lib/containerd\"]", field)
+	}
+	seen := map[string]bool{}
+	for i, m := range mounts {
+		switch {
+		case !strings.HasPrefix(m, "/") || path.Clean(m) != m || m == "/":
+			add("%s.Mount[%d]: %q is not an absolute, clean directory other than /", field, i, m)
+		case strings.ContainsAny(m, ", \t\n\"'\\"):
+			add("%s.Mount[%d]: %q has a comma, quote, backslash or space; the node gets the list on its kernel command line", field, i, m)
+		case seen[m]:
+			add("%s.Mount[%d]: %q is listed twice", field, i, m)
+		}
+		seen[m] = true
+	}
+	dc.Mount = append([]string(nil), mounts...)
+	return dc
+}
+
+func checkInstall(field string, in *Install, add func(string, ...any)) *InstallConfig {
+	if in == nil {
+		return nil
+	}
+	if in.Device == "" || !strings.HasPrefix(in.Device, "/dev/") || path.Clean(in.Device) != in.Device || strings.ContainsAny(in.Device, ", \t\n\"'\\") {
+		add("%s.Device: %q is not a whole disk of the node such as \"/dev/mmcblk0\" or \"/dev/nvme0n1\" (everything on it is lost)", field, in.Device)
+	}
+	return &InstallConfig{Device: in.Device, KeepNetboot: in.KeepNetboot}
+}
+
+func validDevice(s string) bool {
+	if strings.ContainsAny(s, ", \t\n\"'\\") {
+		return false
+	}
+	for _, p := range []string{"LABEL=", "UUID=", "PARTUUID=", "PARTLABEL="} {
+		if v, ok := strings.CutPrefix(s, p); ok {
+			return v != ""
+		}
+	}
+	return strings.HasPrefix(s, "/dev/") && len(s) > 5 && path.Clean(s) == s
 }
 
 func checkPlatform(field, s string, add func(string, ...any)) {

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -181,6 +182,26 @@ func TestErrors(t *testing.T) {
 			[]string{`Netboot.SSHAuthorizedKeys[1]: "my key" is not one OpenSSH public key line`}},
 		{"two ssh keys in one line", `{"SSHAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFxuY3y0p1mY0h2kM1hQm0d7c0xXeW0pQ2g0YlQvZ2Zs a\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFxuY3y0p1mY0h2kM1hQm0d7c0xXeW0pQ2g0YlQvZ2Zs b"]}`,
 			[]string{`Netboot.SSHAuthorizedKeys[0]: `}},
+		{"disk key typo", `{"NodeDisk": {"Sise": "20G"}}`,
+			[]string{`Netboot.NodeDisk.Sise: unknown key (known keys: Size, Mount,`}},
+		{"disk too small", `{"NodeDisk": {"Size": "100M"}}`,
+			[]string{`Netboot.NodeDisk.Size: "100M" is below the smallest disk, 1G`}},
+		{"disk size typo", `{"NodeDisk": {"Size": "20 gigs"}}`,
+			[]string{`Netboot.NodeDisk.Size: `}},
+		{"disk mount relative", `{"NodeDisk": {"Mount": ["var/lib/containerd", "/"]}}`,
+			[]string{`Netboot.NodeDisk.Mount[0]: "var/lib/containerd" is not an absolute`, `Netboot.NodeDisk.Mount[1]: "/" is not an absolute`}},
+		{"disk mount comma", `{"NodeDisk": {"Mount": ["/a,b", "/c", "/c"]}}`,
+			[]string{`Netboot.NodeDisk.Mount[0]: "/a,b" has a comma`, `Netboot.NodeDisk.Mount[2]: "/c" is listed twice`}},
+		{"disk device and size", `{"Nodes": [{"Serial": "abcd1234", "Disk": {"Device": "/dev/nvme0n1p1", "Size": "20G"}}]}`,
+			[]string{`Netboot.Nodes[0].Disk: Size is for disks the head node serves`}},
+		{"disk bad device", `{"Nodes": [{"Serial": "abcd1234", "Disk": {"Device": "nvme0n1"}}]}`,
+			[]string{`Netboot.Nodes[0].Disk.Device: "nvme0n1" is not a device of the node`}},
+		{"disk format without device", `{"NodeDisk": {"Format": true}}`,
+			[]string{`Netboot.NodeDisk: Format is for a Device`}},
+		{"install without device", `{"Nodes": [{"Serial": "abcd1234", "Install": {}}]}`,
+			[]string{`Netboot.Nodes[0].Install.Device: "" is not a whole disk`}},
+		{"install not an object", `{"Nodes": [{"Serial": "abcd1234", "Install": "/dev/sda"}]}`,
+			[]string{`Netboot.Nodes[0].Install: want an object, got "/dev/sda"`}},
 		{"several problems at once", `{"Mode": "x", "Enroll": "y", "Nodes": [{"MAC": "q"}]}`,
 			[]string{`Netboot.Mode: "x"`, `Netboot.Enroll: "y"`, `Netboot.Nodes[0].MAC: "q"`}},
 	} {
@@ -205,6 +226,39 @@ func TestErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestDisks(t *testing.T) {
+	cfg, err := Parse([]byte(`{"Netboot": {"NodeDisk": {"Size": "8G"}, "Nodes": [
+		{"Serial": "abcd0001"},
+		{"Serial": "abcd0002", "Disk": {"Off": true}},
+		{"Serial": "abcd0003", "Disk": {"Device": "LABEL=data", "Format": true, "Mount": ["/var/lib/docker"]}},
+		{"Serial": "abcd0004", "Disk": {"KeepOnReset": true}, "Install": {"Device": "/dev/nvme0n1", "KeepNetboot": true}}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := *cfg.NodeDisk, (DiskConfig{Size: 8 << 30, Mount: DefaultDiskMounts}); !reflect.DeepEqual(got, want) {
+		t.Errorf("NodeDisk: got %+v, want %+v", got, want)
+	}
+	for i, want := range []*DiskConfig{
+		{Size: 8 << 30, Mount: DefaultDiskMounts},
+		nil,
+		{Device: "LABEL=data", Format: true, Mount: []string{"/var/lib/docker"}},
+		{Size: DefaultDiskSize, Mount: DefaultDiskMounts, KeepOnReset: true},
+	} {
+		if got := cfg.Nodes[i].Disk; !reflect.DeepEqual(got, want) {
+			t.Errorf("Nodes[%d].Disk: got %+v, want %+v", i, got, want)
+		}
+	}
+	if got, want := cfg.Nodes[2].Disk.NBD(), false; got != want {
+		t.Errorf("a Device disk: NBD() = %v, want %v", got, want)
+	}
+	if got, want := cfg.Nodes[3].Install, (&InstallConfig{Device: "/dev/nvme0n1", KeepNetboot: true}); !reflect.DeepEqual(got, want) {
+		t.Errorf("Install: got %+v, want %+v", got, want)
+	}
+	if cfg.Nodes[0].Install != nil {
+		t.Errorf("Install without the key: got %+v, want nil", cfg.Nodes[0].Install)
 	}
 }
 
