@@ -154,16 +154,27 @@ func (s *Server) checkAdmin(cfg *config.Config, key string, force bool, now time
 
 // ResetNode is Reset as the HTTP API offers it: it refuses a node nobody
 // knows (a typo must not answer "done") and a root in use unless force.
+// The node's NBD disk goes too, unless the config keeps it on reset; a
+// disk nbdd serves is refused unless force, before the root is touched.
 func (s *Server) ResetNode(cfg *config.Config, key string, force bool) error {
 	key = nodes.Canonical(cfg, s.opts.Store, key)
 	if err := s.checkAdmin(cfg, key, force, time.Now()); err != nil {
 		return err
 	}
+	if s.opts.Disks != nil {
+		dropped, err := s.opts.Disks.Reset(key, force)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", key, err)
+		}
+		if dropped {
+			s.log.Info("node's NBD disk dropped with its root", "node", key)
+		}
+	}
 	return s.Reset(key)
 }
 
-// Forget drops everything the head node keeps of a node: its root and its
-// directory (record, stages, boot log). A node still in config.json is
+// Forget drops everything the head node keeps of a node: its root, its
+// NBD disk and its directory (record, stages, boot log). A node still in config.json is
 // refused (it would be listed again at once); one that boots again is
 // enrolled afresh.
 func (s *Server) Forget(cfg *config.Config, key string, force bool) error {
@@ -173,6 +184,11 @@ func (s *Server) Forget(cfg *config.Config, key string, force bool) error {
 	}
 	if _, ok := cfg.NodeBySerial(key); ok {
 		return fmt.Errorf("node %s is listed in config.json: remove it there first, then forget it", key)
+	}
+	if s.opts.Disks != nil {
+		if _, err := s.opts.Disks.Drop(key, force); err != nil {
+			return fmt.Errorf("node %s: %w", key, err)
+		}
 	}
 	if err := s.Reset(key); err != nil {
 		return err

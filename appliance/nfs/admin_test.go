@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/nodedisk"
 	"github.com/ociboot/ociboot/appliance/nodes"
 )
 
@@ -75,5 +76,69 @@ func TestActivityBounded(t *testing.T) {
 	}
 	if got := len(a.last); got != maxActivity {
 		t.Errorf("activity entries: got %d, want %d", got, maxActivity)
+	}
+}
+
+// TestResetNodeDisk: a reset takes the node's NBD disk with its root
+// unless the config keeps it; a disk nbdd has open refuses the reset (the
+// root stays) unless forced; forget always drops it.
+func TestResetNodeDisk(t *testing.T) {
+	srv := fuzzServer(t)
+	st := srv.opts.Store
+	parse := func(js string) *config.Config {
+		cfg, err := config.Parse([]byte(js))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	cfg := parse(`{"Netboot": {"Nodes": [{"Serial": "abcd0001", "Disk": {"Size": "1G"}}, {"Serial": "abcd0002", "Disk": {"Size": "1G", "KeepOnReset": true}}]}}`)
+	srv.opts.Disks = nodedisk.Disks{Config: cfg, Store: st}
+	root := func(k string) string {
+		d, _ := st.NodeDir(k)
+		return filepath.Join(d, nodes.RootDir)
+	}
+	disk := func(k string) *nodedisk.Disk {
+		d, err := nodedisk.Open(cfg, st, k, nodedisk.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	for _, k := range []string{"abcd0001", "abcd0002"} {
+		nodes.Save(st, nodes.Record{Serial: k})
+		os.MkdirAll(filepath.Join(root(k), "etc"), 0o755)
+	}
+	exists := func(k string) bool { return nodedisk.Stat(st, k).Exists }
+
+	d := disk("abcd0001")
+	if err := srv.ResetNode(cfg, "abcd0001", false); !errors.Is(err, nodedisk.ErrInUse) {
+		t.Errorf("reset while nbdd serves the disk: got %v, want ErrInUse", err)
+	}
+	if _, err := os.Stat(root("abcd0001")); err != nil || !exists("abcd0001") {
+		t.Errorf("a refused reset changed something: root %v, disk %v", err, exists("abcd0001"))
+	}
+	if err := srv.ResetNode(cfg, "abcd0001", true); err != nil {
+		t.Fatalf("forced reset: %v", err)
+	}
+	if exists("abcd0001") || !d.Dropped() {
+		t.Errorf("forced reset: disk exists %v, open disk dropped %v; want gone", exists("abcd0001"), d.Dropped())
+	}
+	d.Close()
+
+	disk("abcd0002").Close()
+	if err := srv.ResetNode(cfg, "abcd0002", false); err != nil {
+		t.Fatal(err)
+	}
+	if !exists("abcd0002") {
+		t.Errorf("reset dropped a KeepOnReset disk")
+	}
+	// Forget needs the node out of config.json; the disk goes anyway.
+	srv.opts.Disks = nodedisk.Disks{Config: parse(`{"Netboot": {}}`), Store: st}
+	if err := srv.Forget(parse(`{"Netboot": {}}`), "abcd0002", false); err != nil {
+		t.Fatal(err)
+	}
+	if exists("abcd0002") {
+		t.Errorf("forget left the disk")
 	}
 }

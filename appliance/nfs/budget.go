@@ -1,7 +1,9 @@
 // The store's budget for node writes: a reserve of free space that node
 // writes never take (NFS3ERR_NOSPC), so the head node's own state
 // (leases, node records, view.json, ocicache's index) can always be saved,
-// and per-node quotas on what a node's own files use (NFS3ERR_DQUOT).
+// and per-node quotas on what a node's own files use together with its
+// NBD disk (NFS3ERR_DQUOT). The rule is package budget's, which nbdd
+// applies to the disks; this file counts the roots.
 //
 // What a node uses is the space of the inodes in its view that are its
 // own: files it wrote or copied out of the image, its directories and
@@ -22,72 +24,39 @@
 package nfs
 
 import (
-	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/ociboot/ociboot/appliance/budget"
 	"github.com/ociboot/ociboot/appliance/nodes"
 )
-
-// DefaultReserve is the free space node writes leave by default (nfsd's
-// -reserve_mib): leases.json of a /24 is about 40 KB, a node's record,
-// stages and boot log stay under 100 KB, view.json and ocicache's
-// index.json and state.json are a few KB; 64 MiB keeps those of a few
-// hundred nodes many times over, with room for the file system's journal
-// commits, and is 0.2% of a 32 GB card.
-const DefaultReserve = 64 << 20
 
 // entryCost is what a new name or inode is charged before it is made: about
 // one block of a directory or inode table.
 const entryCost = 4096
 
-// budget is the server's part of the accounting: limits and the locks that
-// make one inode's before/after measurement exact.
-type budget struct {
-	log     *slog.Logger
-	reserve int64
-	quota   func(key string) int64
-	inoMu   [64]sync.Mutex
-
-	mu     sync.Mutex
-	warned map[string]time.Time // node+reason → last log line
+// nodeBudget is the server's part of the accounting: the store's rule
+// (package budget, shared with nbdd's disks), what the nodes' NBD disks
+// take, and the locks that make one inode's before/after measurement
+// exact.
+type nodeBudget struct {
+	*budget.Budget
+	disks Disks
+	inoMu [64]sync.Mutex
 }
 
-func newBudget(opts Options, log *slog.Logger) *budget {
-	return &budget{log: log, reserve: opts.Reserve, quota: opts.Quota, warned: map[string]time.Time{}}
+func newBudget(opts Options, log *slog.Logger) *nodeBudget {
+	return &nodeBudget{Budget: &budget.Budget{Log: log, Reserve: opts.Reserve, Quota: opts.Quota, Writes: "root", NoSpace: "NFS3ERR_NOSPC", OverQuota: "NFS3ERR_DQUOT"}, disks: opts.Disks}
 }
 
 // lockIno serialises the measurements around a change of inode ino.
-func (b *budget) lockIno(ino uint64) func() {
+func (b *nodeBudget) lockIno(ino uint64) func() {
 	m := &b.inoMu[ino%uint64(len(b.inoMu))]
 	m.Lock()
 	return m.Unlock
-}
-
-func (b *budget) quotaOf(key string) int64 {
-	if b.quota == nil {
-		return 0
-	}
-	return b.quota(key)
-}
-
-// warn logs a refusal at most once a minute per node and reason: a node
-// that hits its quota retries, and each retry would be a line.
-func (b *budget) warn(key, reason, msg string, args ...any) {
-	b.mu.Lock()
-	last, ok := b.warned[key+reason]
-	now := time.Now()
-	if ok && now.Sub(last) < time.Minute {
-		b.mu.Unlock()
-		return
-	}
-	b.warned[key+reason] = now
-	b.mu.Unlock()
-	b.log.Warn(msg, append([]any{"node", key}, args...)...)
 }
 
 // attach makes e part of the server's accounting and counts what its view
@@ -121,37 +90,21 @@ func (e *export) scanUsage() int64 {
 	return total
 }
 
-// mayGrow checks that the node may take need more bytes: ENOSPC when the
-// store's free space would drop below the reserve, EDQUOT when the node's
-// use would pass its quota. The errors map to NFS3ERR_NOSPC and
-// NFS3ERR_DQUOT.
+// mayGrow checks that the node may take need more bytes (budget.MayGrow:
+// the store's reserve, the node's quota over its root and its NBD disk).
+// The errors map to NFS3ERR_NOSPC and NFS3ERR_DQUOT.
 func (e *export) mayGrow(need int64) error {
 	b := e.budget
 	if b == nil {
 		return nil
 	}
-	if b.reserve > 0 {
-		var sf unix.Statfs_t
-		if err := unix.Fstatfs(e.rootFd, &sf); err == nil {
-			// Bavail: what is free for anyone but root. On ext4 the
-			// root-reserved blocks stay for the head node's services on
-			// top of the reserve.
-			free := int64(sf.Bavail) * sf.Bsize
-			if free-need < b.reserve {
-				b.warn(e.key, "reserve", "refusing node writes (NFS3ERR_NOSPC): the store keeps -reserve_mib free for the head node's own state; free space on the store or remove files on the node",
-					"free_mib", free>>20, "reserve_mib", b.reserve>>20, "used_mib", e.used.Load()>>20)
-				return fmt.Errorf("node %s: %d MiB free on the store, %d MiB kept for the head node: %w", e.key, free>>20, b.reserve>>20, unix.ENOSPC)
-			}
+	return b.MayGrow(e.key, e.rootFd, need, func() budget.Use {
+		u := budget.Use{Root: e.used.Load()}
+		if b.disks != nil {
+			u.Disk = b.disks.Usage(e.key)
 		}
-	}
-	if q := b.quotaOf(e.key); q > 0 {
-		if used := e.used.Load(); used+need > q {
-			b.warn(e.key, "quota", "refusing node writes (NFS3ERR_DQUOT): the node's root is at its quota; remove files on the node, raise its Quota (Netboot.Nodes[].Quota or Netboot.NodeQuota) or reset it",
-				"used_mib", used>>20, "quota_mib", q>>20)
-			return fmt.Errorf("node %s uses %d of its %d bytes: %w", e.key, used, q, unix.EDQUOT)
-		}
-	}
-	return nil
+		return u
+	})
 }
 
 // charge adds the change of an inode's blocks to the node's use.
@@ -184,16 +137,8 @@ func writeNeed(st *unix.Stat_t, off uint64, n int) int64 {
 	return 0
 }
 
-// Quota answers Options.Quota from the config: the node's own Quota, or
-// Netboot.NodeQuota for nodes the config does not list (0: none).
-func (r NodeResolver) Quota(key string) int64 {
-	for _, n := range r.Config.Nodes {
-		if n.Serial == key || n.Serial == "" && n.MAC != nil && nodes.MACKey(n.MAC) == key {
-			return n.Quota
-		}
-	}
-	return r.Config.NodeQuota
-}
+// Quota answers Options.Quota from the config (nodes.QuotaOf).
+func (r NodeResolver) Quota(key string) int64 { return nodes.QuotaOf(r.Config, key) }
 
 // usageCollector exports each view's use and quota. Its labels are the
 // nodes that have a view, so they stay bounded and vanish on reset.

@@ -2,12 +2,17 @@ package nfs
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
+	"github.com/ociboot/ociboot/appliance/budget"
+	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/nodedisk"
 	"github.com/ociboot/ociboot/appliance/store"
 	"github.com/ociboot/ociboot/appliance/testenv"
 )
@@ -154,6 +159,71 @@ func TestQuota(t *testing.T) {
 	env.restart()
 	if scanned := exportStatus(t, env.srv, "node1").Used; scanned != counted {
 		t.Errorf("node1 uses %d bytes counted call by call, %d by a walk after a restart", counted, scanned)
+	}
+}
+
+// TestQuotaWithDisk: the node's NBD disk and its root share the quota:
+// what the disk has allocated leaves less for the root's writes, and what
+// the root uses (nfsd's count, as nbdd reads it from the status) leaves
+// less for the disk.
+func TestQuotaWithDisk(t *testing.T) {
+	const quota = 8 << 20
+	quotaOf := func(key string) int64 {
+		if key == "node1" {
+			return quota
+		}
+		return 0
+	}
+	cfg, err := config.Parse([]byte(`{"Netboot": {"NodeDisk": {"Size": "1G"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	st, err := store.Open(dir, store.Options{AllowTmpfs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newEnvIn(t, dir, Options{Quota: quotaOf, Disks: nodedisk.Disks{Config: cfg, Store: st}})
+	rootUsed := func(key string) int64 { return exportStatus(t, env.srv, key).Used }
+	disk, err := nodedisk.Open(cfg, st, "node1", nodedisk.Limits{Budget: &budget.Budget{Quota: quotaOf, Writes: "NBD disk"}, RootUsed: rootUsed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	c := env.dial(0, 0)
+	root, stat := c.mnt("/nodes/node1")
+	if stat != 0 {
+		t.Fatalf("MNT: status %d", stat)
+	}
+	data := bytes.Repeat([]byte("d"), chunk)
+	for off := int64(0); off < 4<<20; off += chunk {
+		if _, err := disk.WriteAt(data, off); err != nil {
+			t.Fatalf("disk write at %d: %v", off, err)
+		}
+	}
+	start := exportStatus(t, env.srv, "node1").Used
+	big, stat := c.create(root, "big", 0o644)
+	if stat != 0 {
+		t.Fatalf("CREATE: status %d", stat)
+	}
+	n, stat := fill(t, c, big, 32<<20)
+	if got, want := stat, uint32(errDQuot); got != want {
+		t.Fatalf("root WRITE past the quota: status %d after %d bytes, want %d", got, n, want)
+	}
+	if left := quota - int(start) - int(disk.Allocated()); n < left-2*chunk || n > left {
+		t.Errorf("root wrote %d bytes before DQUOT; with a quota of %d, %d in the root and %d on the disk, want about %d", n, quota, start, disk.Allocated(), left)
+	}
+	if _, err := disk.WriteAt(data, 16<<20); !errors.Is(err, unix.EDQUOT) {
+		t.Errorf("disk write with the root at the quota: got %v, want EDQUOT", err)
+	}
+	if _, err := disk.WriteAt(data, 0); err != nil {
+		t.Errorf("disk overwrite at the quota: %v", err)
+	}
+	if st := c.nameOp(nfsRemove, root, "big"); st != 0 {
+		t.Fatalf("REMOVE: status %d", st)
+	}
+	if _, err := disk.WriteAt(data, 16<<20); err != nil {
+		t.Errorf("disk write after the root freed space: %v", err)
 	}
 }
 

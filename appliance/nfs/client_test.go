@@ -62,7 +62,7 @@ type testEnv struct {
 	ln    net.Listener
 	// personalize is Options.Personalize for the next start.
 	personalize func(key, root string) error
-	// limits are the Reserve and Quota options of every start.
+	// limits are the Reserve, Quota and Disks options of every start.
 	limits Options
 }
 
@@ -118,7 +118,7 @@ func newEnvIn(t *testing.T, dir string, opts Options) *testEnv {
 }
 
 func (e *testEnv) start() {
-	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t), Reserve: e.limits.Reserve, Quota: e.limits.Quota, InsecurePorts: true})
+	srv, err := New(Options{Store: e.st, Resolver: e.res, Personalize: e.personalize, OnReply: checkReply(e.t), Reserve: e.limits.Reserve, Quota: e.limits.Quota, Disks: e.limits.Disks, InsecurePorts: true})
 	if err != nil {
 		e.t.Fatal(err)
 	}

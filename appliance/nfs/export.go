@@ -49,7 +49,7 @@ type export struct {
 	dev    uint64
 	image  *imageSet
 	onCopy func() // counts copy-ups
-	budget *budget
+	budget *nodeBudget
 	used   atomic.Int64 // bytes the view's own inodes use (budget.go)
 
 	// mu serialises changes to the namespace and copy-ups, so a copy-up

@@ -66,6 +66,16 @@ func (s *Server) exportForMount(key string, client netip.Addr) (*export, error) 
 	if err := s.discard(filepath.Join(dir, previousDir)); err != nil {
 		s.log.Warn("removing the previous root", "node", key, "err", err)
 	}
+	// The disk goes with the root it was used by (unless kept on reset).
+	// Forced: the node is booting its new root, so a connection to the
+	// disk is left from its previous boot.
+	if s.opts.Disks != nil {
+		if dropped, err := s.opts.Disks.Reset(key, true); err != nil {
+			s.log.Warn("dropping the NBD disk of the previous root", "node", key, "err", err)
+		} else if dropped {
+			s.log.Info("node's NBD disk dropped with its previous root", "node", key)
+		}
+	}
 	s.log.Info("node reimaged", "node", key, "from", old, "to", e.digest)
 	return e, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/images"
+	"github.com/ociboot/ociboot/appliance/nodedisk"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 )
@@ -29,7 +30,17 @@ func TestReimageOnBoot(t *testing.T) {
 	env := newEnv(t)
 	env.stop()
 	res := reimageResolver{fakeResolver{images: map[string]string{"node1": testDigest}}, env}
-	srv, err := New(Options{Store: env.st, Resolver: res, InsecurePorts: true})
+	// The node's NBD disk goes with the root a reimage replaces.
+	diskCfg, err := config.Parse([]byte(`{"Netboot": {"NodeDisk": {"Size": "1G"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk, err := nodedisk.Open(diskCfg, env.st, "node1", nodedisk.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk.Close()
+	srv, err := New(Options{Store: env.st, Resolver: res, InsecurePorts: true, Disks: nodedisk.Disks{Config: diskCfg, Store: env.st}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +68,9 @@ func TestReimageOnBoot(t *testing.T) {
 	if got := nodes.ViewImage(env.st, "node1"); got != testDigest {
 		t.Errorf("after a failed reimage view.json names %s, want %s", got, testDigest)
 	}
+	if !nodedisk.Stat(env.st, "node1").Exists {
+		t.Errorf("a failed reimage dropped the node's NBD disk")
+	}
 
 	// A real new image: the next mount gets a fresh root from it.
 	newDigest := "sha256:" + "dd" + testDigest[9:]
@@ -76,6 +90,9 @@ func TestReimageOnBoot(t *testing.T) {
 	}
 	if got := nodes.ViewImage(env.st, "node1"); got != newDigest {
 		t.Errorf("view.json names %s, want %s", got, newDigest)
+	}
+	if nodedisk.Stat(env.st, "node1").Exists {
+		t.Errorf("the NBD disk of the previous root is still there after the reimage")
 	}
 	if _, err := os.Stat(env.st.Path("nodes", "node1", nodes.PreviousDir)); err == nil {
 		t.Errorf("the previous root is still there after the new one mounted")

@@ -75,9 +75,26 @@ type Options struct {
 	// Reserve is the free space on the store that node writes never take
 	// (they fail with NFS3ERR_NOSPC below it); 0: none. See budget.go.
 	Reserve int64
-	// Quota, if set, returns the bytes node key's root may use (0: no
-	// quota); writes past it fail with NFS3ERR_DQUOT.
+	// Quota, if set, returns the bytes node key's root and NBD disk may
+	// use together (0: no quota); writes past it fail with NFS3ERR_DQUOT.
 	Quota func(key string) int64
+	// Disks are the nodes' NBD disks (nodedisk.Disks): what they take
+	// counts against the node's quota, and they go with the node's root
+	// on reset, reimage and forget. Nil: nodes have none.
+	Disks Disks
+}
+
+// Disks is what nfsd does with the nodes' NBD disks; package nodedisk
+// owns them and nbdd serves them.
+type Disks interface {
+	// Usage is the bytes node key's disk takes on the store.
+	Usage(key string) int64
+	// Reset drops the disk unless the config keeps it on reset; Drop
+	// drops it in any case. Both refuse a disk nbdd serves, with an
+	// error wrapping nodedisk.ErrInUse, unless force. dropped says
+	// whether there was a disk to drop.
+	Reset(key string, force bool) (dropped bool, err error)
+	Drop(key string, force bool) (dropped bool, err error)
 }
 
 // Server serves NFSv3, MOUNT v3 and portmap on any number of listeners.
@@ -99,7 +116,7 @@ type Server struct {
 	drc     *drc
 
 	metrics metrics
-	budget  *budget
+	budget  *nodeBudget
 	conns   *connLimits
 	act     activity // last call per client (admin.go)
 }
@@ -324,11 +341,11 @@ type MountStatus struct {
 
 // Status lists views and mounts.
 func (s *Server) Status() Status {
-	st := Status{ReserveBytes: s.budget.reserve, FreeBytes: s.storeFree()}
+	st := Status{ReserveBytes: s.budget.Reserve, FreeBytes: s.storeFree()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.exports {
-		st.Exports = append(st.Exports, ExportStatus{Node: e.key, Path: "/nodes/" + e.key, Digest: e.digest, Used: e.used.Load(), Quota: s.budget.quotaOf(e.key)})
+		st.Exports = append(st.Exports, ExportStatus{Node: e.key, Path: "/nodes/" + e.key, Digest: e.digest, Used: e.used.Load(), Quota: s.budget.QuotaOf(e.key)})
 	}
 	for m, t := range s.mounts {
 		st.Mounts = append(st.Mounts, MountStatus{Client: m.client.String(), Path: "/nodes/" + m.key, Time: t})

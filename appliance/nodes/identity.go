@@ -1,6 +1,7 @@
 package nodes
 
 import (
+	"bytes"
 	"net"
 	"path/filepath"
 	"strings"
@@ -16,13 +17,28 @@ const IdentityFile = "identity.json"
 
 // configNode finds key's Nodes[] entry (by serial, or by MAC key).
 func configNode(cfg *config.Config, key string) (config.NodeConfig, bool) {
-	if len(key) == 8 {
-		return cfg.NodeBySerial(key)
-	}
-	if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil {
-		return cfg.NodeByMAC(mac)
+	if i := configIndex(cfg, key); i >= 0 {
+		return cfg.Nodes[i], true
 	}
 	return config.NodeConfig{}, false
+}
+
+// configIndex is the index of key's Nodes[] entry, -1 if none.
+func configIndex(cfg *config.Config, key string) int {
+	var mac net.HardwareAddr
+	if len(key) != 8 {
+		m, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":"))
+		if err != nil {
+			return -1
+		}
+		mac = m
+	}
+	for i, n := range cfg.Nodes {
+		if mac == nil && n.Serial != "" && n.Serial == key || mac != nil && n.MAC != nil && bytes.Equal(n.MAC, mac) {
+			return i
+		}
+	}
+	return -1
 }
 
 // IdentityOf is what node key's root gets: the host name from its

@@ -15,8 +15,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/budget"
 	"github.com/ociboot/ociboot/appliance/nfs"
 	"github.com/ociboot/ociboot/appliance/nfs/nfscheck"
+	"github.com/ociboot/ociboot/appliance/nodedisk"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/service"
 )
@@ -24,7 +26,7 @@ import (
 var (
 	nfsAddr     = flag.String("nfs_addr", ":2049", "address for NFSv3 and MOUNT v3 (TCP; MOUNT also on UDP)")
 	portmapAddr = flag.String("portmap_addr", ":111", "address for the portmapper (TCP and UDP; empty: none)")
-	reserveMiB  = flag.Int64("reserve_mib", nfs.DefaultReserve>>20, "MiB of free space on the store that node writes never take (they fail with \"No space left on device\" below it), kept for the head node's own state: leases, node records, image index")
+	reserveMiB  = flag.Int64("reserve_mib", budget.DefaultReserve>>20, "MiB of free space on the store that node writes never take (they fail with \"No space left on device\" below it), kept for the head node's own state: leases, node records, image index")
 	insecure    = flag.Bool("insecure_ports", false, "serve NFS and MOUNT calls from source ports 1024 and above (knfsd's \"insecure\"); by default only root on a client can reach the nodes' roots")
 	replyLog    = flag.String("reply_log", "", "debugging: append every call's header and its reply to this file, for nfscheck.CheckLog (tests use it; it slows nfsd down)")
 )
@@ -58,6 +60,7 @@ func main() {
 			Metrics:       env.Metrics,
 			Reserve:       *reserveMiB << 20,
 			Quota:         nfs.NodeResolver{Config: env.Config, Store: env.Store}.Quota,
+			Disks:         nodedisk.Disks{Config: env.Config, Store: env.Store},
 			Personalize: func(key, root string) error {
 				return nodes.Personalize(env.Config, env.Store, key, root)
 			},
@@ -79,7 +82,8 @@ func main() {
 			}{srv.Status(), srv.Activities()}
 		})
 		// Both need the password (service.Env's guard). A node whose
-		// root is in use is refused unless force=1.
+		// root is in use, or whose NBD disk nbdd serves, is refused
+		// unless force=1.
 		admin := func(what string, act func(key string, force bool) error, done string) {
 			env.Mux.HandleFunc("POST /"+what, func(w http.ResponseWriter, r *http.Request) {
 				node := r.FormValue("node")
@@ -87,7 +91,7 @@ func main() {
 				switch {
 				case errors.Is(err, nfs.ErrUnknownNode):
 					http.Error(w, err.Error(), http.StatusNotFound)
-				case errors.Is(err, nfs.ErrMounted):
+				case errors.Is(err, nfs.ErrMounted), errors.Is(err, nodedisk.ErrInUse):
 					http.Error(w, err.Error(), http.StatusConflict)
 				case err != nil:
 					http.Error(w, err.Error(), http.StatusBadRequest)
@@ -97,7 +101,7 @@ func main() {
 				}
 			})
 		}
-		admin("reset", func(k string, f bool) error { return srv.ResetNode(env.Config, k, f) }, "root dropped; its next mount makes a fresh one from its image")
+		admin("reset", func(k string, f bool) error { return srv.ResetNode(env.Config, k, f) }, "root dropped (and its NBD disk unless KeepOnReset); its next mount makes a fresh one from its image")
 		admin("forget", func(k string, f bool) error { return srv.Forget(env.Config, k, f) }, "forgotten; if it boots again it is enrolled afresh")
 		errc := make(chan error, 4)
 		var closers []func() error
