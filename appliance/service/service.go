@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
@@ -54,6 +55,9 @@ type Env struct {
 	// request on Mux passes before its handler runs (see package
 	// webauth); handlers use it only to pass on credentials.
 	Guard *webauth.Guard
+	// nodeMux routes node endpoints (HandleNode) past the guard and
+	// everything else to it.
+	nodeMux *http.ServeMux
 
 	mu     sync.Mutex
 	status func() any
@@ -81,6 +85,14 @@ func (e *Env) serveStatus(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// HandleNode serves h on the status listener for requests that nodes
+// send themselves (they have no password): webauth.NodeOnly with
+// identify decides who is a node, instead of the password guard. pattern
+// is a ServeMux pattern with a method, e.g. "POST /install".
+func (e *Env) HandleNode(pattern string, identify func(netip.Addr) (string, bool), h http.Handler) {
+	e.nodeMux.Handle(pattern, webauth.NodeOnly(identify, h))
 }
 
 // Flags are the flags every service has.
@@ -138,6 +150,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), metricNames),
 		Mux:        http.NewServeMux(),
 		Guard:      guard,
+		nodeMux:    http.NewServeMux(),
 		configRaw:  raw,
 	}
 	env.Mux.HandleFunc("/status", env.serveStatus)
@@ -154,8 +167,10 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 		}
 		env.StatusAddr = ln.Addr()
 		// Every handler a service adds to Mux is behind the guard: no
-		// state-changing request reaches one without the password.
-		srv := webauth.Server(guard.Protect(env.Mux), webauth.StatusLimits)
+		// state-changing request reaches one without the password. Only
+		// node endpoints (HandleNode) are matched before it.
+		env.nodeMux.Handle("/", guard.Protect(env.Mux))
+		srv := webauth.Server(env.nodeMux, webauth.StatusLimits)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("status listener failed", "err", err)

@@ -4,13 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ociboot/ociboot/appliance/webauth"
 )
 
 func TestSetupServesStatusAndMetrics(t *testing.T) {
@@ -111,4 +116,53 @@ func TestMetricNamesWithoutSamples(t *testing.T) {
 	if len(got) != 1 || got[0] != "ociboot_testd_errors_total" {
 		t.Errorf("/metrics/names: got %q, want [ociboot_testd_errors_total]", got)
 	}
+}
+
+// TestHandleNode: a node endpoint is reached without the password, by the
+// node's address alone; every other state change still needs it.
+func TestHandleNode(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.json")
+	os.WriteFile(cfgPath, []byte(`{"Netboot": {}}`), 0o644)
+	pw := filepath.Join(dir, "gokr-pw.txt")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	f := RegisterFlags(fs, "127.0.0.1:0")
+	fs.Parse([]string{"-config", cfgPath, "-store", filepath.Join(dir, "store"), "-allow_tmpfs", "-password_file", pw})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	env, err := Setup(ctx, "testd", f, os.Stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var isNode atomic.Bool
+	env.HandleNode("POST /report", func(a netip.Addr) (string, bool) { return "abcd0001", isNode.Load() && a.IsLoopback() },
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "report from "+webauth.NodeKey(r)) }))
+	env.Mux.HandleFunc("POST /reset", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "reset") })
+	base := "http://" + env.StatusAddr.String()
+	post := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Post(base+path, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := post("/report"); code != 403 {
+		t.Errorf("POST /report from an address that is no node's: %d %q, want 403", code, body)
+	}
+	isNode.Store(true)
+	if code, body := post("/report"); code != 200 || body != "report from abcd0001" {
+		t.Errorf("POST /report from the node: %d %q, want 200 \"report from abcd0001\"", code, body)
+	}
+	if code, body := post("/reset"); code != 401 {
+		t.Errorf("POST /reset without the password, from the node's address: %d %q, want 401", code, body)
+	}
+	resp, err := http.Get(base + "/status")
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("GET /status beside a node endpoint: %v %v", resp, err)
+	}
+	resp.Body.Close()
 }

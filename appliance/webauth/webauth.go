@@ -16,9 +16,15 @@
 // site (Sec-Fetch-Site cross-site or same-site, or an Origin whose host is
 // not the one the request was sent to). curl sends neither header and is
 // accepted: it is not a browser that could be tricked.
+//
+// A node has no password. What a node itself reports (its install to a
+// local disk) goes to node endpoints (NodeOnly) instead: accepted only
+// from the node's own address, the one nfsd trusts with its root, and
+// never from a browser on another site.
 package webauth
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -156,6 +162,46 @@ func LoopbackOnly(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// MaxNodeBody caps the body of a request to a node endpoint: nodes send
+// small JSON reports.
+const MaxNodeBody = 16 << 10
+
+type nodeKey struct{}
+
+// NodeOnly serves h only to nodes: identify maps the TCP peer's address
+// to the key of the node whose own address it is (nodes.KeyByIP, the
+// trust rule of nfsd), and a peer that is no node's is refused with 403,
+// as is a request a browser says comes from another site. h finds the
+// node's key with NodeKey; the body is capped at MaxNodeBody. Behind a
+// NAT or proxy every request would come from one address: node endpoints
+// are for the nodes' own network.
+func NodeOnly(identify func(netip.Addr) (key string, ok bool), h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if reason := crossSite(r); reason != "" {
+			http.Error(w, reason, http.StatusForbidden)
+			return
+		}
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil {
+			http.Error(w, "refused: no peer address", http.StatusForbidden)
+			return
+		}
+		key, ok := identify(ap.Addr().Unmap())
+		if !ok {
+			http.Error(w, fmt.Sprintf("refused: %s is not a node's own address (reserved in Netboot.Nodes[].IP or leased by dhcpd); only a node may send this", ap.Addr().Unmap()), http.StatusForbidden)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxNodeBody)
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), nodeKey{}, key)))
+	})
+}
+
+// NodeKey is the node a request passed NodeOnly for, "" if it did not.
+func NodeKey(r *http.Request) string {
+	k, _ := r.Context().Value(nodeKey{}).(string)
+	return k
 }
 
 // Limits are a server's timeouts and header cap.

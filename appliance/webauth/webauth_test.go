@@ -4,8 +4,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -121,4 +123,52 @@ func FuzzCheck(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestNodeOnly(t *testing.T) {
+	node := netip.MustParseAddr("10.42.0.11")
+	h := NodeOnly(func(a netip.Addr) (string, bool) { return "abcd0001", a == node }, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			return
+		}
+		io.WriteString(w, NodeKey(r)+" "+strconv.Itoa(len(b)))
+	}))
+	for _, tt := range []struct {
+		name   string
+		remote string
+		header map[string]string
+		body   int
+		want   int
+		resp   string
+	}{
+		{name: "the node", remote: "10.42.0.11:40000", want: 200, resp: "abcd0001 0"},
+		{name: "the node, v4-mapped", remote: "[::ffff:10.42.0.11]:40000", want: 200, resp: "abcd0001 0"},
+		{name: "the node with a report", remote: "10.42.0.11:40000", body: 200, want: 200, resp: "abcd0001 200"},
+		{name: "another address", remote: "10.42.0.12:40000", want: 403, resp: "10.42.0.12 is not a node's own address"},
+		{name: "loopback is no node", remote: "127.0.0.1:40000", want: 403},
+		{name: "a browser on another site", remote: "10.42.0.11:40000", header: map[string]string{"Sec-Fetch-Site": "cross-site"}, want: 403, resp: "another site"},
+		{name: "a foreign Origin", remote: "10.42.0.11:40000", header: map[string]string{"Origin": "http://evil.example"}, want: 403},
+		{name: "a body past the cap", remote: "10.42.0.11:40000", body: MaxNodeBody + 1, want: 413},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest("POST", "http://10.42.0.1:9809/install", strings.NewReader(strings.Repeat("x", tt.body)))
+			r.RemoteAddr = tt.remote
+			for k, v := range tt.header {
+				r.Header.Set(k, v)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			if got := w.Code; got != tt.want {
+				t.Errorf("status: got %d, want %d (%s)", got, tt.want, w.Body)
+			}
+			if !strings.Contains(w.Body.String(), tt.resp) {
+				t.Errorf("body: got %q, want it to contain %q", w.Body, tt.resp)
+			}
+		})
+	}
+	if got := NodeKey(httptest.NewRequest("GET", "/", nil)); got != "" {
+		t.Errorf("NodeKey of a request that did not pass NodeOnly: %q", got)
+	}
 }
