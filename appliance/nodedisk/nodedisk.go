@@ -228,8 +228,9 @@ func (d *Disk) Flush() error {
 }
 
 // Trim gives the blocks of [off, off+length) back to the store (a hole:
-// they read as zeros). A file system that cannot punch holes ignores it:
-// TRIM is advice.
+// they read as zeros). On a file system that cannot punch holes the error
+// wraps unix.EOPNOTSUPP: the NBD server then ignores a TRIM (advice) and
+// writes zeros for a WRITE_ZEROES.
 func (d *Disk) Trim(off, length int64) error {
 	if length < 0 || length > d.size {
 		return fmt.Errorf("node %s: trim of %d bytes: %w", d.key, length, unix.EINVAL)
@@ -237,15 +238,20 @@ func (d *Disk) Trim(off, length int64) error {
 	if err := d.bounds(off, int(length)); err != nil {
 		return err
 	}
-	err := unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	if errors.Is(err, unix.EOPNOTSUPP) {
-		return nil
+	var err error = unix.EINTR
+	for err == unix.EINTR {
+		err = unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 	}
 	if err != nil {
 		return fmt.Errorf("node %s: trim of %s: %w", d.key, d.path, err)
 	}
 	return nil
 }
+
+// MultiConn tells the NBD server that several connections may share the
+// disk (NBD_FLAG_CAN_MULTI_CONN): there is no cache but the kernel's, and
+// Flush's fdatasync writes back every connection's data.
+func (d *Disk) MultiConn() bool { return true }
 
 // Dropped reports whether the disk was dropped (reset, forgotten) while
 // open: the file has no name any more, and what is written to it is lost.
