@@ -26,7 +26,7 @@ func TestLiveConfig(t *testing.T) {
 	os.WriteFile(cfg, []byte(`{"Netboot": {"Nodes": [{"Name": "first", "Serial": "abcd0001"}]}}`), 0o644)
 	ln := lab.ListenTCP(t)
 	p := lab.Cmd{Name: "status", Files: ln.Files(), Args: []string{lab.Binary(t, "status"), "-config", cfg, "-store", filepath.Join(dir, "store"), "-allow_tmpfs",
-		"-status", ln.Addr, "-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", "http://127.0.0.1:1", "-nfsd", "http://127.0.0.1:1"}}.Start(t)
+		"-status", ln.Addr, "-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", "http://127.0.0.1:1", "-nfsd", "http://127.0.0.1:1", "-nbdd", "http://127.0.0.1:1"}}.Start(t)
 	p.WaitFor(t, "status listening", 10*time.Second)
 	pid := p.Pid()
 	overview := func() (names []string, problems string) {

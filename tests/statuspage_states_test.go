@@ -77,7 +77,7 @@ func TestStatusPageStates(t *testing.T) {
 	}
 	nfsd := start("nfsd", "-nfs_addr", "127.0.0.1:0", "-portmap_addr", "")
 	cache := start("ocicache", "-registry", "", "-retry", "5s")
-	page := start("status", "-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", cache, "-nfsd", nfsd)
+	page := start("status", "-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", cache, "-nfsd", nfsd, "-nbdd", "http://127.0.0.1:1")
 
 	b := lab.NewBrowser(t, 1280, 1600)
 	b.Navigate(page + "/")

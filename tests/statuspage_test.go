@@ -54,7 +54,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	addr := ln.Addr
 	// The other services are not running: the page must say so, not hang.
 	svc := lab.Cmd{Name: "status", Files: ln.Files(), Args: []string{lab.Binary(t, "status"), "-config", cfg, "-store", st.Root, "-allow_tmpfs", "-status", addr,
-		"-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", "http://127.0.0.1:1", "-nfsd", "http://127.0.0.1:1"}}.Start(t)
+		"-dhcpd", "http://127.0.0.1:1", "-tftpd", "http://127.0.0.1:1", "-ocicache", "http://127.0.0.1:1", "-nfsd", "http://127.0.0.1:1", "-nbdd", "http://127.0.0.1:1"}}.Start(t)
 	svc.WaitFor(t, "status listening", 10*time.Second)
 	url := fmt.Sprintf("http://%s/", addr)
 

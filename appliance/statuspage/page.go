@@ -195,6 +195,8 @@ form { display: inline; } button { margin: .3em .3em 0 0; }
 {{if .BootsFrom}}<div><small>boots from {{.BootsFrom}}</small></div>{{end}}
 {{if .ImageChange}}<div class="warn imagechange"><small>{{.ImageChange}}</small></div>{{end}}
 <div>{{if .RootUsed}}<small class="usage">root uses {{bytes .RootUsed}}{{if .RootQuota}} of its {{bytes .RootQuota}} quota{{end}}</small>{{else}}<small>disk used by the node: not measured</small>{{end}} <small>· last seen {{ago $now .LastSeen}}</small></div>
+{{with .Disk}}<div><small class="nodedisk">{{.Text}}{{if .Mount}} at {{range $i, $m := .Mount}}{{if $i}}, {{end}}<code>{{$m}}</code>{{end}}{{end}}{{if .KeepOnReset}}; kept on reset{{end}}</small></div>{{end}}
+{{if .Install}}<div{{if .InstallFailed}} class="warn"{{end}}><small class="install">{{.Install}}</small></div>{{end}}
 {{if .Hostname}}<div><small class="ident">host <code>{{.Hostname}}</code>{{range .HostKeys}}<br><code>{{.}}</code>{{end}}</small></div>{{end}}
 {{with .EEPROM}}<div><small class="eeprom">bootloader update {{.File}} ({{.Size}} bytes, sha256 {{short .SHA256}}) fetched {{ago $now .Time}}</small></div>{{end}}
 {{if .Console}}<details id="log-{{.Serial}}"><summary>boot log: {{len .Console}} lines, the last {{ago $now (lastTime .Console)}}</summary><pre>{{range .Console}}{{.Time.Format "15:04:05"}} {{.Text}}

@@ -1,6 +1,7 @@
 // Package statuspage renders the cluster overview: every node with its
 // current boot (stages with times), whether it is online, booting or
-// offline, what went wrong in words with what to do, its image and disk;
+// offline, what went wrong in words with what to do, its image, its use
+// of the store, its disk for containers and its install to a local disk;
 // every configured image with its pull state; /perm's free space; and
 // whether each service runs, with the reason when it does not.
 //
@@ -125,9 +126,16 @@ type Node struct {
 	// nothing is.
 	LastError string `json:",omitempty"`
 	Problem   string `json:",omitempty"`
-	// InUse is set when nfsd saw the node's mounted root in use: a
-	// reset then needs force.
+	// InUse is set when nfsd saw the node's mounted root in use, or
+	// nbdd serves its NBD disk (one a reset drops): a reset then needs
+	// force.
 	InUse bool
+	// Disk is the node's disk for its container runtime, nil: none.
+	Disk *NodeDisk `json:",omitempty"`
+	// Install is its install to its own disk in words ("installed to
+	// /dev/nvme0n1 at ..., boots locally"), "" when none is configured.
+	Install       string `json:",omitempty"`
+	InstallFailed bool   `json:",omitempty"`
 	// DiskBytes is what the node's own changes take on /perm (RootUsed,
 	// as nfsd counts it), -1 when nfsd does not report it.
 	DiskBytes int64
@@ -325,6 +333,8 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 		mountedBy[strings.TrimPrefix(m.Path, "/nodes/")] = m.Client
 	}
 
+	connected := connectedDisks(states)
+
 	recs, errs := nodes.List(p.Store)
 	for _, err := range errs {
 		ov.Problems = append(ov.Problems, err.Error())
@@ -370,6 +380,7 @@ func (p *Page) Collect(ctx context.Context, host string) Overview {
 		}
 		if n.Serial != "" {
 			p.nodeDetail(n, t, nfsAct, mountedBy)
+			p.diskDetail(n, connected)
 		}
 		n.Problem = problem(n, byRef[n.Image], t)
 		if n.Name == "" {

@@ -1,5 +1,5 @@
 // Binary status serves the cluster status page: nodes, boot stages, image
-// cache and links to every service's metrics, and the actions (reset,
+// cache, node disks and installs, and links to every service's metrics, and the actions (reset,
 // forget, re-pull) it forwards to nfsd and ocicache.
 package main
 
@@ -16,6 +16,7 @@ var (
 	tftpdURL    = flag.String("tftpd", "http://127.0.0.1:9069", "tftpd's status listener")
 	ocicacheURL = flag.String("ocicache", "http://127.0.0.1:9050", "ocicache's status listener")
 	nfsdURL     = flag.String("nfsd", "http://127.0.0.1:9049", "nfsd's status listener")
+	nbddURL     = flag.String("nbdd", "http://127.0.0.1:9809", "nbdd's status listener")
 )
 
 func main() {
@@ -31,6 +32,7 @@ func main() {
 				{Name: "tftpd", URL: *tftpdURL},
 				{Name: "ocicache", URL: *ocicacheURL},
 				{Name: "nfsd", URL: *nfsdURL},
+				{Name: "nbdd", URL: *nbddURL},
 			},
 		}
 		env.Mux.Handle("/", page)
