@@ -95,7 +95,8 @@ func (e *countingExport) ReadOnly() bool        { return e.readOnly }
 func (e *countingExport) MultiConn() bool       { return e.Export.(MultiConnExport).MultiConn() }
 
 // lab is a server on a loopback port with file exports in a temporary
-// directory: "disk" (1 MiB) and "other" (64 KiB) for any client, "denied"
+// directory: "disk" (1 MiB), "other" (64 KiB) and "big" (64 MiB, sparse)
+// for any client (NBD_OPT_LIST shows the first two), "denied"
 // refused by policy. Each Lookup wraps its File in a countingExport, kept
 // in opened.
 type lab struct {
@@ -110,7 +111,7 @@ type lab struct {
 	wrap   func(*countingExport) // adjusts each export before the server sees it
 }
 
-var labSizes = map[string]int64{"disk": 1 << 20, "other": 64 << 10}
+var labSizes = map[string]int64{"disk": 1 << 20, "other": 64 << 10, "big": 64 << 20}
 
 func newLab(t *testing.T, adjust func(*Server)) *lab {
 	t.Helper()
