@@ -370,14 +370,15 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	}
 }
 
-// TestFuzzSeedsReachTransmission checks that the seeds do what they are
-// for: the GO seed gets a READ's data back, so the fuzzers start from
-// streams that pass the negotiation.
+// TestFuzzSeedsReachTransmission checks that run does what the fuzzers
+// need: a stream after goPrefix reaches the export, and every reply comes
+// back before the client closes. (The READ may run before the WRITE: the
+// server runs requests in flight in any order, as the protocol allows.)
 func TestFuzzSeedsReachTransmission(t *testing.T) {
 	fs := newFuzzServer()
 	out := fs.run(t, concat(goPrefix, reqBytes(cmdWrite, 0, 1, 100, 3, []byte("abc")), reqBytes(cmdRead, 0, 2, 100, 3, nil)))
-	if !bytes.HasSuffix(out, []byte("abc")) || len(out) != goPrefixReply+2*replyHeaderLength+3 {
-		t.Errorf("server output %x: want the negotiation, two replies and the data read back", out)
+	if len(out) != goPrefixReply+2*replyHeaderLength+3 {
+		t.Errorf("server output %x: want the negotiation, two replies and the data read", out)
 	}
 	if e := fs.lastExp.Load(); e == nil || string(e.data[100:103]) != "abc" {
 		t.Errorf("the export does not hold the write")

@@ -27,6 +27,11 @@ type conn struct {
 	since  time.Time
 	done   chan struct{} // closed when the connection and its export are closed
 
+	// ctx is Lookup's: it ends when the connection is closed from
+	// outside (Shutdown, CloseExport) or Shutdown gives up waiting.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	// Set under s.mu: the export once the connection is in transmission,
 	// and why it was closed from outside (Shutdown, CloseExport).
 	export     string
@@ -43,7 +48,10 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	remote := addrPort(nc.RemoteAddr())
+	ctx, cancel := context.WithCancel(s.ctx)
 	return &conn{
+		ctx:    ctx,
+		cancel: cancel,
 		s:      s,
 		nc:     nc,
 		br:     bufio.NewReaderSize(nc, 64<<10),
@@ -89,6 +97,7 @@ func (c *conn) kill(reason string) {
 	if c.killReason == "" {
 		c.killReason = reason
 	}
+	c.cancel()
 	c.nc.Close()
 }
 
@@ -104,6 +113,7 @@ func (c *conn) serve() {
 			reason = "panic"
 		}
 		c.nc.Close()
+		c.cancel()
 		c.s.mu.Lock()
 		if c.killReason != "" {
 			reason = c.killReason
@@ -347,7 +357,7 @@ func (c *conn) lookup(name string) (Export, uint32, string) {
 	if c.s.Lookup == nil {
 		return nil, repErrUnknown, fmt.Sprintf("no export %q", name)
 	}
-	ctx, cancel := context.WithTimeout(c.s.ctx, c.s.handshakeTimeout())
+	ctx, cancel := context.WithTimeout(c.ctx, c.s.handshakeTimeout())
 	defer cancel()
 	exp, err := c.s.Lookup(ctx, name, c.remote)
 	switch {

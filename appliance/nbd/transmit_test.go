@@ -166,8 +166,12 @@ func TestBufferCap(t *testing.T) {
 	for i := range 32 {
 		c.request(cmdWrite, 0, uint64(i), uint64(i)*16384, 16384, make([]byte, 16384))
 	}
-	time.Sleep(200 * time.Millisecond)
-	if got, want := l.exports()[0].inside.Load(), int32(4); got != want {
+	e := l.exports()[0]
+	for deadline := time.Now().Add(10 * time.Second); e.inside.Load() < 4 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // time for more, were the cap not kept
+	if got, want := e.inside.Load(), int32(4); got != want {
 		t.Errorf("16 KiB writes in flight under a 64 KiB cap: got %d, want %d", got, want)
 	}
 	close(release)
@@ -432,11 +436,11 @@ func TestCloseExport(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	l := newLab(t, func(s *Server) { s.IdleTimeout = 300 * time.Millisecond })
+	l := newLab(t, func(s *Server) { s.IdleTimeout = time.Second })
 	c := l.start()
 	c.goExport("disk")
 	// Busy for longer than the timeout: not idle.
-	for range 10 {
+	for range 20 {
 		if errno, _ := c.do(cmdRead, 0, 0, 512, nil); errno != 0 {
 			t.Fatalf("errno %d", errno)
 		}
