@@ -18,6 +18,9 @@ packages=(
 	qemu-system-x86 qemu-system-arm ipxe-qemu linux-image-amd64 cpio kea-admin chromium
 	nfs-ganesha nfs-ganesha-vfs rpcbind nfs-common libnfs-dev gcc libc6-dev kmod
 	make e2fsprogs
+	# NBD: libnbd's tools and Python bindings (nbdinfo, nbdcopy, nbdsh),
+	# nbd-client, and Debian's nbd-server and fio for the benchmark
+	libnbd-bin python3-libnbd nbd-client nbd-server fio
 	# node images: an arm64 Debian root built with mmdebstrap through
 	# qemu-user, and the disk image tools around it
 	mmdebstrap qemu-user-static binfmt-support arch-test openssh-client
