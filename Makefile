@@ -18,7 +18,7 @@ STORE  ?= $(CURDIR)/.build/store
 CONFIG ?= $(CURDIR)/config.json
 BIN    := $(CURDIR)/.build/bin
 
-SERVICES := dhcpd tftpd ocicache nfsd status
+SERVICES := dhcpd tftpd ocicache nfsd nbdd status
 
 # `make node-image` writes the node image (an OCI layout) here; push it to
 # the registry the head node pulls from with skopeo (see README).
@@ -73,7 +73,7 @@ root: check
 update: check
 	$(GOK) $(GOKFLAGS) update
 
-## run: run all services on this machine against $(STORE) (needs root for ports 67, 69, 111, 2049)
+## run: run all services on this machine against $(STORE) (needs root for ports 67, 69, 111, 2049, 10809)
 run:
 	mkdir -p $(BIN) $(STORE)
 	go build -o $(BIN)/ $(addprefix ./services/,$(SERVICES))

@@ -17,7 +17,7 @@ import (
 // problem on its own line.
 func TestBadConfigOneLinePerProblem(t *testing.T) {
 	testenv.Short(t, "builds the service binaries")
-	bins := lab.Binaries(t, "dhcpd", "tftpd", "ocicache", "nfsd")
+	bins := lab.Binaries(t, "dhcpd", "tftpd", "ocicache", "nfsd", "nbdd")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.json")
 	os.WriteFile(cfg, []byte(`{
@@ -39,7 +39,7 @@ func TestBadConfigOneLinePerProblem(t *testing.T) {
 		`Netboot.Nodes[2].Serail: unknown key`,
 		`Netboot.Nodes[2]: needs a Serial or a MAC to recognise the node`,
 	}
-	for _, svc := range []string{"dhcpd", "tftpd", "ocicache", "nfsd"} {
+	for _, svc := range []string{"dhcpd", "tftpd", "ocicache", "nfsd", "nbdd"} {
 		cmd := exec.Command(filepath.Join(bins, svc), "-config", cfg, "-store", filepath.Join(dir, "store"), "-allow_tmpfs", "-status", "")
 		var stderr strings.Builder
 		cmd.Stderr = &stderr

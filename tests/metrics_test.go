@@ -44,7 +44,8 @@ func TestDashboardMetricsExist(t *testing.T) {
 		"ocicache": start("ocicache", "-registry", ""),
 		"nfsd":     start("nfsd", "-nfs_addr", "127.0.0.1:0", "-portmap_addr", ""),
 	}
-	urls["status"] = start("status", "-dhcpd", urls["dhcpd"], "-tftpd", urls["tftpd"], "-ocicache", urls["ocicache"], "-nfsd", urls["nfsd"])
+	urls["nbdd"] = start("nbdd", "-nbd_addr", "127.0.0.1:0", "-nfsd", urls["nfsd"])
+	urls["status"] = start("status", "-dhcpd", urls["dhcpd"], "-tftpd", urls["tftpd"], "-ocicache", urls["ocicache"], "-nfsd", urls["nfsd"], "-nbdd", urls["nbdd"])
 
 	have := map[string]bool{}
 	for svc, u := range urls {
@@ -96,7 +97,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 		t.Fatal(err)
 	}
 	var missing []string
-	for svc, port := range map[string]string{"dhcpd": "9067", "tftpd": "9069", "ocicache": "9050", "nfsd": "9049", "status": "8080"} {
+	for svc, port := range map[string]string{"dhcpd": "9067", "tftpd": "9069", "ocicache": "9050", "nfsd": "9049", "nbdd": "9809", "status": "8080"} {
 		if !strings.Contains(string(prom), ":"+port+" # "+svc) {
 			missing = append(missing, svc)
 		}

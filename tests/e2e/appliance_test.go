@@ -195,7 +195,7 @@ func TestApplianceServesANodeThroughUpdate(t *testing.T) {
 		if err := getJSON(lab.Head, "http://"+head+":8080/api/status", &ov); err != nil {
 			return err
 		}
-		if len(ov.Services) != 4 {
+		if len(ov.Services) != 5 {
 			return fmt.Errorf("%d services on the status page", len(ov.Services))
 		}
 		for _, s := range ov.Services {

@@ -39,7 +39,7 @@ func TestDemo(t *testing.T) {
 	fmt.Printf("\nWhere to look:\n")
 	fmt.Printf("  status page (screenshot): %s\n", shot)
 	fmt.Printf("  status page (live):  ip netns exec %s curl -s http://127.0.0.1:8080/api/status\n", lab.Head)
-	for _, s := range []struct{ name, port string }{{"dhcpd", "9067"}, {"tftpd", "9069"}, {"ocicache", "9050"}, {"nfsd", "9049"}} {
+	for _, s := range []struct{ name, port string }{{"dhcpd", "9067"}, {"tftpd", "9069"}, {"ocicache", "9050"}, {"nfsd", "9049"}, {"nbdd", "9809"}} {
 		fmt.Printf("  %-8s metrics:    ip netns exec %s curl -s http://127.0.0.1:%s/metrics\n", s.name, lab.Head, s.port)
 	}
 	fmt.Printf("  node roots:          %s/nodes/*/root\n", h.Store)

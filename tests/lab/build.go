@@ -11,7 +11,7 @@ import (
 
 // Services are the binaries under services/, in the order a head node
 // starts them: the cache first, so that images are in place when nodes ask.
-var Services = []string{"ocicache", "nfsd", "tftpd", "dhcpd", "status"}
+var Services = []string{"ocicache", "nfsd", "nbdd", "tftpd", "dhcpd", "status"}
 
 var (
 	buildMu  sync.Mutex
