@@ -73,9 +73,10 @@ type Node struct {
 	// Netconsole adds netconsole= to the node's generated cmdline.txt: the
 	// kernel sends its log to the head node's UDP port 6666.
 	Netconsole bool
-	// Quota bounds what the node's writable root may use on the head
-	// node's store, e.g. "10G" (overrides Netboot.NodeQuota; "0": none).
-	// Writes past it fail on the node with "Disk quota exceeded".
+	// Quota bounds what the node's writable root and its NBD disk may use
+	// together on the head node's store, e.g. "10G" (overrides
+	// Netboot.NodeQuota; "0": none). Writes past it fail on the node with
+	// "Disk quota exceeded" (on the NBD disk: write errors).
 	Quota string
 	// Disk overrides Netboot.NodeDisk for this node ({"Off": true}: none).
 	Disk *Disk
@@ -206,7 +207,7 @@ type NodeConfig struct {
 	Image      string           // the node's image (DefaultImage filled in)
 	Platform   string
 	Netconsole bool
-	Quota      int64          // bytes the node's root may use; 0: no quota (NodeQuota filled in)
+	Quota      int64          // bytes the node's root and NBD disk may use; 0: no quota (NodeQuota filled in)
 	Disk       *DiskConfig    // nil: none (NodeDisk filled in)
 	Install    *InstallConfig // nil: netboot only
 }
