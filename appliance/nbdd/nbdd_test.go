@@ -268,6 +268,9 @@ func TestRootUsage(t *testing.T) {
 	if got := r.Used("abcd0001"); got != 12345 {
 		t.Errorf("Used after nfsd went away: got %d, want the last count 12345", got)
 	}
+	if st := r.State(); st.Fetched.IsZero() || st.Error == "" {
+		t.Errorf("State after a failed poll: %+v, want the last answer's time and the error", st)
+	}
 }
 
 func newStatusServer(t *testing.T, body string) string {

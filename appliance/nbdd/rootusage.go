@@ -31,6 +31,24 @@ type RootUsage struct {
 	failing bool
 }
 
+// RootCounts is how fresh RootUsage's counts are, for nbdd's status.
+type RootCounts struct {
+	URL     string
+	Fetched time.Time // the last answer; zero: none yet
+	Error   string    `json:",omitempty"` // why the last poll failed
+}
+
+// State is the counts' freshness.
+func (r *RootUsage) State() RootCounts {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := RootCounts{URL: r.URL, Fetched: r.fetched}
+	if r.err != nil {
+		st.Error = r.err.Error()
+	}
+	return st
+}
+
 // Used is node key's root's use as last counted.
 func (r *RootUsage) Used(key string) int64 {
 	r.mu.Lock()

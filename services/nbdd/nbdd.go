@@ -34,7 +34,13 @@ func main() {
 		roots := &nbdd.RootUsage{URL: *nfsdURL, Log: env.Log}
 		go roots.Run(ctx, 5*time.Second)
 		srv := nbdd.New(env.Config, nbdd.Options{Store: env.Store, Log: env.Log, Reserve: *reserveMiB << 20, RootUsed: roots.Used, Metrics: env.Metrics})
-		env.SetStatus(func() any { return srv.Status() })
+		env.SetStatus(func() any {
+			return struct {
+				nbdd.Status
+				// RootCounts: nfsd's counts the quota checks use.
+				RootCounts nbdd.RootCounts
+			}{srv.Status(), roots.State()}
+		})
 		// A node has no password: its report is accepted from its own
 		// address only.
 		env.HandleNode("POST /install", srv.Identify, nbdd.InstallHandler(srv.Config, env.Store, env.Log))
