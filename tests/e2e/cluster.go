@@ -140,7 +140,9 @@ func (h *Head) checkReplies(t testing.TB) {
 // StartService starts one service in the head namespace.
 func (h *Head) StartService(t testing.TB, name string) *Proc {
 	t.Helper()
-	status := map[string]string{"dhcpd": "127.0.0.1:9067", "tftpd": "127.0.0.1:9069", "ocicache": "127.0.0.1:9050", "nfsd": "127.0.0.1:9049", "nbdd": "127.0.0.1:9809", "status": "127.0.0.1:8080"}[name]
+	// nbdd's status port also takes the nodes' install reports: on the
+	// head's segment address too.
+	status := map[string]string{"dhcpd": "127.0.0.1:9067", "tftpd": "127.0.0.1:9069", "ocicache": "127.0.0.1:9050", "nfsd": "127.0.0.1:9049", "nbdd": ":9809", "status": "127.0.0.1:8080"}[name]
 	args := []string{filepath.Join(h.bin, name), "-config", h.Config, "-store", h.Store, "-status", status}
 	if name == "ocicache" {
 		args = append(args, "-registry", "127.0.0.1:5000")
