@@ -179,11 +179,11 @@ func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
 
 // storeFree is the store's free space (Bavail), -1 if unknown.
 func (s *Server) storeFree() int64 {
-	var sf unix.Statfs_t
-	if err := unix.Statfs(s.opts.Store.Root, &sf); err != nil {
+	free, err := budget.FreeAt(s.opts.Store.Root)
+	if err != nil {
 		return -1
 	}
-	return int64(sf.Bavail) * sf.Bsize
+	return free
 }
 
 // measure runs change, which alters the inode behind fd (its content, or a
