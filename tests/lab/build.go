@@ -50,6 +50,9 @@ func Binaries(t testing.TB, names ...string) string {
 		}
 		cmd := exec.Command("go", args...)
 		cmd.Dir = RepoRoot()
+		// Static, as gok builds them for the appliance: what the tests
+		// run (and the idle benchmark measures) is what the head node runs.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			err = fmt.Errorf("go %v: %v\n%s", args, err, out)
