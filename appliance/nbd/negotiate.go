@@ -140,6 +140,9 @@ func (c *conn) serve() {
 		switch {
 		case killed != "":
 			c.log.Debug("nbd: connection closed during negotiation", "reason", killed)
+		case err == errClosedEarly:
+			// A port probe or health check, not a failing client.
+			c.log.Info("nbd: client closed the connection after the greeting, without negotiating")
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			c.log.Warn("nbd: negotiation timed out; closing", "timeout", c.s.handshakeTimeout(), "err", err)
 		default:
@@ -153,8 +156,12 @@ func (c *conn) serve() {
 	reason = c.transmit(exp)
 }
 
-// errAbort ends a negotiation the client aborted.
-var errAbort = errors.New("client sent NBD_OPT_ABORT")
+var (
+	// errAbort ends a negotiation the client aborted.
+	errAbort = errors.New("client sent NBD_OPT_ABORT")
+	// errClosedEarly: the client closed before sending its flags.
+	errClosedEarly = errors.New("client closed the connection before sending its flags")
+)
 
 // negotiate runs the fixed newstyle handshake. It returns the export the
 // client chose (the connection is then registered as in transmission), or
@@ -172,6 +179,9 @@ func (c *conn) negotiate() (Export, error) {
 	if _, err := io.ReadFull(c.br, b[:4]); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, fmt.Errorf("no client flags after the greeting (an oldstyle client? only fixed newstyle negotiation is served): %w", err)
+		}
+		if errors.Is(err, io.EOF) {
+			return nil, errClosedEarly
 		}
 		return nil, fmt.Errorf("reading the client flags: %w", err)
 	}

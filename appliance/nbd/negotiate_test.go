@@ -279,3 +279,15 @@ func TestMaxConns(t *testing.T) {
 		t.Errorf("Conns: got %d, want 2", got)
 	}
 }
+
+// TestProbe: a client that connects and closes (a port probe, a health
+// check) leaves an Info line, not a warning.
+func TestProbe(t *testing.T) {
+	l := newLab(t, nil)
+	c := l.dial()
+	c.nc.Close()
+	l.log.wait(t, "level=INFO msg=\"nbd: client closed the connection after the greeting, without negotiating\"")
+	if strings.Contains(l.log.String(), "level=WARN") {
+		t.Errorf("a probe caused a warning:\n%s", l.log.String())
+	}
+}

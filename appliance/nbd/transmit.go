@@ -43,6 +43,7 @@ type transmission struct {
 	wbuf    []byte
 	hdr     [replyHeaderLength]byte
 	werr    error
+	wdl     time.Time // the write deadline set last
 
 	limiter logLimiter
 }
@@ -50,9 +51,9 @@ type transmission struct {
 // job is one request on its way to a worker.
 type job struct {
 	request
-	errno uint32 // nonzero: answer with this error without running it
-	buf   []byte // a WRITE's payload
-	held  int64  // bytes of budget held until the reply is sent
+	errno uint32  // nonzero: answer with this error without running it
+	buf   *[]byte // a WRITE's payload
+	held  int64   // bytes of budget held until the reply is sent
 }
 
 // transmit serves requests until the client disconnects, the connection
@@ -134,7 +135,7 @@ func (c *conn) readRequests() string {
 				}
 			} else {
 				j.buf = getBuf(r.length)
-				if _, err := io.ReadFull(c.br, j.buf); err != nil {
+				if _, err := io.ReadFull(c.br, *j.buf); err != nil {
 					putBuf(j.buf)
 					c.budget.release(j.held)
 					return "reading a WRITE's payload: " + err.Error()
@@ -161,7 +162,7 @@ func (c *conn) armIdle() {
 
 // run executes one request and answers it.
 func (c *conn) run(exp Export, j job) {
-	var buf []byte
+	var buf *[]byte
 	defer func() {
 		if p := recover(); p != nil {
 			// A bug in the Export or here: this connection ends, the
@@ -188,18 +189,18 @@ func (c *conn) run(exp Export, j job) {
 		case cmdRead:
 			buf = getBuf(j.length)
 			var got int
-			got, err = exp.ReadAt(buf, off)
-			if err == io.EOF && got == len(buf) {
+			got, err = exp.ReadAt(*buf, off)
+			if err == io.EOF && got == len(*buf) {
 				err = nil
 			} else if err == io.EOF {
 				err = fmt.Errorf("storage ends at %d, before the export's size %d: %w", off+int64(got), c.size, err)
 			}
 			if err == nil {
-				data = buf
+				data = *buf
 				c.bytesRead.Add(n)
 			}
 		case cmdWrite:
-			_, err = exp.WriteAt(j.buf, off)
+			_, err = exp.WriteAt(*j.buf, off)
 			putBuf(j.buf)
 			if err == nil {
 				c.bytesWritten.Add(n)
@@ -272,7 +273,7 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
 	var err error
 	if len(data) >= 32<<10 {
 		c.wbuf = append(c.wbuf, h...)
-		c.nc.SetWriteDeadline(time.Now().Add(replyTimeout))
+		c.armWrite()
 		bufs := net.Buffers{c.wbuf, data}
 		_, err = bufs.WriteTo(c.nc)
 		c.wbuf = c.wbuf[:0]
@@ -280,7 +281,7 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
 		c.wbuf = append(c.wbuf, h...)
 		c.wbuf = append(c.wbuf, data...)
 		if c.waiting.Load() == 0 || len(c.wbuf) >= coalesceLimit {
-			c.nc.SetWriteDeadline(time.Now().Add(replyTimeout))
+			c.armWrite()
 			_, err = c.nc.Write(c.wbuf)
 			c.wbuf = c.wbuf[:0]
 		}
@@ -290,6 +291,19 @@ func (c *conn) reply(cookie uint64, errno uint32, data []byte) {
 		c.log.Debug("nbd: sending a reply failed; closing", "err", err)
 		c.nc.Close() // the reader stops; the other workers drop their replies
 	}
+}
+
+// armWrite keeps the write deadline between replyTimeout/2 and
+// replyTimeout ahead, moving it only when half of it has passed (setting
+// it for every reply would update a runtime timer per reply).
+// wmu is held.
+func (c *conn) armWrite() {
+	now := time.Now()
+	if c.wdl.Sub(now) > replyTimeout/2 {
+		return
+	}
+	c.wdl = now.Add(replyTimeout)
+	c.nc.SetWriteDeadline(c.wdl)
 }
 
 // byteBudget caps the payload bytes a connection holds.
@@ -353,19 +367,22 @@ func bufClass(n uint32) int {
 	return bits.Len32(n - 1)
 }
 
-func getBuf(n uint32) []byte {
+// getBuf gives a buffer of n bytes; the pointer goes back to putBuf, so
+// that putting it back allocates nothing.
+func getBuf(n uint32) *[]byte {
 	c := bufClass(n)
 	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*p)[:n]
+		*p = (*p)[:n]
+		return p
 	}
-	return make([]byte, n, 1<<c)
+	b := make([]byte, n, 1<<c)
+	return &b
 }
 
-func putBuf(b []byte) {
-	c := bufClass(uint32(cap(b)))
-	if cap(b) != 1<<c || c >= len(bufPools) {
+func putBuf(p *[]byte) {
+	c := bufClass(uint32(cap(*p)))
+	if cap(*p) != 1<<c || c >= len(bufPools) {
 		return
 	}
-	b = b[:cap(b)]
-	bufPools[c].Put(&b)
+	bufPools[c].Put(p)
 }

@@ -13,7 +13,11 @@
 //
 // Each file is written once in full first (untimed), so that every timed
 // run finds its blocks allocated and in the page cache: the numbers are
-// the servers' overhead over a warm cache, not the disk's. Then each
+// the servers' overhead over a warm cache, not the disk's. Besides MiB/s
+// and IOPS each run measures the CPU time the server spent per request
+// (ours: this process's rusage; nbd-server: its /proc stat with the
+// children it forks per connection), which a machine busy with other work
+// disturbs less than the throughput. Then each
 // workload runs OCIBOOT_BENCH_RUNS times (default 5) per server,
 // alternating which goes first, each run after a sync. The output has the
 // medians with [min-max] and the ratio ociboot/nbd-server.
@@ -21,7 +25,8 @@
 //	OCIBOOT_BENCH=1 go test -count=1 -v -run TestBench ./tests/bench/nbdd/
 //
 // OCIBOOT_BENCH_PROFILE=file writes a CPU profile of the test process
-// (where ociboot's server runs) over the timed runs.
+// (where ociboot's server runs) over the timed runs;
+// OCIBOOT_BENCH_ONLY=seqread,randread runs only the workloads named.
 //
 // Needs root (the namespace), fio and nbd-server.
 package nbdd_bench
@@ -73,9 +78,14 @@ type server struct {
 	name string
 	uri  string
 	err  error
+	cpu  func() (time.Duration, error) // CPU time used so far
 }
 
-type result struct{ mibs, iops float64 }
+type result struct {
+	mibs, iops float64
+	ios        float64       // requests completed
+	cpu        time.Duration // the server's CPU time over the run
+}
 
 // fio runs one fio job against uri in namespace ns and returns its
 // throughput and IOPS.
@@ -96,10 +106,11 @@ func fio(ns, uri string, w workload) (result, error) {
 	}
 	var r struct {
 		Jobs []struct {
-			Error      int `json:"error"`
+			Error       int `json:"error"`
 			Read, Write struct {
 				BW   float64 `json:"bw_bytes"`
 				IOPS float64 `json:"iops"`
+				IOs  float64 `json:"total_ios"`
 			}
 		} `json:"jobs"`
 	}
@@ -116,7 +127,7 @@ func fio(ns, uri string, w workload) (result, error) {
 	if side.BW == 0 {
 		return result{}, fmt.Errorf("fio %s: no bytes moved", w.name)
 	}
-	return result{side.BW / (1 << 20), side.IOPS}, nil
+	return result{mibs: side.BW / (1 << 20), iops: side.IOPS, ios: side.IOs}, nil
 }
 
 // sparse creates a sparse file of fileSize bytes.
@@ -160,7 +171,7 @@ func startOurs(t *testing.T, ns, file string) *server {
 		s.Shutdown(ctx)
 		<-served
 	})
-	return &server{name: "ociboot", uri: fmt.Sprintf("nbd://127.0.0.1:%d/disk", oursPort)}
+	return &server{name: "ociboot", uri: fmt.Sprintf("nbd://127.0.0.1:%d/disk", oursPort), cpu: selfCPU}
 }
 
 // startNbdServer runs Debian's nbd-server in ns on file, with flush, FUA
@@ -190,7 +201,50 @@ func startNbdServer(t *testing.T, ns, file string) *server {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	return &server{name: "nbd-server", uri: fmt.Sprintf("nbd://127.0.0.1:%d/disk", peerPort)}
+	return &server{name: "nbd-server", uri: fmt.Sprintf("nbd://127.0.0.1:%d/disk", peerPort), cpu: func() (time.Duration, error) { return procCPU(pid) }}
+}
+
+// selfCPU is this process's CPU time: ociboot's server runs here, and
+// the rest of the test only waits for fio.
+func selfCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// procCPU is the CPU time of process pid and of its children that ended
+// (nbd-server forks one per connection and reaps it when it ends). It
+// waits until pid has no child left, so that the last run's is counted.
+func procCPU(pid int) (time.Duration, error) {
+	for i := 0; i < 200; i++ {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if err != nil {
+			return 0, err
+		}
+		if len(strings.TrimSpace(string(b))) == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name in parentheses: utime, stime,
+	// cutime and cstime are the 14th to 17th fields of the line.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+	f := strings.Fields(rest)
+	var ticks int64
+	for _, s := range f[11:15] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %q: %v", pid, b, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }
 
 func runs() int {
@@ -252,7 +306,11 @@ func TestBenchNBD(t *testing.T) {
 	}
 
 	n := runs()
+	only := os.Getenv("OCIBOOT_BENCH_ONLY")
 	for _, w := range workloads {
+		if only != "" && !slices.Contains(strings.Split(only, ","), w.name) {
+			continue
+		}
 		got := map[*server][]result{}
 		for i := 0; i < n; i++ {
 			order := slices.Clone(servers)
@@ -264,7 +322,16 @@ func TestBenchNBD(t *testing.T) {
 					continue
 				}
 				syscall.Sync()
+				before, err := s.cpu()
+				if err != nil {
+					t.Fatalf("%s: CPU time: %v", s.name, err)
+				}
 				r, err := fio(ns, s.uri, w)
+				if err == nil {
+					var after time.Duration
+					after, err = s.cpu()
+					r.cpu = after - before
+				}
 				if err != nil {
 					s.err = err
 					t.Errorf("%s %s: %v", w.name, s.name, err)
@@ -274,22 +341,24 @@ func TestBenchNBD(t *testing.T) {
 			}
 		}
 		line := fmt.Sprintf("nbd %s (%s), fio nbd engine, median [min-max] of %d:", w.name, strings.Join(w.args[:3], " "), n)
-		med := map[string]float64{}
+		med, medCPU := map[string]float64{}, map[string]float64{}
 		for _, s := range servers {
 			if len(got[s]) == 0 {
 				line += fmt.Sprintf(" %s FAILED;", s.name)
 				continue
 			}
-			var mibs, iops []float64
+			var mibs, iops, cpu []float64
 			for _, r := range got[s] {
 				mibs = append(mibs, r.mibs)
 				iops = append(iops, r.iops)
+				cpu = append(cpu, float64(r.cpu.Microseconds())/r.ios)
 			}
 			med[s.name] = median(mibs)
-			line += fmt.Sprintf(" %s %s MiB/s, %s IOPS;", s.name, spread(mibs, 1), spread(iops, 0))
+			medCPU[s.name] = median(cpu)
+			line += fmt.Sprintf(" %s %s MiB/s, %s IOPS, %s µs CPU/request;", s.name, spread(mibs, 1), spread(iops, 0), spread(cpu, 1))
 		}
 		if o, p := med["ociboot"], med["nbd-server"]; o > 0 && p > 0 {
-			line += fmt.Sprintf(" ratio ociboot/nbd-server %.2fx", o/p)
+			line += fmt.Sprintf(" throughput ratio ociboot/nbd-server %.2fx (goal >= 1.0x), CPU per request ratio %.2fx (goal <= 1.0x)", o/p, medCPU["ociboot"]/medCPU["nbd-server"])
 		}
 		fmt.Println(strings.TrimSuffix(line, ";"))
 	}
