@@ -18,6 +18,11 @@
 // (or to the relay at giaddr:67), which is what dnsmasq's proxy does and
 // avoids injecting ARP entries for clients that have no address yet.
 //
+// A node the config lists with an Install that it has reported done
+// (nodes.InstallState.Local) boots from its own disk: in proxy mode its
+// netboot DISCOVERs get no answer, in full mode it still gets its address
+// but no boot options; the first such request is logged.
+//
 // Every netboot client is recorded in the store under nodes/<key>/: key is
 // the Pi serial from option 97 (8 lowercase hex digits), or the MAC in the
 // bootloader's dash form ("dc-a6-32-01-02-03") for clients that do not send
@@ -48,6 +53,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 )
 
@@ -102,7 +108,10 @@ type Server struct {
 	mu     sync.Mutex
 	pool   *pool
 	netXID map[string]netbootXID // by MAC: recent netboot transactions
-	swept  time.Time             // last time netXID was pruned
+	// local are the configured nodes that boot from their own disk,
+	// each logged once (installedLocal).
+	local map[string]bool
+	swept time.Time // last time netXID was pruned
 	// offersSwept is when stale offers were last dropped.
 	offersSwept time.Time
 	saved       bool // pool matches leases.json
@@ -164,6 +173,7 @@ func New(o Options) (*Server, error) {
 		m:        newMetrics(),
 		pool:     newPool(o.Config),
 		netXID:   map[string]netbootXID{},
+		local:    map[string]bool{},
 		saved:    true,
 		foreign:  map[netip.Addr]time.Time{},
 		onDisk:   map[string]netip.Addr{},
@@ -318,6 +328,16 @@ func (s *Server) Handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 		key = ""
 	}
 
+	if client.Netboot && known && s.installedLocal(key) {
+		// The node boots from its own disk now (Nodes[].Install).
+		if !s.full() {
+			s.m.drops.WithLabelValues("installed").Inc()
+			return nil, nil
+		}
+		// Full mode: its OS still needs an address, only no netboot.
+		client.Netboot = false
+	}
+
 	var reply *dhcpv4.DHCPv4
 	var dst *net.UDPAddr
 	if s.full() {
@@ -329,6 +349,25 @@ func (s *Server) Handle(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, *net.UDPAddr) {
 		s.m.replies.WithLabelValues(msgName(reply.MessageType())).Inc()
 	}
 	return reply, dst
+}
+
+// installedLocal reports whether node key (one the config lists) has
+// installed itself to its own disk and is no longer netbooted
+// (nodes.InstallState.Local); the first netboot request that is refused
+// for it is logged.
+func (s *Server) installedLocal(key string) bool {
+	inst := nodes.InstallOf(s.cfg, s.st, key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !inst.Local {
+		delete(s.local, key)
+		return false
+	}
+	if !s.local[key] {
+		s.local[key] = true
+		s.log.Info(inst.NotNetbooted(key), "node", key, "mode", s.cfg.Mode)
+	}
+	return true
 }
 
 func (s *Server) handleProxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, client Client, key string, now time.Time) (*dhcpv4.DHCPv4, *net.UDPAddr) {

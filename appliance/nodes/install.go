@@ -78,3 +78,9 @@ func InstallOf(cfg *config.Config, st *store.Store, key string) InstallState {
 	s.Local = s.Installed && !s.Want.KeepNetboot
 	return s
 }
+
+// NotNetbooted is the one line dhcpd and tftpd log when they stop
+// answering node key's netboot because it is Local.
+func (s InstallState) NotNetbooted(key string) string {
+	return fmt.Sprintf("node %s installed to %s; not netbooting it (set Install.KeepNetboot to keep netboot as fallback)", key, s.Report.Device)
+}

@@ -4,17 +4,21 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/ociboot/ociboot/appliance/config"
 )
 
 // dropArgs are kernel arguments of the image's cmdline.txt that describe
 // how the image boots from its own disk; the generated root arguments
-// replace them. Everything else (console=, quiet, cgroup settings, ...) is
-// kept in its order.
-var dropArgs = []string{"root=", "nfsroot=", "ip=", "rootfstype=", "rootwait", "init=", "boot=", "ro", "rw", "resume="}
+// replace them, and ociboot.* arguments, which come from the node's config
+// alone (an image made from an installed node's disk carries its own).
+// Everything else (console=, quiet, cgroup settings, ...) is kept in its
+// order.
+var dropArgs = []string{"root=", "nfsroot=", "ip=", "rootfstype=", "rootwait", "init=", "boot=", "ro", "rw", "resume=", "ociboot."}
 
 func dropped(arg string) bool {
 	for _, d := range dropArgs {
-		if strings.HasSuffix(d, "=") {
+		if strings.HasSuffix(d, "=") || strings.HasSuffix(d, ".") {
 			if strings.HasPrefix(arg, d) {
 				return true
 			}
@@ -33,6 +37,39 @@ func dropped(arg string) bool {
 // nfsroot and busybox ask the portmapper too when it is missing.
 func RootArgs(head netip.Addr, key string) string {
 	return fmt.Sprintf("root=/dev/nfs nfsroot=%s:/nodes/%s,vers=3,tcp,port=2049 ip=dhcp rw rootwait", head, key)
+}
+
+// NBDPort is where nbdd serves the nodes' disks (the IANA port of NBD),
+// InstallPort where it takes the nodes' install reports.
+const (
+	NBDPort     = 10809
+	InstallPort = 9809
+)
+
+// DiskArgs tell the node image's ociboot-disk.service which disk to mount
+// at d.Mount before container runtimes start: the head node's NBD export
+// named by the node's key, or a device of the node, which it formats only
+// with ociboot.format=1 (Disk.Format). nil for no disk.
+func DiskArgs(head netip.Addr, key string, d *config.DiskConfig) []string {
+	if d == nil {
+		return nil
+	}
+	var args []string
+	if d.NBD() {
+		args = append(args, fmt.Sprintf("ociboot.disk=nbd://%s:%d/%s", head, NBDPort, key))
+	} else {
+		args = append(args, "ociboot.disk="+d.Device)
+		if d.Format {
+			args = append(args, "ociboot.format=1")
+		}
+	}
+	return append(args, "ociboot.mount="+strings.Join(d.Mount, ","))
+}
+
+// InstallArgs make the node image's ociboot-install.service copy the
+// netbooted system to device and report the outcome to the head node.
+func InstallArgs(head netip.Addr, device string) []string {
+	return []string{"ociboot.install=" + device, fmt.Sprintf("ociboot.report=http://%s:%d/install", head, InstallPort)}
 }
 
 // NetconsoleArg makes the kernel send its log as UDP to the head node's

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path"
@@ -123,6 +124,21 @@ func (r *Resolver) Node(req Request, remote netip.Addr) (Node, error) {
 		return Node{}, err
 	}
 	return Node{b}, nil
+}
+
+// diskOf is node key's disk for its container runtime: its Nodes[].Disk
+// (Netboot.NodeDisk already filled in), else Netboot.NodeDisk.
+func diskOf(cfg *config.Config, key string) *config.DiskConfig {
+	nc, ok := cfg.NodeBySerial(key)
+	if !ok {
+		if mac, err := net.ParseMAC(strings.ReplaceAll(key, "-", ":")); err == nil && len(key) == 17 {
+			nc, ok = cfg.NodeByMAC(mac)
+		}
+	}
+	if ok {
+		return nc.Disk
+	}
+	return cfg.NodeDisk
 }
 
 // bootRoot opens the boot directory beneath the node's base: no name,

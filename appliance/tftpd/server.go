@@ -59,6 +59,9 @@ type Server struct {
 	mu      sync.Mutex
 	stats   map[string]*NodeStats
 	stages  map[string]string
+	// local are the nodes whose netboot is refused because they boot
+	// from their own disk (nodes.InstallState.Local), each logged once.
+	local   map[string]bool
 	recent  []Transfer
 	timeout time.Duration
 	retries int
@@ -107,6 +110,7 @@ func New(o Options) *Server {
 		now:     o.Now,
 		stats:   map[string]*NodeStats{},
 		stages:  map[string]string{},
+		local:   map[string]bool{},
 		timeout: o.Timeout,
 		retries: o.Retries,
 	}
@@ -229,13 +233,23 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 		return content{}, req, err
 	}
 	req.Key = n.Key
+	inst := nodes.InstallOf(s.res.Config, s.res.Store, n.Key)
+	if s.installed(n.Key, inst) {
+		return content{}, req, fmt.Errorf("%w: %s", ErrNotFound, inst.NotNetbooted(n.Key))
+	}
 	head := local
 	if !head.IsValid() {
 		head = s.res.Config.ServerIP
 	}
-	kargs := s.res.Config.KernelArgs
+	kargs := append([]string(nil), s.res.Config.KernelArgs...)
 	if nodes.Netconsole(s.res.Config, n.Key) && head.IsValid() {
-		kargs = append(append([]string(nil), kargs...), NetconsoleArg(head))
+		kargs = append(kargs, NetconsoleArg(head))
+	}
+	if head.IsValid() {
+		kargs = append(kargs, DiskArgs(head, n.Key, diskOf(s.res.Config, n.Key))...)
+		if inst.Pending {
+			kargs = append(kargs, InstallArgs(head, inst.Want.Device)...)
+		}
 	}
 	switch req.File {
 	case "cmdline.txt":
@@ -270,6 +284,22 @@ func (s *Server) open(name string, remote, local netip.Addr) (content, Request, 
 		return content{}, req, err
 	}
 	return content{r: f, c: f, node: n}, req, nil
+}
+
+// installed reports whether node key boots from its own disk now, so that
+// its netboot is refused; the first refusal is logged.
+func (s *Server) installed(key string, inst nodes.InstallState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !inst.Local {
+		delete(s.local, key)
+		return false
+	}
+	if !s.local[key] {
+		s.local[key] = true
+		s.log.Info(inst.NotNetbooted(key), "node", key)
+	}
+	return true
 }
 
 // read is the pin/tftp read handler.

@@ -45,7 +45,7 @@ type fixture struct {
 	root  string
 }
 
-func newFixture(t testing.TB, netboot string) *fixture {
+func newFixture(t testing.TB, netboot string, opts ...func(*Options)) *fixture {
 	t.Helper()
 	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
 	if err != nil {
@@ -88,7 +88,11 @@ func newFixture(t testing.TB, netboot string) *fixture {
 			t.Fatal(err)
 		}
 	}
-	srv := New(Options{Config: cfg, Store: st, Timeout: 200 * time.Millisecond})
+	o := Options{Config: cfg, Store: st, Timeout: 200 * time.Millisecond}
+	for _, f := range opts {
+		f(&o)
+	}
+	srv := New(o)
 	conn, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
