@@ -29,6 +29,7 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/budget"
 	"github.com/ociboot/ociboot/appliance/config"
+	"github.com/ociboot/ociboot/appliance/nbd"
 	"github.com/ociboot/ociboot/appliance/nodes"
 	"github.com/ociboot/ociboot/appliance/store"
 )
@@ -69,6 +70,7 @@ type Disk struct {
 	path string
 	f    *os.File
 	fd   int
+	io   *nbd.File // the I/O itself; Disk adds bounds, budget and the lock
 	size int64
 	blk  int64
 	lim  Limits
@@ -125,7 +127,12 @@ func Open(cfg *config.Config, st *store.Store, key string, lim Limits) (*Disk, e
 	if blk <= 0 {
 		blk = 4096
 	}
-	return &Disk{key: key, path: p, f: f, fd: int(f.Fd()), size: dc.Size, blk: blk, lim: lim}, nil
+	x, err := nbd.NewFile(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("node %s: disk %s: %v", key, p, err)
+	}
+	return &Disk{key: key, path: p, f: f, fd: int(f.Fd()), io: x, size: dc.Size, blk: blk, lim: lim}, nil
 }
 
 // openLocked opens (or creates) p and takes its shared lock. A Drop may
@@ -172,7 +179,7 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	if err := d.bounds(off, len(p)); err != nil {
 		return 0, err
 	}
-	return d.f.ReadAt(p, off)
+	return d.io.ReadAt(p, off)
 }
 
 // WriteAt writes to the disk. A write that may allocate blocks (it
@@ -191,7 +198,7 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 			return 0, err
 		}
 	}
-	return d.f.WriteAt(p, off)
+	return d.io.WriteAt(p, off)
 }
 
 // mayAllocate reports whether [off, off+n) may touch a hole: the next
@@ -221,8 +228,8 @@ func (d *Disk) Allocated() int64 {
 
 // Flush makes the disk's written data durable (NBD_CMD_FLUSH).
 func (d *Disk) Flush() error {
-	if err := unix.Fdatasync(d.fd); err != nil {
-		return fmt.Errorf("node %s: flushing %s: %w", d.key, d.path, err)
+	if err := d.io.Flush(); err != nil {
+		return fmt.Errorf("node %s: flushing its disk: %w", d.key, err)
 	}
 	return nil
 }
@@ -238,12 +245,8 @@ func (d *Disk) Trim(off, length int64) error {
 	if err := d.bounds(off, int(length)); err != nil {
 		return err
 	}
-	var err error = unix.EINTR
-	for err == unix.EINTR {
-		err = unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
-	}
-	if err != nil {
-		return fmt.Errorf("node %s: trim of %s: %w", d.key, d.path, err)
+	if err := d.io.Trim(off, length); err != nil {
+		return fmt.Errorf("node %s: trim of its disk: %w", d.key, err)
 	}
 	return nil
 }
@@ -262,7 +265,7 @@ func (d *Disk) Dropped() bool {
 
 // Close releases the disk (and its lock).
 func (d *Disk) Close() error {
-	d.closeOnce.Do(func() { d.closeErr = d.f.Close() })
+	d.closeOnce.Do(func() { d.closeErr = d.io.Close() })
 	return d.closeErr
 }
 
