@@ -9,20 +9,25 @@ package nodeimage
 import (
 	"bytes"
 	"context"
-	_ "embed"
+	"embed"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-//go:embed customize.sh
-var customizeScript []byte
+// The customize hook and the node's own programs and units it installs
+// (node/: the disk for container runtimes, install to local storage).
+//
+//go:embed customize.sh node
+var hookFiles embed.FS
 
 // Packages every built node image has, beyond Debian's minbase.
 var Packages = []string{
@@ -30,6 +35,10 @@ var Packages = []string{
 	"initramfs-tools", "raspi-firmware",
 	"openssh-server", "iproute2", "iputils-ping", "ca-certificates",
 	"procps", "less", "nano", "apt-utils",
+	// node/ociboot-disk and node/ociboot-install: the kernel's NBD
+	// client's negotiation, ext4 and FAT, partitioning, copying the root,
+	// reporting to the head node.
+	"nbd-client", "e2fsprogs", "fdisk", "dosfstools", "mtools", "rsync", "curl",
 }
 
 // DefaultEpoch is the build date when SOURCE_DATE_EPOCH is not set: a
@@ -143,17 +152,16 @@ func (r Recipe) Build(ctx context.Context, outDir string) (v1.Hash, error) {
 	if err := CanRunArch(r.Arch); err != nil {
 		return v1.Hash{}, err
 	}
-	hook, err := os.CreateTemp("", "ociboot-customize-*.sh")
+	hookDir, err := os.MkdirTemp("", "ociboot-customize-")
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	defer os.Remove(hook.Name())
-	if _, err := hook.Write(customizeScript); err != nil {
-		return v1.Hash{}, err
+	defer os.RemoveAll(hookDir)
+	if err := writeHook(hookDir); err != nil {
+		return v1.Hash{}, fmt.Errorf("nodeimage: writing the customize hook: %v", err)
 	}
-	hook.Close()
 
-	cmd := exec.CommandContext(ctx, "mmdebstrap", r.args(hook.Name())...)
+	cmd := exec.CommandContext(ctx, "mmdebstrap", r.args(filepath.Join(hookDir, "customize.sh"))...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", r.Epoch.Unix()), "LC_ALL=C.UTF-8")
 	var tailBuf tailWriter
 	cmd.Stderr = io.MultiWriter(r.Log, &tailBuf)
@@ -182,6 +190,28 @@ func (r Recipe) Build(ctx context.Context, outDir string) (v1.Hash, error) {
 		return v1.Hash{}, fmt.Errorf("nodeimage: %v", werr)
 	}
 	return digest, nil
+}
+
+// writeHook writes the customize hook and node/ into dir, programs
+// executable.
+func writeHook(dir string) error {
+	return fs.WalkDir(hookFiles, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == "." {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dir, p), 0o755)
+		}
+		b, err := hookFiles.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(0o644)
+		if bytes.HasPrefix(b, []byte("#!")) {
+			mode = 0o755
+		}
+		return os.WriteFile(filepath.Join(dir, p), b, mode)
+	})
 }
 
 // tailWriter keeps the last lines written to it, for error messages.

@@ -6,6 +6,7 @@
 # for every image, built or imported.)
 set -eu
 root=$1
+here=$(dirname "$0")
 
 # The initramfs mounts / over NFS; there is no SD card to mount.
 cat >"$root/etc/fstab" <<'END'
@@ -78,9 +79,17 @@ lan78xx
 # virtual machines
 virtio_net
 virtio_mmio
+virtio_blk
 # the NFS client
 nfs
 nfsv3
+# a root on the node's own disk after ociboot-install: eMMC and SD (Pi 4,
+# CM4: sdhci-iproc; Pi 5, CM5: sdhci-brcmstb), NVMe, ext4
+mmc_block
+sdhci-iproc
+sdhci-brcmstb
+nvme
+ext4
 END
 
 # The build held update-initramfs back (see the essential hook); make the
@@ -112,6 +121,19 @@ ClientIdentifier=mac
 END
 chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
+
+# The node's disk for container runtimes (ociboot.disk=) and install to
+# its own disk (ociboot.install=); both do nothing without their kernel
+# argument. Runtimes that keep state on the disk wait for it.
+install -m 0755 "$here/node/ociboot-disk" "$here/node/ociboot-install" "$root/usr/local/sbin/"
+install -m 0644 "$here/node/ociboot-disk.service" "$here/node/ociboot-install.service" "$root/etc/systemd/system/"
+for unit in containerd docker k3s k3s-agent kubelet; do
+	mkdir -p "$root/etc/systemd/system/$unit.service.d"
+	install -m 0644 "$here/node/ociboot-disk-required.conf" "$root/etc/systemd/system/$unit.service.d/ociboot-disk.conf"
+done
+chroot "$root" systemctl enable ociboot-disk.service ociboot-install.service
+# nbd-client's own boot-time attach (/etc/nbdtab, nbd-client's initramfs
+# hook for an NBD root) is not used: ociboot-disk attaches the disk.
 
 # SSH host keys are per machine: ociboot writes each node its own when it
 # makes the node's root. Outside ociboot, this unit makes them at boot.

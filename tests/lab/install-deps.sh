@@ -25,6 +25,8 @@ packages=(
 	# qemu-user, and the disk image tools around it
 	mmdebstrap qemu-user-static binfmt-support arch-test openssh-client
 	dosfstools mtools fdisk xz-utils libcap2-bin tar
+	# the node image's install step, run on this machine against loop devices
+	rsync util-linux
 )
 # The Pi test boots Debian's arm64 kernel as a Pi's kernel8.img in
 # qemu-system-aarch64; its package and busybox-static:arm64 are unpacked
