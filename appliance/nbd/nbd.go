@@ -9,7 +9,8 @@
 //     that does not set NBD_FLAG_C_FIXED_NEWSTYLE is refused with a log
 //     line (oldstyle and plain newstyle are obsolete since nbd 3.10);
 //   - options NBD_OPT_EXPORT_NAME, NBD_OPT_GO and NBD_OPT_INFO (with
-//     NBD_INFO_EXPORT, NBD_INFO_NAME and NBD_INFO_BLOCK_SIZE), NBD_OPT_LIST
+//     NBD_INFO_EXPORT, NBD_INFO_NAME, NBD_INFO_DESCRIPTION and
+//     NBD_INFO_BLOCK_SIZE), NBD_OPT_LIST
 //     (what Server.List allows the caller to see) and NBD_OPT_ABORT;
 //     NBD_OPT_STARTTLS is refused by policy (no TLS), and every other
 //     option, structured replies among them, gets NBD_REP_ERR_UNSUP;
@@ -76,6 +77,10 @@ type (
 	// its presence announces NBD_FLAG_SEND_CACHE. Without it CACHE
 	// requests within the export are answered successfully, doing nothing.
 	CacheExport interface{ Cache(off, length int64) error }
+	// DescribedExport answers a client's NBD_INFO_DESCRIPTION request.
+	// nodedisk says which file it is, so that a client reconnecting after
+	// a server restart can tell the same disk from a new one.
+	DescribedExport interface{ Description() string }
 )
 
 // ConnInfo describes one connection in the transmission phase.

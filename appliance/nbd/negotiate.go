@@ -330,6 +330,16 @@ func (c *conn) option(opt uint32, data []byte, noZeroes bool) (Export, error) {
 				out = appendOptReply(out, opt, repInfo, 2+len(req.name))
 				out = binary.BigEndian.AppendUint16(out, infoName)
 				out = append(out, req.name...)
+			case infoDescription:
+				if d, ok := exp.(DescribedExport); ok {
+					desc := d.Description()
+					if len(desc) > maxName {
+						desc = desc[:maxName]
+					}
+					out = appendOptReply(out, opt, repInfo, 2+len(desc))
+					out = binary.BigEndian.AppendUint16(out, infoDescription)
+					out = append(out, desc...)
+				}
 			case infoBlockSize:
 				out = appendOptReply(out, opt, repInfo, 14)
 				out = binary.BigEndian.AppendUint16(out, infoBlockSize)

@@ -61,9 +61,10 @@ const (
 	repErrTooBig   = repFlagError | 9
 
 	// NBD_INFO types.
-	infoExport    = 0
-	infoName      = 1
-	infoBlockSize = 3
+	infoExport      = 0
+	infoName        = 1
+	infoDescription = 2
+	infoBlockSize   = 3
 
 	// Commands.
 	cmdRead        = 0

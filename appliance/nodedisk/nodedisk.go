@@ -163,6 +163,21 @@ func openLocked(p string) (*os.File, bool, error) {
 // Key is the node whose disk d is.
 func (d *Disk) Key() string { return d.key }
 
+// Description names this disk file (NBD_INFO_DESCRIPTION): its inode
+// and birth time. A node reconnecting after nbdd restarted compares it
+// with what it attached, and does not hand a dropped and remade disk to
+// a file system that was mounted from the old one.
+func (d *Disk) Description() string {
+	var sx unix.Statx_t
+	if err := unix.Statx(d.fd, "", unix.AT_EMPTY_PATH, unix.STATX_INO|unix.STATX_BTIME, &sx); err != nil {
+		return "ociboot disk " + d.key
+	}
+	if sx.Mask&unix.STATX_BTIME == 0 {
+		return fmt.Sprintf("ociboot disk %s id %x", d.key, sx.Ino)
+	}
+	return fmt.Sprintf("ociboot disk %s id %x-%x.%x", d.key, sx.Ino, sx.Btime.Sec, sx.Btime.Nsec)
+}
+
 // Size is the disk's size in bytes, as when it was opened (an NBD client
 // learns it once per connection).
 func (d *Disk) Size() int64 { return d.size }

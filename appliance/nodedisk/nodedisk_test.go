@@ -250,6 +250,15 @@ func TestDrop(t *testing.T) {
 	if _, err := d.WriteAt([]byte("data"), 0); err != nil {
 		t.Fatal(err)
 	}
+	desc := d.Description()
+	if d2, err := Open(cfg, st, key, Limits{}); err != nil {
+		t.Fatal(err)
+	} else {
+		if got := d2.Description(); got != desc || !strings.Contains(got, key) {
+			t.Errorf("Description of the same disk opened again: got %q, want %q", got, desc)
+		}
+		d2.Close()
+	}
 	if !InUse(st, key) {
 		t.Errorf("InUse of an open disk: false")
 	}
@@ -280,6 +289,10 @@ func TestDrop(t *testing.T) {
 	d.ReadAt(got, 0)
 	if !bytes.Equal(got, make([]byte, 4)) {
 		t.Errorf("a dropped disk's data came back: %q", got)
+	}
+	// A node reconnecting must be able to tell the new disk from the old.
+	if got := d.Description(); got == desc {
+		t.Errorf("Description of the remade disk is the dropped one's: %q", got)
 	}
 	d.Close()
 	if InUse(st, key) {
