@@ -35,10 +35,9 @@ var Packages = []string{
 	"initramfs-tools", "raspi-firmware",
 	"openssh-server", "iproute2", "iputils-ping", "ca-certificates",
 	"procps", "less", "nano", "apt-utils",
-	// node/ociboot-disk and node/ociboot-install: the kernel's NBD
-	// client's negotiation, ext4 and FAT, partitioning, copying the root,
-	// reporting to the head node.
-	"nbd-client", "e2fsprogs", "fdisk", "dosfstools", "mtools", "rsync", "curl",
+	// node/ociboot-disk and node/ociboot-install: ext4 and FAT,
+	// partitioning, copying the root, reporting to the head node.
+	"e2fsprogs", "fdisk", "dosfstools", "mtools", "rsync", "curl",
 }
 
 // DefaultEpoch is the build date when SOURCE_DATE_EPOCH is not set: a
@@ -160,6 +159,9 @@ func (r Recipe) Build(ctx context.Context, outDir string) (v1.Hash, error) {
 	if err := writeHook(hookDir); err != nil {
 		return v1.Hash{}, fmt.Errorf("nodeimage: writing the customize hook: %v", err)
 	}
+	if err := buildNodeProgram(ctx, r.Arch, filepath.Join(hookDir, "node", "ociboot-nbd")); err != nil {
+		return v1.Hash{}, err
+	}
 
 	cmd := exec.CommandContext(ctx, "mmdebstrap", r.args(filepath.Join(hookDir, "customize.sh"))...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", r.Epoch.Unix()), "LC_ALL=C.UTF-8")
@@ -190,6 +192,31 @@ func (r Recipe) Build(ctx context.Context, outDir string) (v1.Hash, error) {
 		return v1.Hash{}, fmt.Errorf("nodeimage: %v", werr)
 	}
 	return digest, nil
+}
+
+// nodeProgram is the node's own Go program: it keeps the NBD disk
+// attached while the head node restarts (package nbdattach).
+const nodeProgram = "github.com/ociboot/ociboot/appliance/nodeimage/cmd/ociboot-nbd"
+
+// goArch maps Debian architectures to GOARCH (and GOARM).
+var goArch = map[string][2]string{
+	"arm64": {"arm64", ""}, "amd64": {"amd64", ""}, "armhf": {"arm", "7"}, "armel": {"arm", "5"}, "i386": {"386", ""},
+	"riscv64": {"riscv64", ""}, "ppc64el": {"ppc64le", ""}, "s390x": {"s390x", ""},
+}
+
+// buildNodeProgram cross-compiles nodeProgram for the image's
+// architecture from this module's source (static, reproducible).
+func buildNodeProgram(ctx context.Context, arch, out string) error {
+	ga, ok := goArch[arch]
+	if !ok {
+		return fmt.Errorf("nodeimage: no Go port for Debian architecture %q (ociboot-nbd is built for the node)", arch)
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", out, nodeProgram)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+ga[0], "GOARM="+ga[1])
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nodeimage: building %s for %s (run the build from ociboot's source tree, as `make node-image` does): %v\n%s", nodeProgram, arch, err, b)
+	}
+	return nil
 }
 
 // writeHook writes the customize hook and node/ into dir, programs

@@ -125,15 +125,13 @@ ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 # The node's disk for container runtimes (ociboot.disk=) and install to
 # its own disk (ociboot.install=); both do nothing without their kernel
 # argument. Runtimes that keep state on the disk wait for it.
-install -m 0755 "$here/node/ociboot-disk" "$here/node/ociboot-install" "$root/usr/local/sbin/"
-install -m 0644 "$here/node/ociboot-disk.service" "$here/node/ociboot-install.service" "$root/etc/systemd/system/"
+install -m 0755 "$here/node/ociboot-disk" "$here/node/ociboot-install" "$here/node/ociboot-nbd" "$root/usr/local/sbin/"
+install -m 0644 "$here/node/ociboot-disk.service" "$here/node/ociboot-install.service" "$here/node/ociboot-nbd.service" "$root/etc/systemd/system/"
 for unit in containerd docker k3s k3s-agent kubelet; do
 	mkdir -p "$root/etc/systemd/system/$unit.service.d"
 	install -m 0644 "$here/node/ociboot-disk-required.conf" "$root/etc/systemd/system/$unit.service.d/ociboot-disk.conf"
 done
-chroot "$root" systemctl enable ociboot-disk.service ociboot-install.service
-# nbd-client's own boot-time attach (/etc/nbdtab, nbd-client's initramfs
-# hook for an NBD root) is not used: ociboot-disk attaches the disk.
+chroot "$root" systemctl enable ociboot-nbd.service ociboot-disk.service ociboot-install.service
 
 # SSH host keys are per machine: ociboot writes each node its own when it
 # makes the node's root. Outside ociboot, this unit makes them at boot.
