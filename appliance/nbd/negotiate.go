@@ -386,11 +386,14 @@ func (c *conn) lookup(name string) (Export, uint32, string) {
 		return nil, repErrUnknown, fmt.Sprintf("export %q is unavailable: server error", name)
 	case err == nil:
 		return exp, 0, ""
+	// Refusals are the caller's policy, which logs them (nbdd: once a
+	// minute per peer, so that a flood cannot fill the log); here they
+	// are debug lines.
 	case errors.Is(err, ErrPolicy):
-		c.log.Info("nbd: export refused by policy", "export", name, "err", err)
+		c.log.Debug("nbd: export refused by policy", "export", name, "err", err)
 		return nil, repErrPolicy, err.Error()
 	case errors.Is(err, ErrUnknownExport):
-		c.log.Info("nbd: unknown export", "export", name, "err", err)
+		c.log.Debug("nbd: unknown export", "export", name, "err", err)
 		return nil, repErrUnknown, err.Error()
 	}
 	c.log.Warn("nbd: opening export failed", "export", name, "err", err)
