@@ -5,7 +5,9 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ociboot/ociboot/appliance/nbd"
+	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
 func TestFromCmdline(t *testing.T) {
@@ -108,6 +111,33 @@ func TestFamilyFromKernel(t *testing.T) {
 	}
 	if id != unix.GENL_ID_CTRL || group == 0 {
 		t.Errorf("nlctrl: got family %d group %d, want %d and a group", id, group, unix.GENL_ID_CTRL)
+	}
+	// Every family this kernel has, as iproute2's genl lists them: the
+	// reply must survive the acknowledgement that follows it.
+	genlTool := testenv.NeedTool(t, "genl", "iproute2")
+	out, err := exec.Command(genlTool, "ctrl", "list").Output()
+	if err != nil {
+		t.Fatalf("genl ctrl list: %v", err)
+	}
+	var name string
+	checked := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "Name:":
+			name = f[1]
+		case len(f) >= 2 && f[0] == "ID:" && name != "":
+			want, _ := strconv.ParseUint(f[1], 0, 16)
+			got, _, err := g.family(name, "")
+			if err != nil || uint64(got) != want {
+				t.Errorf("family %s: got %d, %v; genl says %d", name, got, err, want)
+			}
+			checked++
+			name = ""
+		}
+	}
+	if checked < 3 {
+		t.Errorf("genl ctrl list named %d families:\n%s", checked, out)
 	}
 	if _, _, err := g.family("no-such-family", ""); err == nil {
 		t.Errorf("resolving a family that does not exist: no error")

@@ -174,8 +174,10 @@ func (g *genl) request(family uint16, cmd uint8, attrs ...attr) ([]message, erro
 		return nil, err
 	}
 	var out []message
-	buf := make([]byte, 1<<16)
 	for {
+		// A new buffer for each datagram: the messages kept from one
+		// point into it.
+		buf := make([]byte, 1<<16)
 		n, _, err := unix.Recvfrom(g.fd, buf, 0)
 		if err != nil {
 			return nil, err
