@@ -157,6 +157,12 @@ func Attach(ctx context.Context, cfg Config) (*Device, error) {
 		d.Close()
 		return nil, fmt.Errorf("%s: the kernel refused the connection (NBD_CMD_CONNECT): %v", dev, err)
 	}
+	// An acknowledged CONNECT that configured nothing would leave the
+	// disk's unit waiting for a device that never comes.
+	if ok, err := d.connected(); err != nil || !ok {
+		d.Close()
+		return nil, fmt.Errorf("%s: the kernel acknowledged NBD_CMD_CONNECT but reports the device not connected (%v)", dev, err)
+	}
 	cfg.Logger.Info("nbd: device attached", "device", dev, "server", cfg.Addr, "export", cfg.Export, "size", info.Size, "description", info.Description)
 	return d, nil
 }
