@@ -145,7 +145,8 @@ func (h *Head) StartService(t testing.TB, name string) *Proc {
 	status := map[string]string{"dhcpd": "127.0.0.1:9067", "tftpd": "127.0.0.1:9069", "ocicache": "127.0.0.1:9050", "nfsd": "127.0.0.1:9049", "nbdd": ":9809", "status": "127.0.0.1:8080"}[name]
 	args := []string{filepath.Join(h.bin, name), "-config", h.Config, "-store", h.Store, "-status", status}
 	if name == "ocicache" {
-		args = append(args, "-registry", "127.0.0.1:5000")
+		// The mirror, for the nodes' container runtimes too.
+		args = append(args, "-registry", ":5000")
 	}
 	if name == "nfsd" {
 		h.nfsdRuns++

@@ -1,19 +1,30 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/ociboot/ociboot/appliance/nodeimage/sdimage/sdtest"
+	"github.com/ociboot/ociboot/appliance/piemu"
 	"github.com/ociboot/ociboot/appliance/testenv"
+	"github.com/ociboot/ociboot/tests/guest"
+	testlab "github.com/ociboot/ociboot/tests/lab"
 )
 
 // TestNodeOSThreeNodes: the recipe's Debian image boots three Pi 4 nodes at
@@ -23,13 +34,20 @@ import (
 func TestNodeOSThreeNodes(t *testing.T) {
 	testenv.Short(t, "boots Debian on three arm64 QEMU nodes")
 	ociDir := NodeOSImage(t)
+	// cm4-1 keeps its containers on an NBD disk from the head node; cm4-3
+	// installs itself to its virtio disk.
+	installDisk := filepath.Join(t.TempDir(), "cm4-3-emmc.img")
+	if err := os.WriteFile(installDisk, nil, 0o644); err != nil || os.Truncate(installDisk, 4<<30) != nil {
+		t.Fatal(err)
+	}
 	pis := []*PiNode{
-		{Name: "cm4-1", Serial: 0x6a100001, MAC: "dc:a6:32:10:00:01"},
+		{Name: "cm4-1", Serial: 0x6a100001, MAC: "dc:a6:32:10:00:01", Config: map[string]any{"Disk": map[string]any{"Size": "4G"}}},
 		{Name: "cm4-2", Serial: 0x6a100002, MAC: "dc:a6:32:10:00:02"},
-		{Name: "cm4-3", Serial: 0x6a100003, MAC: "dc:a6:32:10:00:03"},
+		{Name: "cm4-3", Serial: 0x6a100003, MAC: "dc:a6:32:10:00:03", Config: map[string]any{"Install": map[string]any{"Device": "/dev/vda"}}, Disk: installDisk},
 	}
 	key, pub := SSHKey(t, t.TempDir())
 	lab, h, _ := NodeOSHead(t, ociDir, "rpi/node:bookworm", pis, pub)
+	ctrRef := lab.Addr(1) + ":5000/" + strings.TrimPrefix(h.PushImage(t, busyboxImage(t), "ctr/busybox:1"), h.Registry+"/")
 
 	// One node alone: power-on to multi-user.target.
 	first := pis[0]
@@ -112,8 +130,140 @@ func TestNodeOSThreeNodes(t *testing.T) {
 		}
 	}
 
-	// A reboot comes back with the node's file.
-	r := pis[1]
+	// containerd on the NBD disk: an image from the head node's mirror, a
+	// container on the overlayfs snapshotter.
+	c := pis[0]
+	if src := c.MustSSH(t, lab, key, "findmnt -n -o SOURCE,FSTYPE --target /var/lib/containerd"); !strings.HasPrefix(src, "/dev/nbd0") || !strings.HasSuffix(src, "ext4") {
+		t.Errorf("%s: /var/lib/containerd is on %q, want the NBD disk's ext4", c.Name, src)
+	}
+	c.MustSSH(t, lab, key, "systemctl is-active containerd")
+	c.MustSSH(t, lab, key, "ctr image pull --plain-http "+ctrRef)
+	runCtr := "ctr run --rm --snapshotter overlayfs " + ctrRef + " e2e-$RANDOM /bin/busybox echo hello-from-a-container"
+	if got := c.MustSSH(t, lab, key, runCtr); got != "hello-from-a-container" {
+		t.Errorf("%s: container printed %q", c.Name, got)
+	}
+	var disks struct {
+		Nodes []struct {
+			Serial string
+			Disk   *struct{ Connected []string }
+		}
+	}
+	if err := h.Status(t, "http://127.0.0.1:8080/api/status", &disks); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range disks.Nodes {
+		if n.Serial == c.serialHex() && (n.Disk == nil || len(n.Disk.Connected) == 0) {
+			t.Errorf("status page: %s's disk %+v, want it connected", c.Name, n.Disk)
+		}
+	}
+
+	// nbdd goes away under the node's writes (kill -9, down 10 s, as in a
+	// head node update): the kernel holds the disk's requests,
+	// ociboot-nbd reconnects, every write completes and reads back from
+	// the head node, and the file system stays read-write.
+	c.MustSSH(t, lab, key, `rm -f /root/w.*; nohup sh -c 'for i in $(seq 1 40); do dd if=/dev/urandom of=/var/lib/containerd/e2e-$i bs=64k count=16 conv=fsync status=none 2>>/root/w.err || echo "dd $i failed" >>/root/w.err; sha256sum /var/lib/containerd/e2e-$i >>/root/w.sum; sleep 0.5; done; echo done >/root/w.done' >/dev/null 2>&1 &`)
+	time.Sleep(3 * time.Second)
+	h.Procs["nbdd"].Kill(syscall.SIGKILL)
+	time.Sleep(10 * time.Second)
+	h.StartService(t, "nbdd")
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(2 * time.Second) {
+		if out, _ := c.SSH(t, lab, key, "cat /root/w.done"); out == "done" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the writes across the nbdd restart did not finish in 5 min:\n%s", c.Name, c.MustSSH(t, lab, key, "journalctl -b -u ociboot-nbd --no-pager | tail -n 20; dmesg | grep -i nbd | tail -n 20"))
+		}
+	}
+	if out := c.MustSSH(t, lab, key, "cat /root/w.err 2>/dev/null; true"); out != "" {
+		t.Errorf("%s: writes failed across the nbdd restart:\n%s", c.Name, out)
+	}
+	if out, err := c.SSH(t, lab, key, "sync; echo 3 >/proc/sys/vm/drop_caches; sha256sum -c --quiet /root/w.sum && wc -l </root/w.sum"); err != nil || out != "40" {
+		t.Errorf("%s: the files written across the nbdd restart do not read back: %v\n%s", c.Name, err, out)
+	}
+	if out := c.MustSSH(t, lab, key, "findmnt -n -o OPTIONS /var/lib/ociboot/disk"); !strings.HasPrefix(out, "rw") {
+		t.Errorf("%s: the disk's file system is %q after the nbdd restart, want rw", c.Name, out)
+	}
+	if out := c.MustSSH(t, lab, key, "journalctl -b -u ociboot-nbd --no-pager"); !strings.Contains(out, "reconnected") {
+		t.Errorf("%s: ociboot-nbd did not say it reconnected:\n%s", c.Name, out)
+	} else {
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "reconnected") {
+				t.Logf("%s: %s", c.Name, l)
+			}
+		}
+	}
+	if out := c.MustSSH(t, lab, key, "dmesg | grep -iE 'nbd0.*(I/O error|Buffer I/O)|EXT4-fs error' || true"); out != "" {
+		t.Errorf("%s: the kernel logged disk errors across the nbdd restart:\n%s", c.Name, out)
+	}
+
+	// cm4-3 installed itself to its disk and said so.
+	in := pis[2]
+	deadline := time.Now().Add(20 * time.Minute)
+	for {
+		res, _ := in.SSH(t, lab, key, "systemctl show -P ActiveState ociboot-install")
+		if res == "failed" {
+			log, _ := in.SSH(t, lab, key, "journalctl -b -u ociboot-install --no-pager | tail -n 30")
+			t.Fatalf("%s: ociboot-install failed:\n%s", in.Name, log)
+		}
+		if res == "active" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: ociboot-install not done within 20 min: %s", in.Name, res)
+		}
+		time.Sleep(10 * time.Second)
+	}
+	var st2 struct {
+		Nodes []struct{ Serial, Install string }
+	}
+	if err := h.Status(t, "http://127.0.0.1:8080/api/status", &st2); err != nil {
+		t.Fatal(err)
+	}
+	installed := false
+	for _, n := range st2.Nodes {
+		if n.Serial == in.serialHex() {
+			installed = strings.HasPrefix(n.Install, "installed to /dev/vda") && strings.HasSuffix(n.Install, "boots locally")
+			if !installed {
+				t.Errorf("status page: %s's install %q, want installed to /dev/vda, boots locally", in.Name, n.Install)
+			}
+		}
+	}
+	in.SSH(t, lab, key, "systemctl poweroff")
+	waitExit(t, in.Proc, 3*time.Minute)
+
+	// ociboot no longer answers its netboot.
+	testlab.InNS(t, in.ns, func() {
+		execIn("ip", "link", "set", "eth0", "up")
+		defer execIn("ip", "link", "set", "eth0", "down")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if l, err := (piemu.Pi{MAC: in.macBytes(), Serial: in.Serial}).DHCP(ctx, "eth0"); err == nil {
+			t.Errorf("%s: installed, but its netboot was answered: %+v", in.Name, l)
+		}
+	})
+
+	// From its own disk with no network: the installed root and identity.
+	in.BootLocal(t, lab)
+	// getty's issue line ("Debian GNU/Linux 12 cm4-3 ttyAMA0") comes
+	// right before the login prompt, which ends in no newline.
+	if _, err := in.Proc.WaitLine(15*time.Minute, in.Name+" ttyAMA0"); err != nil {
+		t.Fatalf("%s: no login prompt booting from its disk: %v\n%s", in.Name, err, tail(in.Proc.Output()))
+	}
+	console := in.Proc.Output()
+	for _, want := range []string{"EXT4-fs (vda2)"} {
+		if !strings.Contains(console, want) {
+			t.Errorf("%s: the local boot's console lacks %q", in.Name, want)
+		}
+	}
+	if strings.Contains(console, "nfsroot") || strings.Contains(console, "IP-Config") {
+		t.Errorf("%s: the local boot used the network:\n%s", in.Name, tail(console))
+	}
+	t.Logf("%s: installed, power-on from its disk → login prompt: %v", in.Name, time.Since(in.Booted).Round(time.Second))
+	in.Proc.Stop(30 * time.Second)
+
+	// A reboot comes back with the node's file, and containerd with its
+	// image on the disk.
+	r := pis[0]
 	r.SSH(t, lab, key, "systemctl reboot")
 	waitExit(t, r.Proc, 3*time.Minute) // -no-reboot: QEMU exits where a Pi would restart its bootloader
 	r.PowerOn(t, lab, h)
@@ -123,6 +273,49 @@ func TestNodeOSThreeNodes(t *testing.T) {
 		t.Errorf("%s after reboot: got %q, want %q", r.Name, got, want)
 	}
 	t.Logf("%s: reboot → multi-user.target: %v", r.Name, r.Up.Round(time.Second))
+	if got := r.MustSSH(t, lab, key, "ctr image ls -q"); !strings.Contains(got, ctrRef) {
+		t.Errorf("%s after reboot: containerd's images %q, want %s", r.Name, got, ctrRef)
+	}
+	if got := r.MustSSH(t, lab, key, runCtr); got != "hello-from-a-container" {
+		t.Errorf("%s after reboot: container printed %q", r.Name, got)
+	}
+}
+
+// busyboxImage is an arm64 container image holding Debian's static
+// busybox, the one the Pi test's initramfs uses.
+func busyboxImage(t testing.TB) v1.Image {
+	t.Helper()
+	k, err := guest.Arm64Kernel()
+	if err != nil {
+		testenv.Need(t, "%v", err)
+	}
+	bb, err := os.ReadFile(k.Busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb))})
+	tw.Write(bb)
+	tw.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "arm64"
+	cf.Config.Cmd = []string{"/bin/busybox", "sh"}
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
 
 // waitExit waits for a machine to power itself off.

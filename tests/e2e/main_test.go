@@ -1,0 +1,37 @@
+package e2e
+
+import (
+	"flag"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestMain starts the node image's build (about ten minutes) before the
+// first test when a node OS test is going to run, so that it overlaps the
+// tests before them instead of adding to the package's time.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if !testing.Short() && os.Getuid() == 0 && runsNodeOS(flag.Lookup("test.run").Value.String()) {
+		StartNodeOSImage()
+	}
+	os.Exit(m.Run())
+}
+
+// runsNodeOS says whether a -run pattern selects a node OS test.
+func runsNodeOS(run string) bool {
+	if run == "" {
+		return true
+	}
+	re, err := regexp.Compile(strings.Split(run, "/")[0])
+	if err != nil {
+		return false
+	}
+	for _, name := range []string{"TestNodeOSThreeNodes", "TestNodeOSImportedSDCard"} {
+		if re.MatchString(name) {
+			return true
+		}
+	}
+	return false
+}
