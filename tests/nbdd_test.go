@@ -103,8 +103,8 @@ func TestNBDDisks(t *testing.T) {
 	for _, tt := range []struct {
 		ns, key, errno, log string
 	}{
-		{forger, "abcd0001", "Operation not supported", seg.Addr(12) + " is not a node's own address"},
-		{diskless, "abcd0001", "Operation not supported", seg.Addr(13) + ` is node abcd0003's address`},
+		{forger, "abcd0001", "Operation not supported", "peer=" + seg.Addr(12) + " export=abcd0001"},
+		{diskless, "abcd0001", "Operation not supported", "peer=" + seg.Addr(13) + " export=abcd0001 node=abcd0003"},
 		{diskless, "abcd0003", "No such file or directory", "field=Netboot.Nodes[1].Disk"},
 	} {
 		out, err := in(tt.ns, nbdinfo, uri(tt.key))
