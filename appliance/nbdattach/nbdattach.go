@@ -17,11 +17,13 @@ package nbdattach
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -29,6 +31,38 @@ import (
 
 	"github.com/ociboot/ociboot/appliance/nbd"
 )
+
+// ErrOtherDisk: the head node serves another disk under the export than
+// the one attached (it dropped the node's disk and made a new one).
+// Reattaching cannot help; the node must reboot.
+var ErrOtherDisk = errors.New("the head node serves another disk")
+
+// mountedFrom names a mount point whose source is dev, from
+// /proc/self/mountinfo (by device number, which a file system mounted
+// before the device lost its disk keeps), or "".
+func mountedFrom(dev string) string {
+	want, err := os.ReadFile("/sys/block/" + strings.TrimPrefix(dev, "/dev/") + "/dev")
+	if err != nil {
+		return ""
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	return findMount(string(b), strings.TrimSpace(string(want)))
+}
+
+// findMount returns the mount point of the first mountinfo line whose
+// major:minor is devno.
+func findMount(mountinfo, devno string) string {
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[2] == devno {
+			return f[4]
+		}
+	}
+	return ""
+}
 
 // Config says which export goes on which device.
 type Config struct {
@@ -46,6 +80,12 @@ type Config struct {
 	DeadTimeout time.Duration
 	// AttachTimeout bounds Attach's attempts to reach the server.
 	AttachTimeout time.Duration
+
+	// StateDir keeps what each attached device's disk said at attach
+	// (size, description), so that a restarted program takes over only
+	// the same disk; "" keeps nothing. The program uses /run (gone at
+	// reboot, as the attachment is).
+	StateDir string
 
 	// Dial connects to the server (net.Dialer.DialContext if nil).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -76,6 +116,10 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+}
+
+func (d *Device) statePath() string {
+	return filepath.Join(d.cfg.StateDir, fmt.Sprintf("nbd%d.json", d.cfg.Index))
 }
 
 // Path is the device's file.
@@ -132,6 +176,18 @@ func Attach(ctx context.Context, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("%s: asking the kernel for its state: %v", dev, err)
 	}
 	if connected {
+		// Taking over after a restart: the disk must be the one this
+		// device was attached to (recorded in StateDir).
+		if b, err := os.ReadFile(d.statePath()); err == nil && cfg.StateDir != "" {
+			var was nbd.ExportInfo
+			if json.Unmarshal(b, &was) == nil {
+				d.info = was
+				if err := d.same(info); err != nil {
+					d.Close()
+					return nil, fmt.Errorf("%s is attached already, and %w: %v; reboot the node", dev, ErrOtherDisk, err)
+				}
+			}
+		}
 		err := d.reconfigure(f)
 		switch {
 		case errors.Is(err, unix.ENOSPC):
@@ -143,6 +199,13 @@ func Attach(ctx context.Context, cfg Config) (*Device, error) {
 			cfg.Logger.Info("nbd: device already attached; gave it a new connection", "device", dev)
 		}
 		return d, nil
+	}
+	// A free device with a file system still mounted from it is one
+	// whose disk went away (ErrOtherDisk): a new disk under that file
+	// system would take the old one's writes.
+	if m := mountedFrom(dev); m != "" {
+		d.Close()
+		return nil, fmt.Errorf("%s: not attaching: %s is still mounted from it, left from a disk that went away; reboot the node", dev, m)
 	}
 	attrs := []attr{
 		u32Attr(nbdAttrIndex, uint32(cfg.Index)),
@@ -162,6 +225,12 @@ func Attach(ctx context.Context, cfg Config) (*Device, error) {
 	if ok, err := d.connected(); err != nil || !ok {
 		d.Close()
 		return nil, fmt.Errorf("%s: the kernel acknowledged NBD_CMD_CONNECT but reports the device not connected (%v)", dev, err)
+	}
+	if b, err := json.Marshal(info); err == nil && cfg.StateDir != "" {
+		os.MkdirAll(cfg.StateDir, 0o755)
+		if err := os.WriteFile(d.statePath(), b, 0o644); err != nil {
+			cfg.Logger.Warn("nbd: recording the attached disk", "err", err)
+		}
 	}
 	cfg.Logger.Info("nbd: device attached", "device", dev, "server", cfg.Addr, "export", cfg.Export, "size", info.Size, "description", info.Description)
 	return d, nil
@@ -251,11 +320,10 @@ func (d *Device) reconfigure(f *os.File) error {
 }
 
 // Watch keeps the device connected until ctx ends: on each dead
-// connection the kernel announces, it connects again (for as long as the
-// kernel holds the requests, and longer: the device stays attached) and
-// hands the socket over. It returns when ctx ends, or when the server
-// refuses the node for good or serves another disk: requests then fail
-// once the kernel's dead timeout passes.
+// connection the kernel announces, it connects again (also through
+// refusals, which the head node's config may mend) and hands the socket
+// over. It returns when ctx ends, or when the server serves another disk
+// under the export: it then detaches the device, and its requests fail.
 func (d *Device) Watch(ctx context.Context) error {
 	for {
 		msgs, err := d.mc.receive()
@@ -296,11 +364,25 @@ func (d *Device) reconnect(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("%s: reconnecting: %v; the disk's requests fail after %v", dev, err, d.cfg.DeadTimeout)
+			// A refusal (the head node's config no longer gives this
+			// node the disk, or does not know its address yet) may be
+			// mended on the head node while the kernel holds the
+			// requests: keep trying.
+			d.cfg.Logger.Warn("nbd: the head node refuses the disk; trying again", "device", dev, "err", err, "requests_fail_after", d.cfg.DeadTimeout-time.Since(start).Round(time.Second))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(5 * time.Second):
+			}
+			continue
 		}
 		if err := d.same(info); err != nil {
 			f.Close()
-			return fmt.Errorf("%s: not reconnecting: %v; reboot the node", dev, err)
+			// The disk the file system lived on is gone (a forced reset):
+			// fail its requests now instead of holding them for
+			// DeadTimeout.
+			derr := d.Detach()
+			return fmt.Errorf("%s: not reconnecting: %w: %v; detached the device (%v), so its requests fail; reboot the node", dev, ErrOtherDisk, err, derr)
 		}
 		err = d.reconfigure(f)
 		f.Close()
@@ -326,6 +408,9 @@ func (d *Device) reconnect(ctx context.Context) error {
 func (d *Device) Detach() error {
 	if _, err := d.g.request(d.family, nbdCmdDisconnect, u32Attr(nbdAttrIndex, uint32(d.cfg.Index))); err != nil {
 		return fmt.Errorf("%s: detaching: %v", d.Path(), err)
+	}
+	if d.cfg.StateDir != "" {
+		os.Remove(d.statePath())
 	}
 	return nil
 }

@@ -190,3 +190,16 @@ func TestNotify(t *testing.T) {
 		t.Errorf("got %q, %v; want READY=1", buf[:n], err)
 	}
 }
+
+func TestFindMount(t *testing.T) {
+	mi := `22 1 0:21 / / rw,relatime shared:1 - nfs 10.0.0.1:/nodes/n1 rw,vers=3
+35 22 43:0 / /var/lib/ociboot/disk rw,noatime shared:12 - ext4 /dev/nbd0 rw
+36 22 43:0 /var_lib_containerd /var/lib/containerd rw,noatime shared:12 - ext4 /dev/nbd0 rw
+`
+	if got, want := findMount(mi, "43:0"), "/var/lib/ociboot/disk"; got != want {
+		t.Errorf("findMount 43:0: got %q, want %q", got, want)
+	}
+	if got := findMount(mi, "43:32"); got != "" {
+		t.Errorf("findMount of a device nothing is mounted from: got %q", got)
+	}
+}

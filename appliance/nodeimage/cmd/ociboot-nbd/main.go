@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"log/slog"
 	"net"
@@ -54,7 +55,7 @@ func main() {
 	dev, err := nbdattach.Attach(ctx, nbdattach.Config{
 		Addr: addr, Export: export, Index: *index,
 		Timeout: *timeout, DeadTimeout: *dead,
-		Dial: d.DialContext, Logger: log,
+		Dial: d.DialContext, Logger: log, StateDir: "/run/ociboot-nbd",
 	})
 	if err != nil {
 		log.Error("ociboot-nbd: " + err.Error() + " (see nbdd's log on the head node, and its status page)")
@@ -71,5 +72,8 @@ func main() {
 		return
 	}
 	log.Error("ociboot-nbd: " + err.Error())
+	if errors.Is(err, nbdattach.ErrOtherDisk) {
+		os.Exit(3) // the unit's RestartPreventExitStatus: no reattach
+	}
 	os.Exit(1)
 }
