@@ -46,6 +46,13 @@ type summary struct {
 	build    map[string]*strings.Builder // import path → build output
 	skips    []string
 	failures int
+	tests    []timed // top-level tests that ended, for the slowest list
+}
+
+// timed is one test's time.
+type timed struct {
+	name    string
+	elapsed float64
 }
 
 func newSummary(out io.Writer) *summary {
@@ -135,6 +142,7 @@ func (s *summary) line(l string) {
 			// their output.
 			return
 		}
+		s.tests = append(s.tests, timed{strings.TrimPrefix(e.Package, "github.com/ociboot/ociboot/") + "." + e.Test, e.Elapsed})
 		switch e.Action {
 		case "pass":
 			c.passed++
@@ -178,6 +186,15 @@ func (s *summary) table() {
 		t.run, t.passed, t.failed, t.skipped = t.run+c.run, t.passed+c.passed, t.failed+c.failed, t.skipped+c.skipped
 	}
 	fmt.Fprintf(s.out, "%-50s %6d %6d %6d %7d\n", "total", t.run, t.passed, t.failed, t.skipped)
+	// The slowest tests: where a long run's time goes (CI keeps it
+	// under 30 minutes).
+	sort.SliceStable(s.tests, func(i, j int) bool { return s.tests[i].elapsed > s.tests[j].elapsed })
+	if n := min(len(s.tests), 12); n > 0 {
+		fmt.Fprintf(s.out, "\nslowest tests:\n")
+		for _, x := range s.tests[:n] {
+			fmt.Fprintf(s.out, "  %7.1fs %s\n", x.elapsed, x.name)
+		}
+	}
 	if len(s.skips) > 0 {
 		fmt.Fprintf(s.out, "\nskipped (opt-in runs and -short always skip; with OCIBOOT_REQUIRE_ALL=1 a test missing root, a peer or a kernel fails instead):\n")
 		for _, l := range s.skips {

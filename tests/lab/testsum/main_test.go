@@ -59,6 +59,7 @@ func TestSkip(t *testing.T) { t.Skip("needs a peer: install pkg") }
 		"example.test/m/a.TestSkip: ", "needs a peer: install pkg",
 		"FAIL example.test/m/a",
 		"total",
+		"slowest tests:", "s example.test/m/a.TestPass",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("summary lacks %q:\n%s", want, got)
