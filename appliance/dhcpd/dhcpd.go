@@ -50,7 +50,7 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/nodes"
@@ -80,7 +80,7 @@ type Options struct {
 	Now func() time.Time
 	Log *slog.Logger
 	// Metrics, if set, receives the server's Prometheus collectors.
-	Metrics prometheus.Registerer
+	Metrics metrics.Registerer
 	// RecordInterval bounds how often an unchanged node record is rewritten
 	// just to move LastSeen (default one minute).
 	RecordInterval time.Duration
@@ -103,7 +103,7 @@ type Server struct {
 	ownMAC   net.HardwareAddr
 	now      func() time.Time
 	log      *slog.Logger
-	m        *metrics
+	m        *instruments
 
 	mu     sync.Mutex
 	pool   *pool

@@ -3,20 +3,20 @@ package dhcpd
 import (
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 )
 
 // counter is a Prometheus counter vector with one label whose values are
 // also kept for /status.
 type counter struct {
-	vec *prometheus.CounterVec
+	vec *metrics.CounterVec
 	mu  sync.Mutex
 	m   map[string]int
 }
 
 func newCounter(name, help, label string) *counter {
 	return &counter{
-		vec: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label}),
+		vec: metrics.NewCounterVec(metrics.CounterOpts{Name: name, Help: help}, []string{label}),
 		m:   map[string]int{},
 	}
 }
@@ -51,34 +51,34 @@ func (c *counter) get(l string) int {
 	return c.m[l]
 }
 
-type metrics struct {
+type instruments struct {
 	requests *counter
 	replies  *counter
 	drops    *counter
 	foreign  *counter
-	leases   prometheus.Gauge
+	leases   metrics.Gauge
 	// saveFailures counts failed writes of leases.json; unsaved counts
 	// replies sent for a lease change that is only in memory.
-	saveFailures prometheus.Counter
+	saveFailures metrics.Counter
 	unsaved      *counter
 }
 
-func newMetrics() *metrics {
-	return &metrics{
+func newMetrics() *instruments {
+	return &instruments{
 		requests: newCounter("requests_total", "DHCP requests received, by message type.", "type"),
 		replies:  newCounter("replies_total", "DHCP replies sent, by message type.", "type"),
 		drops:    newCounter("drops_total", "Requests not answered, by reason.", "reason"),
 		foreign:  newCounter("foreign_replies_total", "Replies from other DHCP servers seen on the segment, by message type.", "type"),
-		leases: prometheus.NewGauge(prometheus.GaugeOpts{Name: "active_leases",
+		leases: metrics.NewGauge(metrics.GaugeOpts{Name: "active_leases",
 			Help: "Unexpired leases (full mode)."}),
-		saveFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "lease_save_failures_total",
+		saveFailures: metrics.NewCounter(metrics.CounterOpts{Name: "lease_save_failures_total",
 			Help: "Failed writes of leases.json (disk full or failing)."}),
 		unsaved: newCounter("unsaved_acks_total", "ACKs sent for lease changes that could not be saved, by kind.", "kind"),
 	}
 }
 
-func (m *metrics) register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.requests.vec, m.replies.vec, m.drops.vec, m.foreign.vec, m.leases, m.saveFailures, m.unsaved.vec} {
+func (m *instruments) register(r metrics.Registerer) error {
+	for _, c := range []metrics.Collector{m.requests.vec, m.replies.vec, m.drops.vec, m.foreign.vec, m.leases, m.saveFailures, m.unsaved.vec} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -28,7 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/budget"
 	"github.com/ociboot/ociboot/appliance/config"
@@ -49,7 +49,7 @@ type Options struct {
 	// RootUsage): the root and the disk share the node's quota. nil: 0.
 	RootUsed func(key string) int64
 	// Metrics, if set, receives the server's metrics.
-	Metrics prometheus.Registerer
+	Metrics metrics.Registerer
 }
 
 // Server serves the nodes' disks.
@@ -66,8 +66,8 @@ type Server struct {
 	mu   sync.Mutex
 	open map[*disk]struct{}
 
-	read, written *prometheus.CounterVec
-	refused       *prometheus.CounterVec
+	read, written *metrics.CounterVec
+	refused       *metrics.CounterVec
 	warned        sync.Map // reason+peer → time.Time of the last log line
 }
 
@@ -82,9 +82,9 @@ func New(cfg *config.Config, opts Options) *Server {
 	s.budget = &budget.Budget{Log: log, Reserve: opts.Reserve, Writes: "NBD disk", NoSpace: "NBD_ENOSPC", OverQuota: "NBD_ENOSPC",
 		Quota: func(key string) int64 { return nodes.QuotaOf(s.Config(), key) }}
 	s.NBD = &nbd.Server{Lookup: s.Lookup, List: s.List, Logger: log}
-	s.read = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "read_bytes_total", Help: "Bytes nodes read from their NBD disks."}, []string{"node"})
-	s.written = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "written_bytes_total", Help: "Bytes nodes wrote to their NBD disks."}, []string{"node"})
-	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refused_total", Help: "NBD exports refused: reason policy (not the node's own address or disk) or unknown (no NBD disk configured, or it cannot be opened)."}, []string{"reason"})
+	s.read = metrics.NewCounterVec(metrics.CounterOpts{Name: "read_bytes_total", Help: "Bytes nodes read from their NBD disks."}, []string{"node"})
+	s.written = metrics.NewCounterVec(metrics.CounterOpts{Name: "written_bytes_total", Help: "Bytes nodes wrote to their NBD disks."}, []string{"node"})
+	s.refused = metrics.NewCounterVec(metrics.CounterOpts{Name: "refused_total", Help: "NBD exports refused: reason policy (not the node's own address or disk) or unknown (no NBD disk configured, or it cannot be opened)."}, []string{"reason"})
 	if opts.Metrics != nil {
 		opts.Metrics.MustRegister(s.read, s.written, s.refused, collector{s})
 	}
@@ -174,7 +174,7 @@ type disk struct {
 	*nodedisk.Disk
 	s             *Server
 	name          string // the export name the client asked for
-	read, written prometheus.Counter
+	read, written metrics.Counter
 }
 
 func (d *disk) ReadAt(p []byte, off int64) (int, error) {
@@ -320,24 +320,24 @@ func (s *Server) diskNodes(cfg *config.Config) []string {
 type collector struct{ s *Server }
 
 var (
-	descConns     = prometheus.NewDesc("connections", "NBD connections serving a disk now.", nil, nil)
-	descAllocated = prometheus.NewDesc("disk_allocated_bytes", "Bytes a node's NBD disk takes on the store (its written blocks).", []string{"node"}, nil)
-	descSize      = prometheus.NewDesc("disk_size_bytes", "A node's NBD disk's configured size.", []string{"node"}, nil)
+	descConns     = metrics.NewDesc("connections", "NBD connections serving a disk now.", nil, nil)
+	descAllocated = metrics.NewDesc("disk_allocated_bytes", "Bytes a node's NBD disk takes on the store (its written blocks).", []string{"node"}, nil)
+	descSize      = metrics.NewDesc("disk_size_bytes", "A node's NBD disk's configured size.", []string{"node"}, nil)
 )
 
-func (c collector) Describe(ch chan<- *prometheus.Desc) {
+func (c collector) Describe(ch chan<- *metrics.Desc) {
 	ch <- descConns
 	ch <- descAllocated
 	ch <- descSize
 }
 
-func (c collector) Collect(ch chan<- prometheus.Metric) {
+func (c collector) Collect(ch chan<- metrics.Metric) {
 	st := c.s.Status()
-	ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(len(st.Conns)))
+	ch <- metrics.MustNewConstMetric(descConns, metrics.GaugeValue, float64(len(st.Conns)))
 	for _, d := range st.Disks {
-		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(d.Allocated), d.Node)
+		ch <- metrics.MustNewConstMetric(descAllocated, metrics.GaugeValue, float64(d.Allocated), d.Node)
 		if d.Size > 0 {
-			ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(d.Size), d.Node)
+			ch <- metrics.MustNewConstMetric(descSize, metrics.GaugeValue, float64(d.Size), d.Node)
 		}
 	}
 }

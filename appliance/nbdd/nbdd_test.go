@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/nbd"
@@ -25,7 +25,7 @@ import (
 	"github.com/ociboot/ociboot/appliance/testenv"
 )
 
-func newServer(t *testing.T, js string) (*Server, *store.Store, *prometheus.Registry) {
+func newServer(t *testing.T, js string) (*Server, *store.Store, *metrics.Registry) {
 	t.Helper()
 	st, err := store.Open(t.TempDir(), store.Options{AllowTmpfs: true})
 	if err != nil {
@@ -35,7 +35,7 @@ func newServer(t *testing.T, js string) (*Server, *store.Store, *prometheus.Regi
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
+	reg := metrics.NewRegistry()
 	return New(cfg, Options{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: reg}), st, reg
 }
 
@@ -286,24 +286,24 @@ func newStatusServer(t *testing.T, body string) string {
 }
 
 // value is the counter of c's one series.
-func value(c prometheus.Counter) float64 {
-	reg := prometheus.NewPedanticRegistry()
+func value(c metrics.Counter) float64 {
+	reg := metrics.NewRegistry()
 	reg.MustRegister(c)
 	mfs, _ := reg.Gather()
 	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			return m.GetCounter().GetValue()
+		for _, m := range mf.Samples {
+			return m.Value
 		}
 	}
 	return -1
 }
 
 // count is the number of series of the metric name in reg.
-func count(reg *prometheus.Registry, name string) (int, error) {
+func count(reg *metrics.Registry, name string) (int, error) {
 	mfs, err := reg.Gather()
 	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return len(mf.GetMetric()), err
+		if mf.Name == name {
+			return len(mf.Samples), err
 		}
 	}
 	return 0, err

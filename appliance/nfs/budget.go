@@ -27,7 +27,7 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 	"golang.org/x/sys/unix"
 
 	"github.com/ociboot/ociboot/appliance/budget"
@@ -144,36 +144,36 @@ func (r NodeResolver) Quota(key string) int64 { return nodes.QuotaOf(r.Config, k
 // nodes that have a view, so they stay bounded and vanish on reset.
 type usageCollector struct {
 	s                          *Server
-	used, quota, reserve, free *prometheus.Desc
+	used, quota, reserve, free *metrics.Desc
 }
 
 func newUsageCollector(s *Server) *usageCollector {
 	return &usageCollector{s: s,
-		used:    prometheus.NewDesc("node_used_bytes", "Bytes the node's own files in its root use on the store (shared image files not counted).", []string{"node"}, nil),
-		quota:   prometheus.NewDesc("node_quota_bytes", "The node's quota on the store (nodes with one).", []string{"node"}, nil),
-		reserve: prometheus.NewDesc("store_reserve_bytes", "Free space on the store node writes never take (-reserve_mib).", nil, nil),
-		free:    prometheus.NewDesc("store_free_bytes", "Free space on the store (for others than root).", nil, nil),
+		used:    metrics.NewDesc("node_used_bytes", "Bytes the node's own files in its root use on the store (shared image files not counted).", []string{"node"}, nil),
+		quota:   metrics.NewDesc("node_quota_bytes", "The node's quota on the store (nodes with one).", []string{"node"}, nil),
+		reserve: metrics.NewDesc("store_reserve_bytes", "Free space on the store node writes never take (-reserve_mib).", nil, nil),
+		free:    metrics.NewDesc("store_free_bytes", "Free space on the store (for others than root).", nil, nil),
 	}
 }
 
-func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *usageCollector) Describe(ch chan<- *metrics.Desc) {
 	ch <- c.used
 	ch <- c.quota
 	ch <- c.reserve
 	ch <- c.free
 }
 
-func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *usageCollector) Collect(ch chan<- metrics.Metric) {
 	st := c.s.Status()
 	for _, e := range st.Exports {
-		ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, float64(e.Used), e.Node)
+		ch <- metrics.MustNewConstMetric(c.used, metrics.GaugeValue, float64(e.Used), e.Node)
 		if e.Quota > 0 {
-			ch <- prometheus.MustNewConstMetric(c.quota, prometheus.GaugeValue, float64(e.Quota), e.Node)
+			ch <- metrics.MustNewConstMetric(c.quota, metrics.GaugeValue, float64(e.Quota), e.Node)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.reserve, prometheus.GaugeValue, float64(st.ReserveBytes))
+	ch <- metrics.MustNewConstMetric(c.reserve, metrics.GaugeValue, float64(st.ReserveBytes))
 	if st.FreeBytes >= 0 {
-		ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(st.FreeBytes))
+		ch <- metrics.MustNewConstMetric(c.free, metrics.GaugeValue, float64(st.FreeBytes))
 	}
 }
 

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 	"golang.org/x/sys/unix"
 
 	"github.com/ociboot/ociboot/appliance/budget"
@@ -132,7 +132,7 @@ func TestQuota(t *testing.T) {
 		t.Errorf("copy-up after REMOVE: status %d", st)
 	}
 	counted := exportStatus(t, env.srv, "node1").Used
-	reg := prometheus.NewRegistry()
+	reg := metrics.NewRegistry()
 	reg.MustRegister(newUsageCollector(env.srv))
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -140,12 +140,12 @@ func TestQuota(t *testing.T) {
 	}
 	gauges := map[string]float64{}
 	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			name := mf.GetName()
-			for _, l := range m.GetLabel() {
-				name += "{" + l.GetName() + "=" + l.GetValue() + "}"
+		for _, m := range mf.Samples {
+			name := mf.Name
+			for k, v := range m.Labels {
+				name += "{" + k + "=" + v + "}"
 			}
-			gauges[name] = m.GetGauge().GetValue()
+			gauges[name] = m.Value
 		}
 	}
 	for name, want := range map[string]float64{"node_used_bytes{node=node1}": float64(counted), "node_quota_bytes{node=node1}": quota} {

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 	"golang.org/x/sys/unix"
 )
 
@@ -79,12 +79,12 @@ type connLimits struct {
 	total  int
 	byAddr map[netip.Addr]int
 
-	open    prometheus.Gauge
-	refused *prometheus.CounterVec
-	backoff prometheus.Counter
+	open    metrics.Gauge
+	refused *metrics.CounterVec
+	backoff metrics.Counter
 	// insecure counts calls refused for their source port; warned is the
 	// last time one was logged.
-	insecure prometheus.Counter
+	insecure metrics.Counter
 	warned   time.Time
 }
 
@@ -100,18 +100,18 @@ func newConnLimits(max, perClient int) *connLimits {
 		perClient = DefaultMaxConnsPerClient
 	}
 	return &connLimits{max: max, perClient: perClient, byAddr: map[netip.Addr]int{},
-		open: prometheus.NewGauge(prometheus.GaugeOpts{Name: "connections", Help: "TCP connections being served."}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "connections_refused_total",
+		open: metrics.NewGauge(metrics.GaugeOpts{Name: "connections", Help: "TCP connections being served."}),
+		refused: metrics.NewCounterVec(metrics.CounterOpts{Name: "connections_refused_total",
 			Help: "TCP connections closed at once because a limit was reached, by limit (total, per_client)."}, []string{"limit"}),
-		backoff: prometheus.NewCounter(prometheus.CounterOpts{Name: "accept_backoffs_total",
+		backoff: metrics.NewCounter(metrics.CounterOpts{Name: "accept_backoffs_total",
 			Help: "Times accepting paused because the process was out of file descriptors or memory."}),
-		insecure: prometheus.NewCounter(prometheus.CounterOpts{Name: "insecure_port_calls_total",
+		insecure: metrics.NewCounter(metrics.CounterOpts{Name: "insecure_port_calls_total",
 			Help: "NFS and MOUNT calls refused because they came from a source port of 1024 or above."}),
 	}
 }
 
-func (l *connLimits) collectors() []prometheus.Collector {
-	return []prometheus.Collector{l.open, l.refused, l.backoff, l.insecure}
+func (l *connLimits) collectors() []metrics.Collector {
+	return []metrics.Collector{l.open, l.refused, l.backoff, l.insecure}
 }
 
 // take reserves a slot for a connection from addr; "" if one is free, else

@@ -19,7 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 	"golang.org/x/sys/unix"
 
 	"github.com/ociboot/ociboot/appliance/images"
@@ -45,7 +45,7 @@ type Options struct {
 	Resolver Resolver
 	Log      *slog.Logger
 	// Metrics, if set, receives the server's counters.
-	Metrics prometheus.Registerer
+	Metrics metrics.Registerer
 	// Personalize, if set, is called with a node's new root tree before
 	// the root is served (and before it is recorded, so a crash makes it
 	// again): it writes what makes the node its own machine (identity.Write).
@@ -115,7 +115,7 @@ type Server struct {
 	ports   map[portKey]uint32
 	drc     *drc
 
-	metrics metrics
+	metrics instruments
 	budget  *nodeBudget
 	conns   *connLimits
 	act     activity // last call per client (admin.go)
@@ -140,13 +140,13 @@ type portKey struct {
 	prog, vers, proto uint32
 }
 
-type metrics struct {
-	requests    *prometheus.CounterVec
-	errors      *prometheus.CounterVec
-	readBytes   prometheus.Counter
-	writeBytes  prometheus.Counter
-	copyUps     prometheus.Counter
-	retransmits prometheus.Counter
+type instruments struct {
+	requests    *metrics.CounterVec
+	errors      *metrics.CounterVec
+	readBytes   metrics.Counter
+	writeBytes  metrics.Counter
+	copyUps     metrics.Counter
+	retransmits metrics.Counter
 }
 
 // New makes a server over the store's nodes/ and images/ areas.
@@ -174,13 +174,13 @@ func New(opts Options) (*Server, error) {
 		exports: map[[8]byte]*export{}, images: map[string]*imageSet{},
 		mounts: map[mountKey]time.Time{}, acl: map[aclKey]aclEntry{}, ports: map[portKey]uint32{}, drc: newDRC()}
 	rand.Read(s.verf[:])
-	s.metrics = metrics{
-		requests:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "requests_total", Help: "RPC calls by program and procedure."}, []string{"prog", "proc"}),
-		errors:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "errors_total", Help: "NFS replies with a status other than OK, by procedure and status."}, []string{"proc", "status"}),
-		readBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "read_bytes_total", Help: "Bytes returned by READ."}),
-		writeBytes:  prometheus.NewCounter(prometheus.CounterOpts{Name: "write_bytes_total", Help: "Bytes written by WRITE."}),
-		copyUps:     prometheus.NewCounter(prometheus.CounterOpts{Name: "copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
-		retransmits: prometheus.NewCounter(prometheus.CounterOpts{Name: "retransmits_answered_total", Help: "Retransmitted calls answered with the first call's reply (duplicate request cache)."}),
+	s.metrics = instruments{
+		requests:    metrics.NewCounterVec(metrics.CounterOpts{Name: "requests_total", Help: "RPC calls by program and procedure."}, []string{"prog", "proc"}),
+		errors:      metrics.NewCounterVec(metrics.CounterOpts{Name: "errors_total", Help: "NFS replies with a status other than OK, by procedure and status."}, []string{"proc", "status"}),
+		readBytes:   metrics.NewCounter(metrics.CounterOpts{Name: "read_bytes_total", Help: "Bytes returned by READ."}),
+		writeBytes:  metrics.NewCounter(metrics.CounterOpts{Name: "write_bytes_total", Help: "Bytes written by WRITE."}),
+		copyUps:     metrics.NewCounter(metrics.CounterOpts{Name: "copy_ups_total", Help: "Files copied out of the image before a node changed them."}),
+		retransmits: metrics.NewCounter(metrics.CounterOpts{Name: "retransmits_answered_total", Help: "Retransmitted calls answered with the first call's reply (duplicate request cache)."}),
 	}
 	s.budget = newBudget(opts, opts.Log)
 	s.conns = newConnLimits(opts.MaxConns, opts.MaxConnsPerClient)

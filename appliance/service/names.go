@@ -3,11 +3,10 @@ package service
 import (
 	"encoding/json"
 	"net/http"
-	"regexp"
 	"sort"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 )
 
 // names is a Registerer that remembers the name of every metric
@@ -15,30 +14,26 @@ import (
 // vector no label value has reached): GET /metrics/names lists them, so
 // a dashboard can be checked against what the services can export.
 type names struct {
-	prometheus.Registerer
+	metrics.Registerer
 	mu  sync.Mutex
 	set map[string]bool
 }
 
-var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
-
-func (n *names) Register(c prometheus.Collector) error {
+func (n *names) Register(c metrics.Collector) error {
 	if err := n.Registerer.Register(c); err != nil {
 		return err
 	}
-	ch := make(chan *prometheus.Desc)
+	ch := make(chan *metrics.Desc)
 	go func() { c.Describe(ch); close(ch) }()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for d := range ch {
-		if m := fqName.FindStringSubmatch(d.String()); m != nil {
-			n.set[m[1]] = true
-		}
+		n.set[d.Name()] = true
 	}
 	return nil
 }
 
-func (n *names) MustRegister(cs ...prometheus.Collector) {
+func (n *names) MustRegister(cs ...metrics.Collector) {
 	for _, c := range cs {
 		if err := n.Register(c); err != nil {
 			panic(err)

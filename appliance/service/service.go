@@ -21,9 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/store"
@@ -46,7 +44,7 @@ type Env struct {
 	// scheme of every ociboot service: MetricPrefix(Name) + the
 	// library's own name (ociboot_nfsd_requests_total). Libraries name
 	// their metrics without a prefix.
-	Metrics prometheus.Registerer
+	Metrics metrics.Registerer
 	// Mux serves the status listener; services may add handlers.
 	Mux *http.ServeMux
 	// StatusAddr is the address the status listener is bound to.
@@ -134,8 +132,8 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 	if stErr != nil {
 		return nil, stErr
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := metrics.NewRegistry()
+	reg.MustRegister(metrics.NewRuntimeCollector())
 	metricNames := &names{Registerer: reg, set: map[string]bool{}}
 	guard := &webauth.Guard{}
 	if *f.PasswordFile != "" {
@@ -147,7 +145,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 		Config:     cfg,
 		Store:      st,
 		Log:        log,
-		Metrics:    prometheus.WrapRegistererWithPrefix(MetricPrefix(name), metricNames),
+		Metrics:    metrics.WrapRegistererWithPrefix(MetricPrefix(name), metricNames),
 		Mux:        http.NewServeMux(),
 		Guard:      guard,
 		nodeMux:    http.NewServeMux(),
@@ -158,7 +156,7 @@ func Setup(ctx context.Context, name string, f Flags, logOut *os.File) (*Env, er
 	// (an SSH tunnel from a laptop).
 	env.Mux.Handle("/debug/pprof/", webauth.LoopbackOnly(http.HandlerFunc(pprof.Index)))
 	env.Mux.Handle("/debug/pprof/profile", webauth.LoopbackOnly(http.HandlerFunc(pprof.Profile)))
-	env.Mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	env.Mux.Handle("/metrics", metrics.Handler(reg))
 	env.Mux.HandleFunc("/metrics/names", metricNames.serve)
 	if *f.Status != "" {
 		ln, err := Listen("tcp", *f.Status)

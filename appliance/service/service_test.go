@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/webauth"
 )
@@ -34,7 +34,7 @@ func TestSetupServesStatusAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	env.SetStatus(func() any { return map[string]int{"answers": 42} })
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "answers_total", Help: "Answers."})
+	c := metrics.NewCounter(metrics.CounterOpts{Name: "answers_total", Help: "Answers."})
 	env.Metrics.MustRegister(c)
 	c.Add(3)
 	base := "http://" + env.StatusAddr.String()
@@ -105,7 +105,7 @@ func TestMetricNamesWithoutSamples(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env.Metrics.MustRegister(prometheus.NewCounterVec(prometheus.CounterOpts{Name: "errors_total", Help: "Errors."}, []string{"kind"}))
+	env.Metrics.MustRegister(metrics.NewCounterVec(metrics.CounterOpts{Name: "errors_total", Help: "Errors."}, []string{"kind"}))
 	resp, err := http.Get("http://" + env.StatusAddr.String() + "/metrics/names")
 	if err != nil {
 		t.Fatal(err)

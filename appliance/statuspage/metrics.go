@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/nodes"
 )
@@ -16,34 +16,34 @@ import (
 const MaxNodeLabels = 64
 
 var (
-	descPermFree   = prometheus.NewDesc("perm_free_bytes", "Bytes free on the store's file system (/perm) for ociboot.", nil, nil)
-	descPermSize   = prometheus.NewDesc("perm_size_bytes", "Size of the store's file system (/perm).", nil, nil)
-	descImageState = prometheus.NewDesc("image_state", "1 for the state (ready, pulling, failed, stale, pending) each configured image is in.", []string{"ref", "state"}, nil)
-	descPullDone   = prometheus.NewDesc("image_pull_done_bytes", "Bytes fetched so far of the blobs an image's running pull needs.", []string{"ref"}, nil)
-	descPullTotal  = prometheus.NewDesc("image_pull_total_bytes", "Bytes of the blobs an image's running pull needs.", []string{"ref"}, nil)
-	descNodes      = prometheus.NewDesc("nodes", "Nodes by the furthest stage of their current boot (none: not seen).", []string{"stage"}, nil)
-	descLiveness   = prometheus.NewDesc("nodes_liveness", "Nodes by liveness: online, booting, offline, not seen.", []string{"liveness"}, nil)
-	descNodeDisk   = prometheus.NewDesc("node_disk_bytes", "Bytes a node's own changes take on /perm (nodes whose usage is measured).", []string{"node"}, nil)
-	descServiceUp  = prometheus.NewDesc("service_up", "1 when the service answers its /status.", []string{"service"}, nil)
+	descPermFree   = metrics.NewDesc("perm_free_bytes", "Bytes free on the store's file system (/perm) for ociboot.", nil, nil)
+	descPermSize   = metrics.NewDesc("perm_size_bytes", "Size of the store's file system (/perm).", nil, nil)
+	descImageState = metrics.NewDesc("image_state", "1 for the state (ready, pulling, failed, stale, pending) each configured image is in.", []string{"ref", "state"}, nil)
+	descPullDone   = metrics.NewDesc("image_pull_done_bytes", "Bytes fetched so far of the blobs an image's running pull needs.", []string{"ref"}, nil)
+	descPullTotal  = metrics.NewDesc("image_pull_total_bytes", "Bytes of the blobs an image's running pull needs.", []string{"ref"}, nil)
+	descNodes      = metrics.NewDesc("nodes", "Nodes by the furthest stage of their current boot (none: not seen).", []string{"stage"}, nil)
+	descLiveness   = metrics.NewDesc("nodes_liveness", "Nodes by liveness: online, booting, offline, not seen.", []string{"liveness"}, nil)
+	descNodeDisk   = metrics.NewDesc("node_disk_bytes", "Bytes a node's own changes take on /perm (nodes whose usage is measured).", []string{"node"}, nil)
+	descServiceUp  = metrics.NewDesc("service_up", "1 when the service answers its /status.", []string{"service"}, nil)
 )
 
 // Collector exports the overview as gauges, computed when scraped.
-func (p *Page) Collector() prometheus.Collector { return collector{p} }
+func (p *Page) Collector() metrics.Collector { return collector{p} }
 
 type collector struct{ p *Page }
 
-func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPermFree, descPermSize, descImageState, descPullDone, descPullTotal, descNodes, descLiveness, descNodeDisk, descServiceUp} {
+func (c collector) Describe(ch chan<- *metrics.Desc) {
+	for _, d := range []*metrics.Desc{descPermFree, descPermSize, descImageState, descPullDone, descPullTotal, descNodes, descLiveness, descNodeDisk, descServiceUp} {
 		ch <- d
 	}
 }
 
-func (c collector) Collect(ch chan<- prometheus.Metric) {
+func (c collector) Collect(ch chan<- metrics.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ov := c.p.Collect(ctx, "")
-	g := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	g := func(d *metrics.Desc, v float64, labels ...string) {
+		ch <- metrics.MustNewConstMetric(d, metrics.GaugeValue, v, labels...)
 	}
 	g(descPermFree, float64(ov.Disk.FreeBytes))
 	g(descPermSize, float64(ov.Disk.Total))

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/piemu"
@@ -19,7 +19,7 @@ import (
 // the store, no entry to /status and no metric label beyond "other".
 func TestInventedSerialsAddNoStateOrLabels(t *testing.T) {
 	f := newFixture(t, defaultNetboot)
-	reg := prometheus.NewRegistry()
+	reg := metrics.NewRegistry()
 	cfg, err := config.Parse([]byte(`{"Netboot": ` + defaultNetboot + `}`))
 	if err != nil {
 		t.Fatal(err)
@@ -76,11 +76,9 @@ func TestInventedSerialsAddNoStateOrLabels(t *testing.T) {
 	}
 	labels := map[string]bool{}
 	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "node" {
-					labels[l.GetValue()] = true
-				}
+		for _, m := range mf.Samples {
+			if v, ok := m.Labels["node"]; ok {
+				labels[v] = true
 			}
 		}
 	}

@@ -17,8 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ociboot/ociboot/appliance/metrics"
 	"github.com/pin/tftp/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
 
 	"github.com/ociboot/ociboot/appliance/config"
@@ -40,7 +40,7 @@ type Options struct {
 	Store  *store.Store
 	Log    *slog.Logger
 	// Metrics, if set, gets the transfer counters.
-	Metrics prometheus.Registerer
+	Metrics metrics.Registerer
 	Now     func() time.Time
 	// Timeout per retransmission (default 1 s) and retries (default 5).
 	Timeout time.Duration
@@ -55,7 +55,7 @@ type Server struct {
 	tftp    *tftp.Server
 	conns   sync.Map       // *peerConn of each Serve
 	serving sync.WaitGroup // running Serve calls
-	m       metrics
+	m       instruments
 	mu      sync.Mutex
 	stats   map[string]*NodeStats
 	stages  map[string]string
@@ -96,10 +96,10 @@ type NodeStats struct {
 	LastSeen        time.Time
 }
 
-type metrics struct {
-	transfers *prometheus.CounterVec
-	bytes     *prometheus.CounterVec
-	duration  *prometheus.HistogramVec
+type instruments struct {
+	transfers *metrics.CounterVec
+	bytes     *metrics.CounterVec
+	duration  *metrics.HistogramVec
 }
 
 // New makes a server; call Serve with a UDP socket.
@@ -126,10 +126,10 @@ func New(o Options) *Server {
 	if s.retries == 0 {
 		s.retries = 5
 	}
-	s.m = metrics{
-		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "transfers_total", Help: "Read requests by node and result (ok, early-terminate, not-found, failed)."}, []string{"node", "result"}),
-		bytes:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bytes_total", Help: "Bytes sent by node."}, []string{"node"}),
-		duration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "transfer_seconds", Help: "Duration of completed transfers.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"node"}),
+	s.m = instruments{
+		transfers: metrics.NewCounterVec(metrics.CounterOpts{Name: "transfers_total", Help: "Read requests by node and result (ok, early-terminate, not-found, failed)."}, []string{"node", "result"}),
+		bytes:     metrics.NewCounterVec(metrics.CounterOpts{Name: "bytes_total", Help: "Bytes sent by node."}, []string{"node"}),
+		duration:  metrics.NewHistogramVec(metrics.HistogramOpts{Name: "transfer_seconds", Help: "Duration of completed transfers.", Buckets: metrics.ExponentialBuckets(0.001, 4, 9)}, []string{"node"}),
 	}
 	if o.Metrics != nil {
 		o.Metrics.MustRegister(s.m.transfers, s.m.bytes, s.m.duration)

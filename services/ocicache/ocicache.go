@@ -14,7 +14,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ociboot/ociboot/appliance/metrics"
 
 	"github.com/ociboot/ociboot/appliance/config"
 	"github.com/ociboot/ociboot/appliance/ocicache"
@@ -38,10 +38,10 @@ func main() {
 		if err != nil {
 			return err
 		}
-		env.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		env.Metrics.MustRegister(metrics.NewCounterFunc(metrics.CounterOpts{
 			Name: "fetched_bytes_total", Help: "Blob bytes fetched from registries since start.",
 		}, func() float64 { return float64(c.FetchedBytes()) }))
-		env.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		env.Metrics.MustRegister(metrics.NewGaugeFunc(metrics.GaugeOpts{
 			Name: "pulls_running", Help: "Blob downloads in progress.",
 		}, func() float64 { return float64(len(c.Progress())) }))
 		env.SetStatus(func() any {
