@@ -257,35 +257,51 @@ func NewGaugeFunc(o GaugeOpts, f func() float64) Collector {
 // vec holds one series per combination of label values.
 type vec[T Metric] struct {
 	d   *Desc
-	mu  sync.Mutex
+	mu  sync.RWMutex
 	m   map[string]T
 	new func(labels []string) T
 }
 
+// with finds or makes the series of values. It is on the services' hot
+// paths (nfsd counts every call by program and procedure): the lookup
+// builds its key in a stack buffer and takes the read lock only.
 func (v *vec[T]) with(values []string) T {
 	if len(values) != len(v.d.labels) {
 		panic(fmt.Sprintf("metrics: %s: %d label values for %d labels", v.d.name, len(values), len(v.d.labels)))
 	}
-	key := strings.Join(values, "\xff")
+	var buf [128]byte
+	key := buf[:0]
+	for i, s := range values {
+		if i > 0 {
+			key = append(key, 0xff)
+		}
+		key = append(key, s...)
+	}
+	v.mu.RLock()
+	s, ok := v.m[string(key)]
+	v.mu.RUnlock()
+	if ok {
+		return s
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	s, ok := v.m[key]
-	if !ok {
-		s = v.new(append([]string(nil), values...))
-		v.m[key] = s
+	if s, ok := v.m[string(key)]; ok {
+		return s
 	}
+	s = v.new(append([]string(nil), values...))
+	v.m[string(key)] = s
 	return s
 }
 
 func (v *vec[T]) Describe(ch chan<- *Desc) { ch <- v.d }
 
 func (v *vec[T]) Collect(ch chan<- Metric) {
-	v.mu.Lock()
+	v.mu.RLock()
 	all := make([]T, 0, len(v.m))
 	for _, s := range v.m {
 		all = append(all, s)
 	}
-	v.mu.Unlock()
+	v.mu.RUnlock()
 	for _, s := range all {
 		ch <- s
 	}
