@@ -50,6 +50,14 @@ type Options struct {
 	NS string
 	// Ports; 0 means DefaultNFSPort / DefaultMountPort.
 	NFSPort, MountPort int
+	// MountPaths, when set, holds one NFSv3 mount path per exported
+	// directory (Mount_Path_Pseudo: a client mounts "/nodes/<serial>"
+	// however the directory is named on disk), so a kernel command line
+	// made for another server mounts the same path here.
+	MountPaths []string
+	// UDP serves MOUNT (and NFS) on UDP too, for clients such as klibc's
+	// nfsmount that may ask the portmapper for MOUNT over UDP.
+	UDP bool
 }
 
 // Server is a running ganesha.nfsd.
@@ -58,8 +66,12 @@ type Server struct {
 	NFSPort   int      // NFS v3, TCP
 	MountPort int      // MOUNT v3, TCP
 	Exports   []string // exported directories; the v3 mount path is the directory's path
-	Dir       string   // config, log and recovery directory
-	LogFile   string
+	// MountPaths are the v3 mount paths of Exports when Options.MountPaths
+	// set them.
+	MountPaths []string
+	UDP        bool
+	Dir        string // config, log and recovery directory
+	LogFile    string
 
 	proc *lab.Proc
 }
@@ -100,7 +112,16 @@ func StartWith(t testing.TB, opts Options, dirs ...string) *Server {
 	if len(dirs) == 0 {
 		t.Fatal("ganesha: no export")
 	}
-	s := &Server{NS: opts.NS, NFSPort: opts.NFSPort, MountPort: opts.MountPort, Dir: t.TempDir()}
+	s := &Server{NS: opts.NS, NFSPort: opts.NFSPort, MountPort: opts.MountPort, Dir: t.TempDir(), UDP: opts.UDP}
+	if opts.MountPaths != nil && len(opts.MountPaths) != len(dirs) {
+		t.Fatalf("ganesha: %d mount paths for %d exports", len(opts.MountPaths), len(dirs))
+	}
+	for _, m := range opts.MountPaths {
+		if !strings.HasPrefix(m, "/") || strings.ContainsAny(m, "\";{}\n") {
+			t.Fatalf("ganesha: cannot use mount path %q", m)
+		}
+	}
+	s.MountPaths = opts.MountPaths
 	if s.NFSPort == 0 {
 		s.NFSPort = DefaultNFSPort
 	}
@@ -168,7 +189,8 @@ func (s *Server) config(recovery string) string {
 	MNT_Port = %d;
 	Enable_NLM = false;
 	Enable_RQUOTA = false;
-	Enable_UDP = false;
+	Enable_UDP = %t;
+	Mount_Path_Pseudo = %t;
 }
 NFSV4 {
 	Graceless = true;
@@ -177,14 +199,22 @@ NFSV4 {
 LOG {
 	Default_Log_Level = EVENT;
 }
-`, s.NFSPort, s.MountPort, recovery)
+`, s.NFSPort, s.MountPort, s.UDP, s.MountPaths != nil, recovery)
+	transports := "TCP"
+	if s.UDP {
+		transports = "TCP, UDP"
+	}
 	for i, d := range s.Exports {
+		pseudo := d
+		if s.MountPaths != nil {
+			pseudo = s.MountPaths[i]
+		}
 		fmt.Fprintf(&b, `EXPORT {
 	Export_Id = %d;
 	Path = "%s";
 	Pseudo = "%s";
 	Protocols = 3;
-	Transports = TCP;
+	Transports = %s;
 	Access_Type = RW;
 	Squash = No_Root_Squash;
 	SecType = sys;
@@ -196,7 +226,7 @@ LOG {
 		Name = VFS;
 	}
 }
-`, i+1, d, d)
+`, i+1, d, pseudo, transports)
 	}
 	return b.String()
 }

@@ -39,3 +39,33 @@ func TestStart(t *testing.T) {
 		t.Fatalf("nfs-ls: %v\n%s", err, out)
 	}
 }
+
+// TestMountPaths checks the setup the cluster boot benchmark gives a
+// kernel command line made for nfsd: directories exported under other
+// mount paths, MOUNT registered with rpcbind on UDP as well as TCP (klibc's
+// nfsmount asks the portmapper), and a file read through the mount path.
+func TestMountPaths(t *testing.T) {
+	testenv.Short(t, "runs nfs-ganesha in a network namespace")
+	testenv.NeedTool(t, "nfs-cat", "libnfs-utils")
+	testenv.NeedTool(t, "rpcinfo", "rpcbind")
+	a, b := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(a, "who"), []byte("a\n"), 0o644)
+	os.WriteFile(filepath.Join(b, "who"), []byte("b\n"), 0o644)
+	s := StartWith(t, Options{MountPaths: []string{"/nodes/0001", "/nodes/0002"}, UDP: true}, a, b)
+
+	out, err := s.Command("rpcinfo", "-p", "127.0.0.1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("rpcinfo -p: %v\n%s", err, out)
+	}
+	for _, want := range []string{"100005    3   udp", "100005    3   tcp", "100003    3   tcp"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rpcinfo -p lacks %q:\n%s", want, out)
+		}
+	}
+	for _, c := range []struct{ path, want string }{{"/nodes/0001/who", "a\n"}, {"/nodes/0002/who", "b\n"}} {
+		out, err := s.Command("nfs-cat", s.URL(c.path)).CombinedOutput()
+		if got := string(out); err != nil || got != c.want {
+			t.Errorf("nfs-cat %s: got %q (%v), want %q", c.path, got, err, c.want)
+		}
+	}
+}
