@@ -10,7 +10,10 @@ import (
 
 // TestMain starts the node image's build (about ten minutes) before the
 // first test when a node OS test is going to run, so that it overlaps the
-// tests before them instead of adding to the package's time.
+// tests before them instead of adding to the package's time. Tests run in
+// the order of their files' names, and nodeos_test.go sorts after every
+// test that needs no node image (e2e_pi_test.go is named to come before
+// it): those run while the image builds.
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if !testing.Short() && os.Getuid() == 0 && runsNodeOS(flag.Lookup("test.run").Value.String()) {
