@@ -98,6 +98,10 @@ type PiNode struct {
 	// kernelStart is when QEMU started the kernel the bootloader fetched.
 	kernelStart time.Time
 	Up          time.Duration
+	// Fetched holds every file the bootloader fetched over TFTP on the
+	// last power-on, by name (the generated config.txt and cmdline.txt
+	// included).
+	Fetched map[string][]byte
 }
 
 func (p *PiNode) serialHex() string { return fmt.Sprintf("%08x", p.Serial) }
@@ -149,6 +153,7 @@ func (p *PiNode) PowerOn(t testing.TB, lab *Lab, h *Head) {
 	if rep.Initramfs == "" {
 		t.Fatalf("%s: config.txt names no initramfs; the Debian kernel needs one for an NFS root:\n%s", p.Name, rep.Files["config.txt"])
 	}
+	p.Fetched = rep.Files
 	dir := filepath.Join(lab.Dir, p.Name)
 	os.MkdirAll(dir, 0o755)
 	kernel, initrd := filepath.Join(dir, rep.Kernel), filepath.Join(dir, rep.Initramfs)
@@ -237,6 +242,20 @@ func (p *PiNode) WaitMultiUser(t testing.TB, lab *Lab, key string, timeout time.
 			t.Fatalf("%s: no multi-user.target within %v (ssh: %v %s):\n%s", p.Name, timeout, err, out, tail(p.Proc.Output()))
 		}
 		time.Sleep(3 * time.Second)
+	}
+}
+
+// PowerOff shuts the node down cleanly (systemctl poweroff; QEMU runs
+// with -no-reboot, so it exits) and waits for the machine to stop, or
+// stops it after timeout.
+func (p *PiNode) PowerOff(t testing.TB, lab *Lab, key string, timeout time.Duration) {
+	t.Helper()
+	p.SSH(t, lab, key, "systemctl --no-block poweroff")
+	select {
+	case <-p.Proc.Done():
+	case <-time.After(timeout):
+		t.Logf("%s: still running %v after poweroff; stopping the machine", p.Name, timeout)
+		p.Proc.Stop(10 * time.Second)
 	}
 }
 
