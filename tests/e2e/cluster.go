@@ -30,6 +30,10 @@ type Head struct {
 	Procs    map[string]*Proc
 	bin      string
 	nfsdRuns int // runs of nfsd, each with its own reply log
+	// NoReplyLog starts nfsd without -reply_log from then on: for
+	// benchmarks, as the recorder writes every reply (READ data
+	// included) to a file and costs nfsd CPU and I/O on each call.
+	NoReplyLog bool
 }
 
 // Service names in start order: the cache first, so that images are in
@@ -148,7 +152,7 @@ func (h *Head) StartService(t testing.TB, name string) *Proc {
 		// The mirror, for the nodes' container runtimes too.
 		args = append(args, "-registry", ":5000")
 	}
-	if name == "nfsd" {
+	if name == "nfsd" && !h.NoReplyLog {
 		h.nfsdRuns++
 		args = append(args, "-reply_log", filepath.Join(h.lab.Dir, fmt.Sprintf("nfsd-replies-%d.bin", h.nfsdRuns)))
 	}

@@ -258,6 +258,10 @@ func (s *Server) Command(name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", s.NS, name}, args...)...)
 }
 
+// Pid is ganesha.nfsd's process id (the shell that started rpcbind
+// exec'd it).
+func (s *Server) Pid() int { return s.proc.Pid() }
+
 // Stop terminates ganesha and its rpcbind (ganesha's child, which a
 // SIGTERMed ganesha may leave); Start's cleanup calls it.
 func (s *Server) Stop() { s.proc.Stop(5 * time.Second) }

@@ -12,17 +12,20 @@
 // and cmdline.txt included, so the kernel command line is the same
 // (`nfsroot=<head>:/nodes/<serial>`, served by ganesha's Mount_Path_Pseudo).
 // Then one node alone and five at once boot again, OCIBOOT_BENCH_ROUNDS
-// times each (default 2) alternating ociboot and the peer (ABBA, so that
+// times each (default 2), alternating ociboot and the peer (ABBA, so that
 // neither always goes first), with the same head namespace and address:
-// the services of one are stopped while the other serves. It prints every
-// time, the medians, the ratios, and nfsd's calls by procedure and READ
-// and WRITE bytes per boot from its /metrics (the boot's NFS profile).
+// the services of one are stopped while the other serves, and nfsd runs
+// without the tests' reply recorder. OCIBOOT_BENCH_SIZES picks the cluster
+// sizes (default 1,5). It prints every time, the medians, the ratios, the
+// servers' CPU time per boot, and nfsd's calls by procedure and READ and
+// WRITE bytes per boot from its /metrics (the boot's NFS profile).
 //
-// It takes both cores for about 45 minutes: run it on a quiet machine. It
-// is not part of `make bench` (which stops after 60 minutes): it asks for
+// It takes both cores for about 70 minutes (OCIBOOT_BENCH_SIZES=5
+// OCIBOOT_BENCH_ROUNDS=1: 30): run it on a quiet machine. It is not part
+// of `make bench` (which stops after 60 minutes): it asks for
 // OCIBOOT_BENCH_CLUSTER=1 too.
 //
-//	OCIBOOT_NODE_IMAGE=/path/to/layout OCIBOOT_BENCH=1 OCIBOOT_BENCH_CLUSTER=1 go test -count=1 -v -timeout 150m ./tests/bench/cluster/
+//	OCIBOOT_NODE_IMAGE=/path/to/layout OCIBOOT_BENCH=1 OCIBOOT_BENCH_CLUSTER=1 go test -count=1 -v -timeout 180m ./tests/bench/cluster/
 package cluster_bench
 
 import (
@@ -110,6 +113,26 @@ type netboot interface {
 	name() string
 	start(t *testing.T)
 	stop(t *testing.T)
+	// pids are the server processes, whose CPU time a boot costs.
+	pids() []int
+}
+
+// cpuTime is the CPU time (user and system) pids have used.
+func cpuTime(t *testing.T, pids []int) time.Duration {
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatalf("CPU time of pid %d: %v", pid, err)
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		// utime and stime, fields 14 and 15, in USER_HZ (100) ticks.
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + st
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 // ours is ociboot's dhcpd, tftpd and nfsd (ocicache, nbdd and the status
@@ -124,6 +147,14 @@ func (o ours) start(t *testing.T) {
 	for _, s := range bootServices {
 		o.h.StartService(t, s)
 	}
+}
+
+func (o ours) pids() []int {
+	var out []int
+	for _, s := range bootServices {
+		out = append(out, o.h.Procs[s].Pid())
+	}
+	return out
 }
 
 func (o ours) stop(t *testing.T) {
@@ -157,6 +188,8 @@ func (p *peer) start(t *testing.T) {
 	p.dnsmasq = testlab.Dnsmasq(t, p.lab.Head, args...)
 	p.ganesha = ganesha.StartWith(t, ganesha.Options{NS: p.lab.Head, NFSPort: 2049, MountPort: 20048, MountPaths: p.mounts, UDP: true}, p.roots...)
 }
+
+func (p *peer) pids() []int { return []int{p.dnsmasq.Pid(), p.ganesha.Pid()} }
 
 func (p *peer) stop(t *testing.T) {
 	p.dnsmasq.Stop(5 * time.Second)
@@ -241,6 +274,17 @@ func TestBenchClusterBoot(t *testing.T) {
 		testenv.Need(t, "%v", err)
 	}
 	testenv.NeedTool(t, "dnsmasq", "dnsmasq")
+	sizes := []int{1, 5}
+	if s := os.Getenv("OCIBOOT_BENCH_SIZES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || n > 5 {
+				t.Fatalf("OCIBOOT_BENCH_SIZES=%q: want numbers of nodes from 1 to 5, such as 1,5", s)
+			}
+			sizes = append(sizes, n)
+		}
+	}
 	rounds := 2
 	if s := os.Getenv("OCIBOOT_BENCH_ROUNDS"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -264,6 +308,9 @@ func TestBenchClusterBoot(t *testing.T) {
 	profile("5 first boots at once", len(pis), before, nfsdMetrics(t, lab))
 	fmt.Printf("cluster boot, 5 first boots at once over ociboot: %s (s: %s)\n", spread(first), secs(first))
 
+	// The compared boots run nfsd as a head node does, without the
+	// tests' reply recorder (it writes every reply to a file).
+	h.NoReplyLog = true
 	o := ours{h}
 	pr := newPeer(t, lab, h, pis, filepath.Join(lab.Dir, "peer"))
 	o.stop(t)
@@ -278,11 +325,17 @@ func TestBenchClusterBoot(t *testing.T) {
 		n.start(t)
 		running = n
 	}
-	for _, c := range []struct {
-		what  string
-		nodes []*e2e.PiNode
-	}{{"1 node", pis[:1]}, {"5 nodes at once", pis}} {
+	for _, size := range sizes {
+		c := struct {
+			what  string
+			nodes []*e2e.PiNode
+		}{"1 node", pis[:1]}
+		if size > 1 {
+			c.what, c.nodes = fmt.Sprintf("%d nodes at once", size), pis[:size]
+		}
 		times := map[string][]time.Duration{}
+		cpu := map[string]time.Duration{} // the servers' CPU time, summed over the boots
+		boots := map[string]int{}
 		lasts := map[string][]time.Duration{}
 		var nfsdBoots int
 		nfsdCost := map[string]float64{} // summed over ociboot's boots
@@ -297,7 +350,10 @@ func TestBenchClusterBoot(t *testing.T) {
 				if n == netboot(o) {
 					before = nfsdMetrics(t, lab)
 				}
+				cpu0 := cpuTime(t, n.pids())
 				ups := boot(t, lab, h, key, c.nodes)
+				cpu[n.name()] += cpuTime(t, n.pids()) - cpu0
+				boots[n.name()] += len(c.nodes)
 				if n == netboot(o) {
 					for k, v := range nfsdMetrics(t, lab) {
 						nfsdCost[k] += v - before[k]
@@ -317,6 +373,9 @@ func TestBenchClusterBoot(t *testing.T) {
 			fmt.Printf("cluster boot, %s, last node up: ociboot %s, dnsmasq+ganesha %s; ratio %.2fx\n",
 				c.what, spread(lasts[o.name()]), spread(lasts[pr.name()]), median(lasts[o.name()]).Seconds()/median(lasts[pr.name()]).Seconds())
 		}
+		perBoot := func(name string) time.Duration { return cpu[name] / time.Duration(boots[name]) }
+		fmt.Printf("cluster boot, %s: CPU time of the servers per boot: ociboot (dhcpd, tftpd, nfsd) %v, dnsmasq+ganesha %v; ratio %.2fx\n",
+			c.what, perBoot(o.name()).Round(10*time.Millisecond), perBoot(pr.name()).Round(10*time.Millisecond), perBoot(o.name()).Seconds()/perBoot(pr.name()).Seconds())
 		profile(c.what, nfsdBoots, nil, nfsdCost)
 	}
 	if running != nil {
