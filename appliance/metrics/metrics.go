@@ -338,20 +338,6 @@ func NewCounterVec(o CounterOpts, labels []string) *CounterVec {
 // WithLabelValues is the counter of those label values, made at first use.
 func (v *CounterVec) WithLabelValues(values ...string) Counter { return v.with(values) }
 
-// GaugeVec is a gauge per combination of label values.
-type GaugeVec struct{ vec[*scalar] }
-
-// NewGaugeVec is a gauge vector with the label names labels.
-func NewGaugeVec(o GaugeOpts, labels []string) *GaugeVec {
-	d := NewDesc(o.Name, o.Help, labels, nil)
-	return &GaugeVec{vec[*scalar]{d: d, m: map[string]*scalar{}, new: func(l []string) *scalar {
-		return &scalar{d: d, typ: GaugeValue, labels: l}
-	}}}
-}
-
-// WithLabelValues is the gauge of those label values, made at first use.
-func (v *GaugeVec) WithLabelValues(values ...string) Gauge { return v.with(values) }
-
 // Observer takes observations: a histogram's series.
 type Observer interface{ Observe(float64) }
 
