@@ -9,14 +9,16 @@ import (
 )
 
 func TestProcOutputAndWait(t *testing.T) {
-	p := Start(t, "", "sh", "-c", "echo one; printf 'two\\r\\n'; sleep 0.2; echo three >&2; read x; echo got $x; exit 3")
+	// Without Cmd.Stdin the process reads /dev/null, so it waits in
+	// sleep, not read, for the Kill below.
+	p := Start(t, "", "sh", "-c", "echo one; printf 'two\\r\\n'; sleep 0.2; echo three >&2; sleep 60")
 	p.WaitFor(t, "one\ntwo\n", 5*time.Second)
 	line, err := p.WaitLine(5*time.Second, "thr", "nothing")
 	if err != nil || line != "three" {
 		t.Errorf("WaitLine: got %q, %v; want three", line, err)
 	}
 	if p.Exited() {
-		t.Errorf("exited before its input")
+		t.Errorf("exited before the kill")
 	}
 	if err := p.Type("x\n"); err == nil {
 		t.Errorf("Type without Cmd.Stdin: no error")
