@@ -168,79 +168,99 @@ func TestResetDoesNotFreezeOtherNodes(t *testing.T) {
 	c2 := env.dial(0, 0)
 	root1, _ := c1.mnt("/nodes/node1")
 	c2.mnt("/nodes/node2")
-	// A tree of the node's own, made on the host (faster than over NFS).
 	big := filepath.Join(env.st.Path(store.NodesDir, "node2", viewRoot), "big")
-	for i := 0; i < 100; i++ {
-		d := filepath.Join(big, fmt.Sprint(i))
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for j := 0; j < 150; j++ {
-			if err := os.WriteFile(filepath.Join(d, fmt.Sprint(j)), nil, 0o644); err != nil {
+	// resetOnce deletes a tree of dirs×150 files of node2's own (made on
+	// the host, faster than over NFS) by resetting node2 and counts
+	// node1's calls answered meanwhile: when Reset held the server's lock
+	// for the whole deletion, none finished in that time. A count, not a
+	// time limit, so that a loaded machine (a call scheduled late) cannot
+	// fail it.
+	resetOnce := func(dirs int) (took time.Duration, during int64, maxWait time.Duration) {
+		for i := 0; i < dirs; i++ {
+			d := filepath.Join(big, fmt.Sprint(i))
+			if err := os.MkdirAll(d, 0o755); err != nil {
 				t.Fatal(err)
 			}
+			for j := 0; j < 150; j++ {
+				if err := os.WriteFile(filepath.Join(d, fmt.Sprint(j)), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
-	}
-	// node1's calls are counted while node2's tree is being deleted: when
-	// Reset held the server's lock for the whole deletion, none finished
-	// in that time. A count, not a time limit, so that a loaded machine
-	// (a call scheduled late) cannot fail it.
-	var (
-		maxWait time.Duration
-		during  atomic.Int64 // node1's calls answered while the tree was deleted
-		resetOn atomic.Bool  // between Reset's start and the tree being gone
-		stop    = make(chan struct{})
-		done    = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
+		var (
+			answered atomic.Int64 // node1's calls answered while the tree was deleted
+			resetOn  atomic.Bool  // between Reset's start and the tree being gone
+			longest  atomic.Int64
+			stop     = make(chan struct{})
+			done     = make(chan struct{})
+		)
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				t0 := time.Now()
+				if _, st := c1.getattr(root1); st != 0 {
+					t.Errorf("GETATTR on node1 during the reset of node2: status %d", st)
+					return
+				}
+				if resetOn.Load() {
+					answered.Add(1)
+				}
+				if d := int64(time.Since(t0)); d > longest.Load() {
+					longest.Store(d)
+				}
+			}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		start := time.Now()
+		resetOn.Store(true)
+		if err := env.srv.Reset("node2"); err != nil {
+			t.Fatal(err)
+		}
+		// The deletion is over when nothing is left aside in nodes/.
 		for {
-			select {
-			case <-stop:
-				return
-			default:
+			left, _ := filepath.Glob(env.st.Path(store.NodesDir, ".discard-*"))
+			if _, err := os.Lstat(big); len(left) == 0 && err != nil {
+				break
 			}
-			t0 := time.Now()
-			if _, st := c1.getattr(root1); st != 0 {
-				t.Errorf("GETATTR on node1 during the reset of node2: status %d", st)
-				return
+			if time.Since(start) > time.Minute {
+				t.Fatal("the reset tree is not deleted after a minute")
 			}
-			if resetOn.Load() {
-				during.Add(1)
-			}
-			if d := time.Since(t0); d > maxWait {
-				maxWait = d
-			}
+			time.Sleep(10 * time.Millisecond)
 		}
-	}()
-	time.Sleep(50 * time.Millisecond)
-	start := time.Now()
-	resetOn.Store(true)
-	if err := env.srv.Reset("node2"); err != nil {
-		t.Fatal(err)
+		resetOn.Store(false)
+		took = time.Since(start)
+		close(stop)
+		<-done
+		return took, answered.Load(), time.Duration(longest.Load())
 	}
-	// The deletion is over when nothing is left aside in nodes/.
-	for {
-		left, _ := filepath.Glob(env.st.Path(store.NodesDir, ".discard-*"))
-		if _, err := os.Lstat(big); len(left) == 0 && err != nil {
+	// A fast disk deletes the first tree too quickly to tell a freeze
+	// from noise: the tree doubles until deleting it takes 200 ms.
+	var (
+		took, maxWait time.Duration
+		during        int64
+	)
+	for dirs := 100; ; dirs *= 2 {
+		took, during, maxWait = resetOnce(dirs)
+		if took >= 200*time.Millisecond {
 			break
 		}
-		if time.Since(start) > time.Minute {
-			t.Fatal("the reset tree is not deleted after a minute")
+		if dirs >= 1600 {
+			t.Fatalf("deleting %d×150 files took %v: too short to tell a freeze from noise", dirs, took)
 		}
-		time.Sleep(10 * time.Millisecond)
+		t.Logf("deleting %d×150 files took %v; again with twice as many", dirs, took)
+		if _, st := c2.mnt("/nodes/node2"); st != 0 {
+			t.Fatalf("MNT after the reset: %d", st)
+		}
 	}
-	resetOn.Store(false)
-	took := time.Since(start)
-	close(stop)
-	<-done
-	if took < 200*time.Millisecond {
-		t.Fatalf("deleting the tree took %v: too short to tell a freeze from noise", took)
-	}
-	if got, want := during.Load(), int64(5); got < want {
+	if got, want := during, int64(5); got < want {
 		t.Errorf("node1's calls answered while node2's root (%v to delete) was reset: got %d, want at least %d (longest call %v)", took, got, want, maxWait)
 	}
-	t.Logf("reset: tree deleted in %v, node1 got %d answers meanwhile, its longest call %v", took, during.Load(), maxWait)
+	t.Logf("reset: tree deleted in %v, node1 got %d answers meanwhile, its longest call %v", took, during, maxWait)
 	// The node gets a fresh root.
 	root2, st := c2.mnt("/nodes/node2")
 	if st != 0 {
