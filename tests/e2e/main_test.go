@@ -19,7 +19,9 @@ func TestMain(m *testing.M) {
 	if !testing.Short() && os.Getuid() == 0 && runsNodeOS(flag.Lookup("test.run").Value.String()) {
 		StartNodeOSImage()
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	RemoveNodeOSImage()
+	os.Exit(code)
 }
 
 // runsNodeOS says whether a -run pattern selects a node OS test.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +32,20 @@ var (
 	nodeImageDir  string
 	nodeImageErr  error
 	nodeImageLog  string
+	// nodeImageTemp is the temporary directory of a build that finished
+	// (not set while it runs, or for OCIBOOT_NODE_IMAGE), for
+	// RemoveNodeOSImage.
+	nodeImageTemp atomic.Pointer[string]
 )
+
+// RemoveNodeOSImage deletes the image NodeOSImage built, once the tests
+// are done with it: a CI run on the same machine would otherwise leave
+// half a GiB in the temporary directory each time.
+func RemoveNodeOSImage() {
+	if dir := nodeImageTemp.Load(); dir != nil {
+		os.RemoveAll(*dir)
+	}
+}
 
 // NodeOSImage builds the node image once per test binary with the
 // Makefile's own target and returns its OCI layout. OCIBOOT_NODE_IMAGE
@@ -76,6 +90,7 @@ func buildNodeOSImage() {
 	// recipe's packages.
 	cmd := exec.Command("make", "-C", repoRoot(), "node-image", "NODE_IMAGE="+nodeImageDir, "NODE_IMAGE_FLAGS=-q -packages containerd")
 	out, err := cmd.CombinedOutput()
+	nodeImageTemp.Store(&dir)
 	if err != nil {
 		nodeImageErr = fmt.Errorf("make node-image: %v\n%s", err, tail(string(out)))
 		return
